@@ -1,0 +1,73 @@
+"""Command-line entry point: a thin dispatcher over the library.
+
+Each sub-command lives in its own module in this package with ``add_parser(subparsers)``
+(which registers the parser and sets ``func``) so commands stay small and independent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order is the order shown by `convnets --help`.
+COMMAND_MODULES = [
+    "demo",
+    "train",
+    "evaluate",
+    "predict",
+    "ensemble",
+    "export",
+    "report",
+    "compare",
+    "pick",
+    "models_cmd",
+    "cost_cmd",
+    "augment_preview",
+    "experiment",
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="convnets",
+        description="Build, train, transfer-learn and analyse convolutional image classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"convnets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:  # a command not written yet
+            if e.name != f"{__package__}.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except CLIError as e:
+        print(f"convnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
