@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..runtime import tune_malloc
+
+    tune_malloc()  # before the first big tensor is allocated; see runtime.py for the measurement
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
