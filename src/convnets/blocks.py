@@ -6,6 +6,7 @@ torchvision's, so torchvision state dicts load into them without renaming keys.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -46,7 +47,197 @@ class ConvBNAct(nn.Sequential):
 
 
 # --- Residual blocks (ResNet): BasicBlock, IdentityBlock, ConvBlock --------------------------
+# Attribute names (conv1/bn1/.../downsample) are torchvision's BasicBlock/Bottleneck ones, so a
+# torchvision ResNet state dict loads into models/resnet.py with strict=True and no renaming.
+
+
+def conv_shortcut(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """The projection shortcut: 1x1 strided conv -> BN, no activation (torchvision's ``downsample``)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers plus a shortcut, ReLU after the addition (ResNet-18/34).
+
+    The shortcut is the input itself when shapes match. When ``stride != 1`` or the channel count
+    changes and no ``downsample`` is given, a 1x1 projection (:func:`conv_shortcut`) is built, making
+    this the basic-block analogue of :class:`ConvBlock`. Pass any module as ``downsample`` for other
+    shortcuts (e.g. the parameter-free "option A" of the CIFAR ResNets). ``residual=False`` drops the
+    shortcut altogether: the "plain" twin used to show why deep plain nets train worse.
+    """
+
+    expansion: int = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if residual and downsample is None and (stride != 1 or in_channels != out_channels):
+            downsample = conv_shortcut(in_channels, out_channels, stride)
+        self.downsample = downsample
+        self.residual = residual
+        self.stride = stride
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class _Bottleneck(nn.Module):
+    """1x1 (reduce) -> 3x3 -> 1x1 (expand) residual branch, each conv followed by BN; ReLU after the
+    first two and after the shortcut addition (none on the branch's last BN, none on the shortcut)."""
+
+    expansion: int = 4  # out_channels / mid_channels in the ResNet-50/101/152 stages
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        stride: int,
+        downsample: nn.Module | None,
+        stride_in_1x1: bool,
+    ) -> None:
+        super().__init__()
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 1, stride_1x1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_channels)
+        self.conv2 = nn.Conv2d(mid_channels, mid_channels, 3, stride_3x3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid_channels)
+        self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += shortcut
+        return self.relu(out)
+
+
+class IdentityBlock(_Bottleneck):
+    """Bottleneck block whose shortcut is the input itself: input and output shapes are equal.
+
+    ``in_channels`` -> 1x1 to ``mid_channels`` -> 3x3 -> 1x1 back to ``in_channels``; stride 1.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int) -> None:
+        super().__init__(in_channels, mid_channels, in_channels, 1, None, stride_in_1x1=False)
+
+
+class ConvBlock(_Bottleneck):
+    """Bottleneck block whose shortcut is a 1x1 strided conv + BN (no activation), used where the
+    shape changes (first block of each ResNet-50/101/152 stage).
+
+    ``stride_in_1x1=False`` (default) strides the 3x3 conv as torchvision's "ResNet v1.5" does;
+    ``True`` strides the first 1x1 as in He et al. 2015 (a 1x1 stride-2 conv skips 3/4 of the input).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        stride: int = 2,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            mid_channels,
+            out_channels,
+            stride,
+            conv_shortcut(in_channels, out_channels, stride),
+            stride_in_1x1=stride_in_1x1,
+        )
 
 # --- Inception module (GoogLeNet) -------------------------------------------------------------
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) -> BN(eps=1e-3) -> ReLU with torchvision's GoogLeNet keys ``conv`` / ``bn``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = same_padding(kernel_size)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(self.bn(self.conv(x)))
+
+
+class InceptionModule(nn.Module):
+    """Four parallel branches concatenated on channels (Szegedy et al. 2014, Fig. 2b):
+
+    - ``branch1``: 1x1 conv to ``ch1x1``
+    - ``branch2``: 1x1 to ``ch3x3red`` -> 3x3 to ``ch3x3``
+    - ``branch3``: 1x1 to ``ch5x5red`` -> 5x5 to ``ch5x5``
+    - ``branch4``: 3x3 max-pool (stride 1) -> 1x1 to ``pool_proj``
+
+    The 1x1 "reduce" convs are the bottlenecks that make the 3x3/5x5 branches affordable.
+    ``branch3_kernel_size=3`` reproduces torchvision's GoogLeNet, whose "5x5" branch is a 3x3
+    (pytorch/vision#906, kept there for checkpoint compatibility).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        ch1x1: int,
+        ch3x3red: int,
+        ch3x3: int,
+        ch5x5red: int,
+        ch5x5: int,
+        pool_proj: int,
+        branch3_kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            BasicConv2d(in_channels, ch3x3red, kernel_size=1),
+            BasicConv2d(ch3x3red, ch3x3, kernel_size=3),
+        )
+        self.branch3 = nn.Sequential(
+            BasicConv2d(in_channels, ch5x5red, kernel_size=1),
+            BasicConv2d(ch5x5red, ch5x5, kernel_size=branch3_kernel_size),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            BasicConv2d(in_channels, pool_proj, kernel_size=1),
+        )
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)
 
 # --- Depthwise-separable (MobileNet v1), InvertedResidual (v2), SqueezeExcitation, MBConv ------
