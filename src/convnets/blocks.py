@@ -6,8 +6,13 @@ torchvision's, so torchvision state dicts load into them without renaming keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import nn
+from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
+from torchvision.ops import StochasticDepth
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -241,3 +246,151 @@ class InceptionModule(nn.Module):
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)
 
 # --- Depthwise-separable (MobileNet v1), InvertedResidual (v2), SqueezeExcitation, MBConv ------
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to the nearest multiple of ``divisor`` (never below ``min_value``).
+
+    The TensorFlow MobileNet/EfficientNet rule, identical to torchvision's ``_make_divisible`` (a
+    private helper there, hence this copy): rounding never drops more than 10% of the channels.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """MobileNet v1's unit: a depthwise 3x3 conv (one filter per channel, ``groups=in_channels``)
+    that filters, then a pointwise 1x1 conv that combines channels, each followed by BN and ReLU.
+
+    It costs ``k*k*C_in + C_in*C_out`` weights instead of a full conv's ``k*k*C_in*C_out``.
+    Keys: ``depthwise.0/1`` and ``pointwise.0/1`` (conv, bn).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        act_layer: type[nn.Module] = nn.ReLU,
+        norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(
+            in_channels, in_channels, kernel_size, stride, groups=in_channels,
+            act_layer=act_layer, norm_layer=norm_layer,
+        )  # fmt: skip
+        self.pointwise = ConvBNAct(in_channels, out_channels, 1, act_layer=act_layer, norm_layer=norm_layer)
+        self.out_channels = out_channels
+
+
+class InvertedResidual(nn.Module):
+    """MobileNet v2's inverted residual with a linear bottleneck.
+
+    1x1 expansion to ``in_channels * expand_ratio`` (skipped when the ratio is 1) -> depthwise 3x3
+    -> 1x1 *linear* projection: BN but no activation, because ReLU on the narrow bottleneck would
+    destroy information. The input is added back only when ``stride == 1`` and ``in == out``.
+    Keys follow torchvision's ``InvertedResidual``: ``conv.0`` ... with the projection as a bare
+    ``Conv2d`` and ``BatchNorm2d`` (the last two indices).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        act_layer: type[nn.Module] = nn.ReLU6,
+        norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual stride must be 1 or 2, got {stride}")
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNAct(in_channels, hidden, 1, act_layer=act_layer, norm_layer=norm_layer))
+        layers += [
+            ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act_layer=act_layer, norm_layer=norm_layer),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            norm_layer(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_res_connect else out
+
+
+class SqueezeExcitation(TVSqueezeExcitation):
+    """Squeeze-and-excitation: global-average-pool ("squeeze") -> 1x1 conv ``fc1`` -> activation ->
+    1x1 conv ``fc2`` -> sigmoid gives one weight per channel, which rescales the input ("excite").
+
+    torchvision's ``ops.SqueezeExcitation`` (keys ``fc1``/``fc2``, as its EfficientNet uses), with
+    the channel arguments named as in the rest of this module.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        squeeze_channels: int,
+        act_layer: Callable[..., nn.Module] = nn.ReLU,
+        gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__(channels, squeeze_channels, activation=act_layer, scale_activation=gate_layer)
+
+
+class MBConv(nn.Module):
+    """EfficientNet's mobile inverted bottleneck: 1x1 expansion (skipped for ratio 1) -> depthwise
+    k x k -> squeeze-and-excitation -> linear 1x1 projection, SiLU activations.
+
+    The SE bottleneck is ``in_channels * se_ratio`` wide (of the block's *input*, as in the paper and
+    torchvision). On the residual path the branch is dropped per sample with probability
+    ``stochastic_depth_prob`` during training (stochastic depth, torchvision's "row" mode). Keys follow
+    torchvision's ``MBConv``: ``block.0`` ... ``block.N``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        se_ratio: float = 0.25,
+        stochastic_depth_prob: float = 0.0,
+        norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"MBConv stride must be 1 or 2, got {stride}")
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        expanded = make_divisible(in_channels * expand_ratio)
+        layers: list[nn.Module] = []
+        if expanded != in_channels:
+            layers.append(ConvBNAct(in_channels, expanded, 1, act_layer=nn.SiLU, norm_layer=norm_layer))
+        layers += [
+            ConvBNAct(
+                expanded, expanded, kernel_size, stride, groups=expanded,
+                act_layer=nn.SiLU, norm_layer=norm_layer,
+            ),
+            SqueezeExcitation(
+                expanded, max(1, int(in_channels * se_ratio)), act_layer=partial(nn.SiLU, inplace=True)
+            ),
+            ConvBNAct(expanded, out_channels, 1, act_layer=None, norm_layer=norm_layer),
+        ]  # fmt: skip
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_res_connect:
+            out = self.stochastic_depth(out) + x
+        return out
