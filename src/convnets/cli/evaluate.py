@@ -1,0 +1,72 @@
+"""`convnets evaluate RUN_DIR DATA`: accuracy, per-class metrics, confusion matrix, worst mistakes, TTA."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import CLIError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained run on a folder or on its validation subset",
+        description="Accuracy, top-5, per-class precision/recall/F1 and the confusion matrix of a run. "
+        "DATA is a folder with the run's classes as sub-folders (every image is evaluated), or the run's "
+        "own data source / built-in dataset name (its validation subset is used). Writes "
+        "confusion_matrix.png, mistakes.png and metrics.json into --out.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
+    p.add_argument(
+        "data", metavar="DATA", help="folder of class folders, or the run's data source / dataset name"
+    )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip", "10crop"],
+        default="none",
+        help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+
+    out = args.out if args.out is not None else Path(args.run_dir) / "eval"
+    try:
+        result = evaluate(args.run_dir, args.data, tta=args.tta, batch_size=args.batch_size, out=out)
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
+        raise CLIError(str(e).strip("'\"")) from e
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:
+    m, t = result.metrics, result.tta
+    lines = [f"evaluated {result.data}: n = {m['n']}"]
+    lines.append(f"accuracy {m['accuracy']:.4f}" + (f"   top-5 {m['top5']:.4f}" if "top5" in m else ""))
+    if t["mode"] != "none":
+        lines.append(
+            f"TTA {t['mode']}: {t['accuracy']:.4f} vs plain {t['plain_accuracy']:.4f} "
+            f"(gain {t['gain'] * 100:+.2f} points) for {t['cost_factor']}x the compute "
+            f"({t['seconds']:.2f} s vs {t['plain_seconds']:.2f} s of model time)"
+        )
+    width = max(len("class"), *(len(c) for c in m["per_class"]))
+    lines.append(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, row in m["per_class"].items():
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
+            f"  {row['support']:7d}"
+        )
+    if result.skipped:
+        lines.append(f"skipped {len(result.skipped)} unreadable file(s), e.g. {result.skipped[0]['file']}")
+    lines.extend(f"wrote {path}" for path in result.files.values())
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`convnets predict RUN_DIR PATH...`: top-k classes per image, from the run folder alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import CLIError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify images with a trained run",
+        description="Top-K classes with probabilities for each image (folders are searched recursively). "
+        "A file that cannot be read is reported and the rest go on; the exit code is 1 if any failed.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--tta", choices=["none", "flip", "10crop"], default="none", help="test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import predict
+
+    if args.top_k < 1:
+        raise CLIError("--top-k must be at least 1")
+    try:
+        results = predict(
+            args.run_dir, args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise CLIError(str(e).strip("'\"")) from e
+    if not results:
+        raise CLIError(f"no image files found in {', '.join(args.paths)}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: ERROR {r['error']}")
+            else:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 1 if any("error" in r for r in results) else 0

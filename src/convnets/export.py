@@ -1,0 +1,276 @@
+"""Export a trained run for deployment: ONNX or TorchScript, normalisation inside the graph.
+
+The exported graph takes what a camera or an image decoder gives: RGB (or grey) pixels scaled to
+[0, 1] at the run's image size, any batch size. It subtracts the run's mean and divides by its std
+itself, so the caller never needs to know how the network was trained, and BatchNorm has been
+folded into the preceding convolutions (inference-only arithmetic: one conv instead of conv + BN).
+
+Folding uses ``torch.fx.experimental.optimization.fuse`` (symbolic trace, then
+``fuse_conv_bn_eval`` on every conv -> BN pair whose conv output feeds only the BN). A model that
+torch.fx cannot trace falls back to the same ``fuse_conv_bn_eval`` applied to conv -> BN pairs that
+sit next to each other inside an ``nn.Sequential`` (every ``ConvBNAct`` in this project).
+
+After writing, the file is loaded back with its own runtime (onnxruntime / ``torch.jit.load``), run
+on random inputs of a batch size different from the traced one (which checks the dynamic batch
+axis) and compared with the original, unfolded PyTorch model: the largest absolute difference of
+the logits must be within ``atol``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "ExportResult",
+    "NormalizedModel",
+    "export_model",
+    "export_run",
+    "fold_batchnorm",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or does not match PyTorch within tolerance."""
+
+
+class NormalizedModel(nn.Module):
+    """``model((x - mean) / std)``: the deployed graph takes pixels in [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def _count_batchnorm(model: nn.Module) -> int:
+    return sum(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def _fold_sequential(model: nn.Module) -> nn.Module:
+    """Fold conv -> BN pairs that are neighbours in an ``nn.Sequential`` (the fallback path)."""
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module._modules[first] = fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+    return model
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict]:
+    """Return an eval-mode copy with BatchNorm folded into convolutions, and what was done.
+
+    The info dict has ``method`` ("torch.fx" or "sequential"), ``batchnorm_before`` and
+    ``batchnorm_after`` (BN layers left, e.g. a BN not preceded by a conv).
+    """
+    model = copy.deepcopy(model).eval()
+    before = _count_batchnorm(model)
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        folded = fuse(model, inplace=True)
+        method = "torch.fx"
+    except Exception:  # noqa: BLE001 - any tracing failure (data-dependent control flow, ...) -> fallback
+        folded = _fold_sequential(model)
+        method = "sequential"
+    folded.eval()
+    return folded, {"method": method, "batchnorm_before": before, "batchnorm_after": _count_batchnorm(folded)}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    labels_path: Path
+    format: str
+    max_abs_diff: float
+    atol: float
+    fold: dict
+    input_shape: list  # ["batch", C, H, W]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"], d["labels_path"] = str(self.path), str(self.labels_path)
+        return d
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ExportError("checking an ONNX export needs onnxruntime: pip install 'convnets[export]'") from e
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return torch.from_numpy(out)
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    try:
+        import onnx  # noqa: F401 - the exporter needs it; fail with our message, not deep inside torch
+    except ImportError as e:
+        raise ExportError("ONNX export needs the onnx package: pip install 'convnets[export]'") from e
+    # torch >= 2.9 defaults to the torch.export-based exporter, which needs the extra `onnxscript`
+    # package; the TorchScript-based exporter (dynamo=False) covers these CNNs and needs only onnx.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+        )
+
+
+def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still works
+        traced = torch.jit.trace(module, example)
+        traced.save(str(path))
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            return loaded(x)
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    format: str,
+    image_size: tuple[int, int],
+    in_chans: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    class_names: list[str],
+    atol: float = 1e-4,
+    opset: int = 17,
+) -> ExportResult:
+    """Fold BN, wrap with normalisation, write ``out`` (+ ``out.labels.txt``) and check parity.
+
+    Raises :class:`ExportError` when the exported model differs from PyTorch by more than ``atol``
+    (the file is kept so it can be inspected).
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    reference = NormalizedModel(model, mean, std).eval()
+    folded, fold_info = fold_batchnorm(model)
+    deployed = NormalizedModel(folded, mean, std).eval()
+
+    h, w = image_size
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, in_chans, h, w, generator=generator)
+    # A different batch size from the traced one: proves the batch axis is really dynamic.
+    check = torch.rand(3, in_chans, h, w, generator=generator)
+
+    # Written to a temporary name and renamed, so a failed export never leaves a half-written file.
+    fd, tmp_name = tempfile.mkstemp(suffix=_SUFFIX[format], dir=out.parent, prefix=".export-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _write_onnx(deployed, example, tmp, opset)
+            else:
+                _write_torchscript(deployed, example, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    with torch.inference_mode():
+        expected = reference(check)
+    got = _run_onnx(out, check) if format == "onnx" else _run_torchscript(out, check)
+    if got.shape != expected.shape:
+        raise ExportError(
+            f"{out}: exported output shape {tuple(got.shape)} != PyTorch {tuple(expected.shape)}"
+        )
+    max_diff = float((got - expected).abs().max())
+
+    labels_path = out.with_name(out.name + ".labels.txt")
+    labels_path.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+    meta_path = out.with_name(out.name + ".json")
+    meta_path.write_text(
+        json.dumps(
+            {
+                "input": {
+                    "layout": "NCHW",
+                    "shape": ["batch", in_chans, h, w],
+                    "range": [0.0, 1.0],
+                    "channels": "RGB" if in_chans == 3 else ("grey" if in_chans == 1 else in_chans),
+                },
+                "normalization_in_graph": {"mean": list(mean), "std": list(std)},
+                "output": "logits (apply softmax for probabilities)",
+                "class_names": class_names,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    result = ExportResult(out, labels_path, format, max_diff, atol, fold_info, ["batch", in_chans, h, w])
+    if not max_diff <= atol:  # also catches NaN
+        raise ExportError(
+            f"{out}: exported {format} model differs from PyTorch by {max_diff:.3g} (> --atol {atol:g})"
+        )
+    return result
+
+
+def export_run(
+    run_dir: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    atol: float = 1e-4,
+    opset: int = 17,
+) -> ExportResult:
+    """Export a run folder (``convnets export``); ``out`` defaults to ``RUN_DIR/model.onnx|.pt``."""
+    from .evaluate import run_normalization
+    from .weights import load_run
+
+    run_dir = Path(run_dir)
+    model, config = load_run(run_dir)
+    mean, std = run_normalization(config)
+    out = Path(out) if out is not None else run_dir / f"model{_SUFFIX[format]}"
+    return export_model(
+        model,
+        out,
+        format=format,
+        image_size=tuple(config["image_size"]),
+        in_chans=int(config.get("in_chans", 3)),
+        mean=mean,
+        std=std,
+        class_names=list(config["class_names"]),
+        atol=atol,
+        opset=opset,
+    )
