@@ -154,7 +154,7 @@ class Classifier:
 
     @property
     def resize_mode(self) -> str:
-        return (self.config.get("options") or {}).get("resize", "center-crop")
+        return (self.config.get("options") or {}).get("resize") or "center-crop"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (N, C, H, W) -> the model's normalised input."""
@@ -331,6 +331,7 @@ def _eval_batches(
     from .data import load_data
 
     mean, std = run_normalization(clf.config)
+    options = clf.config.get("options") or {}
     splits = load_data(
         str(data),
         image_size=clf.image_size,
@@ -338,11 +339,13 @@ def _eval_batches(
         val_split=cfg_data.get("val_split", 0.2),
         seed=cfg_data.get("seed", 0),
         batch_size=batch_size,
-        augment=False,
-        normalize=clf.config.get("normalize", True),
+        augment="none",
+        normalize="given",  # exactly the run's statistics, whatever mode computed them
         mean=mean,
         std=std,
         num_workers=0,
+        data_root=options.get("data_root"),
+        resize=options.get("resize"),
         split=split if own_source else None,
     )
     check_class_names(clf.class_names, splits.class_names, str(data))
