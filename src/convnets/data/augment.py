@@ -185,6 +185,9 @@ def parse_ops(spec: str | Sequence[str] | Mapping[str, Any] | None) -> list[tupl
             spec = [part for part in spec.split(",") if part.strip()]
         items = []
         for entry in spec:
+            if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+                items.append(entry)  # already parsed: (name, param)
+                continue
             if not isinstance(entry, str):
                 raise ValueError(f"augmentation op must be a string like 'rotate:15', got {entry!r}")
             name, _, param = entry.strip().partition(":")
