@@ -1,0 +1,254 @@
+"""``convnets train DATA --model NAME --out RUN_DIR``: train or transfer-learn a classifier."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from . import CLIError
+
+EXAMPLES = """examples:
+  convnets train digits --model lenet5 --out runs/lenet
+  convnets train photos/ --model mobilenet_v2 --weights imagenet --out runs/photos
+  convnets train alpaca/ --model mobilenet_v2 --weights mobilenet_v2_imagenet.pth --normalize inception \\
+      --image-size 160 --augment light --freeze base --fine-tune-last 2 --fine-tune-epochs 5 --out runs/alpaca
+  convnets train --resume --out runs/alpaca          # continue an interrupted run
+  torchrun --nproc_per_node=2 -m convnets train digits --model resnet20 --out runs/ddp
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a folder of images or a built-in dataset",
+        description="Train a CNN classifier (from scratch, or transfer learning with --weights) and write "
+        "a run folder: model.safetensors, config.json, metrics.jsonl, curves.png, confusion_matrix.png, "
+        "last.pt.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Every option defaults to None: the library fills in the per-model defaults, and --resume can
+    # tell an option the user typed from one left alone.
+    p.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="folder with one sub-folder per class, or a built-in name (digits, cifar10, ...)",
+    )
+    p.add_argument("--model", "-m", help="registered model name (see `convnets models`)")
+    p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="run folder to write")
+
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        help="input side in pixels (default: the model's, or 32 for tiny built-in sets such as digits)",
+    )
+    g.add_argument("--in-chans", type=int, choices=(1, 3), help="image channels (default: the model's)")
+    g.add_argument("--val-split", type=float, help="fraction held out for validation (default 0.2)")
+    g.add_argument("--seed", type=int, help="seed for the split, shuffling, augmentation, init (default 0)")
+    g.add_argument("--batch-size", type=int, help="images per step (per process) (default 32)")
+    g.add_argument(
+        "--augment",
+        metavar="PRESET",
+        help="none|light|standard|strong or ops like 'hflip,rotate:15' (default none)",
+    )
+    g.add_argument(
+        "--normalize",
+        choices=("imagenet", "inception", "dataset", "none"),
+        help="input normalisation (default: the checkpoint's with --weights, else the data's)",
+    )
+    g.add_argument("--workers", type=int, help="data loading processes (default: chosen by the data layer)")
+    g.add_argument("--data-root", help="where built-in datasets are stored/downloaded")
+
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model-kwargs",
+        type=_json_object,
+        metavar="JSON",
+        help='extra builder arguments, e.g. \'{"activation": "relu"}\'',
+    )
+    g.add_argument("--weights", metavar="PATH|imagenet", help="start from pretrained weights (new head)")
+    g.add_argument("--head-dropout", type=float, help="dropout before the new head (default 0.2)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs (of the head phase, with --freeze base) (default 10)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 sgd, 1e-3 adam/adamw)")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="(default adamw)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9, Nesterov)")
+    g.add_argument("--weight-decay", type=float, help="(default: 5e-4 sgd, 0 adam, 0.01 adamw)")
+    g.add_argument("--schedule", choices=("cosine", "step", "onecycle", "constant"), help="(default cosine)")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
+    g.add_argument("--label-smoothing", type=float, help="(default 0)")
+    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    g.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help="end a phase after PATIENCE epochs without validation improvement",
+    )
+
+    g = p.add_argument_group("transfer learning (with --weights)")
+    g.add_argument(
+        "--freeze",
+        choices=("none", "base", "auto"),
+        help="base: train only the new head; none: train everything; auto: choose from the "
+        "images per class (default auto; base when --fine-tune-* is given)",
+    )
+    g.add_argument(
+        "--fine-tune-last",
+        type=int,
+        metavar="N",
+        help="after the head phase, unfreeze the last N stages of the base",
+    )
+    g.add_argument(
+        "--fine-tune-from", metavar="LAYER", help="after the head phase, unfreeze from this module on"
+    )
+    g.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        metavar="M",
+        help="epochs of the fine-tuning phase (default: --epochs)",
+    )
+    g.add_argument("--fine-tune-lr-scale", type=float, help="fine-tuning lr = lr x this (default 0.1)")
+    g.add_argument(
+        "--bn-train",
+        action="store_true",
+        default=None,
+        help="let unfrozen BatchNorm layers update their statistics while fine-tuning",
+    )
+    g.add_argument(
+        "--feature-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the head on cached base features while the base is frozen (default on)",
+    )
+    g.add_argument(
+        "--feature-views",
+        type=int,
+        metavar="K",
+        help="augmented views per image in the feature cache (default 1)",
+    )
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="(default auto)")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format (default: on for CPU, and for CUDA with bf16/fp16)",
+    )
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="(default fp32; bf16/fp16 only where the hardware has them natively)",
+    )
+
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--resume", action="store_true", default=None, help="continue the run in --out from last.pt"
+    )
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run in --out")
+    g.add_argument("--quiet", "-q", action="store_true", default=None, help="print only the final summary")
+    p.set_defaults(func=run)
+    return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f'must be a JSON object like \'{{"activation": "relu"}}\', got {text!r}'
+        )
+    return value
+
+
+OPTION_NAMES = (
+    "image_size",
+    "in_chans",
+    "val_split",
+    "seed",
+    "batch_size",
+    "augment",
+    "normalize",
+    "workers",
+    "data_root",
+    "model_kwargs",
+    "weights",
+    "head_dropout",
+    "epochs",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "grad_accum",
+    "early_stopping",
+    "freeze",
+    "fine_tune_last",
+    "fine_tune_from",
+    "fine_tune_epochs",
+    "fine_tune_lr_scale",
+    "bn_train",
+    "feature_cache",
+    "feature_views",
+    "device",
+    "channels_last",
+    "compile",
+    "precision",
+    "resume",
+    "overwrite",
+    "quiet",
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import NonFiniteLossError, TrainConfigError, TrainingInterrupted, train
+    from ..train.distributed import env_dist_info
+
+    options = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
+    is_main = env_dist_info().is_main
+    try:
+        result = train(args.data, model=args.model, out=args.out, **options)
+    except TrainConfigError as e:
+        raise CLIError(str(e)) from None
+    except TrainingInterrupted as e:
+        if is_main:
+            print(f"\n{e}\nresume with:\n  {resume_command(args)}", file=sys.stderr)
+        return e.exit_code
+    except NonFiniteLossError as e:
+        if is_main:
+            print(f"convnets train: error: {e}", file=sys.stderr)
+        return 1
+    if is_main:
+        print(summary(result))
+    return 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    parts = ["convnets", "train"]
+    if args.data is not None:
+        parts.append(str(args.data))
+    if args.model is not None:
+        parts += ["--model", args.model]
+    parts += ["--out", str(args.out), "--resume"]
+    return shlex.join(parts)
+
+
+def summary(result) -> str:
+    minutes, seconds = divmod(result.seconds, 60)
+    took = f"{int(minutes)}m{seconds:04.1f}s" if minutes else f"{seconds:.1f}s"
+    best = (
+        f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch})"
+        if result.best_val_acc is not None
+        else "no validation split"
+    )
+    return f"{best}; {len(result.history)} epoch(s) in {took}; run folder: {result.run_dir}"
