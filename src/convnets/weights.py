@@ -116,11 +116,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False; show only the line naming the refused object
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
         # weights_only refuses any global outside torch's allow-list *before* calling it.
         raise WeightsError(
             f"{path}: refused to load: the file holds Python objects beyond tensors, and unpickling "
             f"them could run arbitrary code. Re-save only the state dict "
-            f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors. Detail: {e}"
+            f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors. Detail: {detail}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
