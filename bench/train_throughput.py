@@ -1,0 +1,228 @@
+"""Training throughput: images/s of forward + backward + optimizer step, fp32, synthetic batch.
+
+Peers, each in its own process (bench/common.py):
+
+- ``convnets``: what ``convnets train`` does per step with its defaults -- the trainer's optimizer
+  (AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, channels-last on
+  CPU, the malloc tuning the CLI applies at start, and the per-step ``isfinite``/``loss.item()``/
+  accuracy bookkeeping its loop does (``Trainer._train_epoch``; it exposes no reusable step, so the
+  body is reproduced here -- keep the two in step).
+- ``torchvision``: ``torchvision.models.<name>(weights=None)`` in the plain eager loop people write
+  (NCHW, ``AdamW(model.parameters())``, no allocator tuning).
+- ``keras``: ``keras.applications.<Name>(weights=None)`` with the TensorFlow backend, ``compile``
+  with AdamW and ``train_on_batch`` (Keras' own defaults, including its ``jit_compile="auto"``).
+
+Variants of the convnets peer (one setting changed) back each default in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+BATCH = 32
+NUM_CLASSES = 1000
+KERAS_APPS = {"mobilenet_v2": "MobileNetV2", "resnet50": "ResNet50", "efficientnet_b0": "EfficientNetB0",
+              "vgg16": "VGG16"}
+
+
+class _TorchPeer:
+    def __init__(self, spec: dict) -> None:
+        import torch
+
+        self.spec = spec
+        threads = spec.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        g = torch.Generator().manual_seed(0)
+        b, s = spec["batch"], spec["size"]
+        self.x = torch.randn(b, 3, s, s, generator=g)
+        self.y = torch.randint(0, NUM_CLASSES, (b,), generator=g)
+        self.steps = spec.get("steps", 1)
+        self.meta = {"torch_threads": torch.get_num_threads()}
+
+    def warmup(self) -> None:
+        for _ in range(self.spec.get("warmup", 2)):
+            self.step()
+
+    def rep(self) -> dict:
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            self.step()
+        return {"seconds": time.perf_counter() - t0, "items": self.steps * len(self.x)}
+
+
+class ConvnetsPeer(_TorchPeer):
+    """One step of convnets' Trainer loop (see the module docstring)."""
+
+    def __init__(self, spec: dict) -> None:
+        if spec.get("malloc", True):
+            from convnets.runtime import tune_malloc
+
+            tune_malloc()
+        import torch
+        from torch import nn
+
+        from convnets.models.registry import create_model
+        from convnets.runtime import describe_cpu
+        from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
+        from convnets.train.trainer import build_optimizer
+
+        super().__init__(spec)
+        torch.manual_seed(0)
+        opts = TrainOptions(precision=spec.get("precision", "fp32"))
+        opts.lr = DEFAULT_LR[opts.optimizer]
+        opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
+        # api.train resolves channels_last=None to True on CPU.
+        self.channels_last = bool(spec.get("channels_last", True))
+        self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], opts, opts.lr)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        self.autocast = opts.precision == "bf16"
+        self.forward = torch.compile(self.model) if spec.get("compile") else self.model
+        self.meta.update(channels_last=self.channels_last, malloc_tuned=describe_cpu()["malloc_tuned"],
+                         optimizer=opts.optimizer, precision=opts.precision, compile=bool(spec.get("compile")))
+
+    def step(self) -> None:
+        import torch
+
+        x = self.x.contiguous(memory_format=torch.channels_last) if self.channels_last else self.x
+        if self.autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = self.forward(x)
+                loss = self.criterion(logits, self.y)
+        else:
+            logits = self.forward(x)
+            loss = self.criterion(logits, self.y)
+        bool(torch.isfinite(loss.detach()).item())
+        loss.backward()
+        loss.item()
+        (logits.argmax(1) == self.y).sum().item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class TorchvisionPeer(_TorchPeer):
+    """The plain eager loop: torchvision model, NCHW, AdamW over all parameters."""
+
+    def __init__(self, spec: dict) -> None:
+        import torch
+        import torchvision
+
+        super().__init__(spec)
+        torch.manual_seed(0)
+        self.model = getattr(torchvision.models, spec["model"])(weights=None, num_classes=NUM_CLASSES).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+
+    def step(self) -> None:
+        import torch.nn.functional as F
+
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.optimizer.step()
+
+
+class KerasPeer:
+    """Keras 3 (TensorFlow backend): ``keras.applications`` model, ``train_on_batch``."""
+
+    def __init__(self, spec: dict) -> None:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+
+        self.spec = spec
+        rng = np.random.default_rng(0)
+        b, s = spec["batch"], spec["size"]
+        self.x = rng.standard_normal((b, s, s, 3), dtype=np.float32)
+        self.y = rng.integers(0, NUM_CLASSES, (b,))
+        self.steps = spec.get("steps", 1)
+        app = getattr(keras.applications, KERAS_APPS[spec["model"]])
+        self.model = app(weights=None, input_shape=(s, s, 3), classes=NUM_CLASSES)
+        self.model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+        self.meta = {"keras": keras.__version__, "backend": keras.backend.backend()}
+
+    def warmup(self) -> None:
+        for _ in range(self.spec.get("warmup", 2)):
+            self.model.train_on_batch(self.x, self.y)
+        self.meta["jit_compile"] = bool(getattr(self.model, "jit_compile", False))
+
+    def rep(self) -> dict:
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            self.model.train_on_batch(self.x, self.y)  # returns the loss: synchronous
+        return {"seconds": time.perf_counter() - t0, "items": self.steps * len(self.x)}
+
+
+def make_peer(spec: dict):
+    return {"convnets": ConvnetsPeer, "torchvision": TorchvisionPeer, "keras": KerasPeer}[spec["peer"]](spec)
+
+
+# --- the comparison ------------------------------------------------------------------------------
+
+# (model, image size, batch); ResNet-50 at 224 uses batch 16 to keep three live processes in memory.
+FULL_CONFIGS = [("mobilenet_v2", 160, 32), ("resnet50", 64, 32), ("resnet50", 224, 16),
+                ("efficientnet_b0", 224, 32), ("vgg16", 64, 32)]
+QUICK_CONFIGS = [("mobilenet_v2", 64, 4)]
+
+
+def _train_gflop(model: str, size: int) -> float | None:
+    """Training FLOPs per image ~= 6 x multiply-adds (2 forward, 4 backward), in GFLOP."""
+    try:
+        from convnets.cost import model_cost
+
+        return 6 * model_cost(model, image_size=size).macs / 1e9
+    except Exception:  # noqa: BLE001 - cost.py unavailable: no GFLOP/s column
+        return None
+
+
+def run(quick: bool = False, reps: int = 5, peers: tuple[str, ...] = ("convnets", "torchvision", "keras"),
+        log=print) -> dict:
+    """The main comparison; returns a JSON-able dict with per-config peer results."""
+    from common import compare, has_module
+
+    if not has_module("keras") or not has_module("tensorflow"):
+        peers = tuple(p for p in peers if p != "keras")
+        log("  keras/tensorflow not installed: Keras peer skipped (pip install 'convnets[bench]')")
+    configs = QUICK_CONFIGS if quick else FULL_CONFIGS
+    out = []
+    for model, size, batch in configs:
+        steps = 1 if quick or size >= 224 else 2
+        spec = {"model": model, "size": size, "batch": batch, "steps": steps, "warmup": 1 if quick else 2}
+        log(f"  train {model} @{size} batch {batch}: {', '.join(peers)}")
+        results = compare({p: ("train_throughput", {**spec, "peer": p}, None) for p in peers}, reps, log=log)
+        out.append({"model": model, "size": size, "batch": batch, "gflop_per_image": _train_gflop(model, size),
+                    "peers": {k: v.to_dict() for k, v in results.items()}, "_results": results})
+    return {"configs": out}
+
+
+ABLATION_VARIANTS = {
+    "defaults": ({}, None),
+    "NCHW (no channels-last)": ({"channels_last": False}, None),
+    "no malloc tuning": ({"malloc": False}, {"CONVNETS_MALLOC_TUNING": "0"}),
+    "1 thread": ({"threads": 1}, None),
+}
+
+
+def run_ablation(quick: bool = False, reps: int = 5, bf16: bool = True, compile_: bool = True, log=print) -> dict:
+    """convnets' training step with one default changed at a time (each its own process)."""
+    from common import compare
+
+    configs = [("mobilenet_v2", 64, 4)] if quick else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32)]
+    out = []
+    for i, (model, size, batch) in enumerate(configs):
+        spec = {"peer": "convnets", "model": model, "size": size, "batch": batch,
+                "steps": 1 if quick else 2, "warmup": 1 if quick else 2}
+        peers = {name: ("train_throughput", {**spec, **over}, env) for name, (over, env) in ABLATION_VARIANTS.items()}
+        if bf16 and i == 0:
+            peers["bf16 autocast"] = ("train_throughput", {**spec, "precision": "bf16", "steps": 1}, None)
+        if compile_ and i == 0:
+            peers["torch.compile"] = ("train_throughput", {**spec, "compile": True}, None)
+        log(f"  ablation {model} @{size} batch {batch}: {', '.join(peers)}")
+        results = compare(peers, reps, log=log)
+        out.append({"model": model, "size": size, "batch": batch,
+                    "peers": {k: v.to_dict() for k, v in results.items()}, "_results": results})
+    return {"configs": out}
