@@ -340,7 +340,7 @@ def _eval_batches(
         seed=cfg_data.get("seed", 0),
         batch_size=batch_size,
         augment="none",
-        normalize="given",  # exactly the run's statistics, whatever mode computed them
+        normalize="auto",  # with mean and std given: exactly the run's statistics
         mean=mean,
         std=std,
         num_workers=0,
@@ -378,6 +378,9 @@ class EvalResult:
     skipped: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     mistakes: list[dict] = field(default_factory=list)  # worst mistakes: id, true, pred, confidence
+    # The first ``sample_k`` images with id, true, pred, confidence and "image" (C, H, W) in [0, 1].
+    samples: list[dict] = field(default_factory=list, repr=False)
+    mistake_images: list[torch.Tensor] = field(default_factory=list, repr=False)  # same order as mistakes
 
     def to_dict(self) -> dict:
         return {
@@ -406,6 +409,7 @@ def evaluate(
     batch_size: int = 64,
     out: str | Path | None = None,
     worst_k: int = 16,
+    sample_k: int = 0,
     device: str = "cpu",
 ) -> EvalResult:
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
@@ -424,6 +428,7 @@ def evaluate(
     plain_probs, tta_probs, targets, ids = [], [], [], []
     plain_seconds = tta_seconds = 0.0
     worst: list = []
+    samples: list[dict] = []
     for batch in batches:
         plain_view = tta_views(batch.x, "none", clf.image_size)[0]
         start = time.perf_counter()
@@ -438,7 +443,19 @@ def evaluate(
         plain_probs.append(p_plain)
         targets.append(batch.y)
         ids.extend(batch.ids)
-        worst = _keep_worst(worst, reported, batch, clf.denormalize(plain_view), worst_k)
+        shown = clf.denormalize(plain_view)
+        worst = _keep_worst(worst, reported, batch, shown, worst_k)
+        conf, pred = reported.max(1)
+        for i in range(min(len(batch.ids), sample_k - len(samples))):
+            samples.append(
+                {
+                    "id": batch.ids[i],
+                    "true": clf.class_names[int(batch.y[i])],
+                    "pred": clf.class_names[int(pred[i])],
+                    "confidence": float(conf[i]),
+                    "image": shown[i],
+                }
+            )
     if not plain_probs:
         raise ValueError(f"{data}: nothing to evaluate (every image failed to load)")
 
@@ -469,6 +486,8 @@ def evaluate(
             {"id": i, "true": clf.class_names[t], "pred": clf.class_names[p], "confidence": c}
             for c, i, t, p, _ in worst
         ],
+        samples=samples,
+        mistake_images=[w[4] for w in worst],
     )
     if out is not None:
         out = Path(out)
@@ -648,6 +667,21 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path):
+    """Save a figure as PNG to a path (parents created) or a binary file object; close it."""
+    plt = _pyplot()
+    try:
+        if hasattr(path, "write"):
+            fig.savefig(path, format="png", dpi=100)
+            return path
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        return path
+    finally:
+        plt.close(fig)
+
+
 def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> Path:
     """Counts with row-normalised colours (recall on the diagonal); labels shown up to 40 classes."""
     plt = _pyplot()
@@ -670,13 +704,7 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix (n = {int(cm_arr.sum())})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mistakes(
@@ -704,10 +732,4 @@ def plot_mistakes(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -1,0 +1,274 @@
+"""`convnets report RUN_DIR`: one self-contained HTML page about a trained run.
+
+Training curves, confusion matrix, sample predictions (thumbnails with the true class), the worst
+mistakes, per-class metrics, the model's cost table and the options used. Every image is embedded
+as a base64 ``data:`` URI and the CSS is inline, so the file opens offline, can be mailed, and
+nothing it shows can go stale or missing.
+
+The evaluation part runs ``evaluate`` on ``data`` (default: the run's own data source, i.e. its
+validation subset). When that data is not available here, the page says so and shows the confusion
+matrix the trainer saved instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import torch
+
+__all__ = ["plot_curves", "report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+.muted { color: #777; } .bad { color: #b00; } .good { color: #070; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.grid figure { margin: 0; width: 112px; text-align: center; font-size: 0.8em; }
+.grid img { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
+            border: 1px solid #ccc; }
+img.plot { max-width: 100%; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+# Marks every image with whether it decoded (used by the headless-browser test, harmless otherwise).
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    var loaded = imgs[i].complete && imgs[i].naturalWidth > 0;
+    imgs[i].setAttribute('data-loaded', loaded ? 'yes' : 'no');
+    if (loaded) ok++;
+  }
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+"""
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _thumbnail_png(image: torch.Tensor, size: int = 96) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG bytes, upscaled with nearest neighbour when small (crisp digits)."""
+    from PIL import Image
+
+    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    if max(im.size) < size:
+        scale = size // max(im.size)
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def plot_curves(history: list[dict]) -> bytes | None:
+    """Loss and accuracy per epoch (train and validation) from metrics.jsonl rows, as PNG bytes."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax, label in (
+        ("train_loss", ax_loss, "train"),
+        ("val_loss", ax_loss, "validation"),
+        ("train_acc", ax_acc, "train"),
+        ("val_acc", ax_acc, "validation"),
+    ):
+        points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    try:
+        return _figure_png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run
+    return rows
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    def cell(tag: str, i: int, v) -> str:
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(uri: str, alt: str, cls: str = "plot") -> str:
+    return f'<img class="{cls}" src="{uri}" alt="{html.escape(alt)}">'
+
+
+def report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    samples: int = 16,
+    batch_size: int = 64,
+) -> Path:
+    """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
+    from .cost import format_count, model_cost
+    from .evaluate import Classifier, evaluate, plot_confusion_matrix, plot_mistakes
+
+    run_dir = Path(run_dir)
+    clf = Classifier.from_run(run_dir)
+    config = clf.config
+    out = Path(out) if out is not None else run_dir / "report.html"
+    data = data if data is not None else (config.get("data") or {}).get("source")
+    parts: list[str] = []
+
+    best = config.get("best") or {}
+    title = f"{config.get('model', 'model')} on {data}" if data else str(config.get("model"))
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    summary = [
+        f"run folder <code>{html.escape(str(run_dir))}</code>",
+        f"{len(clf.class_names)} classes",
+        f"input {clf.in_chans}x{clf.image_size[0]}x{clf.image_size[1]}",
+    ]
+    if best.get("val_acc") is not None:
+        summary.append(f"best validation accuracy <b>{best['val_acc']:.4f}</b> (epoch {best.get('epoch')})")
+    parts.append(f"<p class='muted'>{' &middot; '.join(summary)}</p>")
+
+    # Training curves.
+    parts.append("<h2>Training curves</h2>")
+    history = _read_history(run_dir)
+    curves = plot_curves(history)
+    if curves is not None:
+        parts.append(_img(_png_data_uri(curves), "training curves"))
+    elif (run_dir / "curves.png").is_file():
+        parts.append(_img(_png_data_uri((run_dir / "curves.png").read_bytes()), "training curves"))
+    else:
+        parts.append("<p class='muted'>no metrics.jsonl in the run folder</p>")
+
+    # Evaluation: confusion matrix, samples, mistakes, per-class metrics.
+    parts.append("<h2>Evaluation</h2>")
+    result = None
+    if data is not None:
+        try:
+            result = evaluate(clf, data, batch_size=batch_size, sample_k=samples)
+        except Exception as e:  # noqa: BLE001 - data missing here: the report still shows the rest
+            parts.append(
+                f"<p class='bad'>could not evaluate on {html.escape(str(data))}: {html.escape(str(e))}</p>"
+            )
+    if result is not None:
+        m = result.metrics
+        line = f"{html.escape(result.data)}: n = {m['n']}, accuracy <b>{m['accuracy']:.4f}</b>"
+        if "top5" in m:
+            line += f", top-5 {m['top5']:.4f}"
+        parts.append(f"<p>{line}</p>")
+        buf = io.BytesIO()
+        plot_confusion_matrix(m["confusion_matrix"], clf.class_names, buf)
+        parts.append("<h3>Confusion matrix</h3>" + _img(_png_data_uri(buf.getvalue()), "confusion matrix"))
+
+        parts.append("<h3>Sample predictions</h3><div class='grid'>")
+        for s in result.samples:
+            ok = s["true"] == s["pred"]
+            parts.append(
+                "<figure>"
+                + _img(_png_data_uri(_thumbnail_png(s["image"])), f"true {s['true']}", cls="thumb")
+                + f"<figcaption>true: {html.escape(s['true'])}<br><span class='{'good' if ok else 'bad'}'>"
+                f"pred: {html.escape(s['pred'])} ({s['confidence']:.0%})</span></figcaption></figure>"
+            )
+        parts.append("</div>")
+
+        if result.mistakes:
+            buf = io.BytesIO()
+            captions = [
+                f"true: {w['true']}\npred: {w['pred']} ({w['confidence']:.0%})" for w in result.mistakes
+            ]
+            plot_mistakes(result.mistake_images, captions, buf, title="most confident mistakes")
+            parts.append("<h3>Most confident mistakes</h3>" + _img(_png_data_uri(buf.getvalue()), "mistakes"))
+
+        rows = [
+            [name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"]]
+            for name, r in m["per_class"].items()
+        ]
+        parts.append(
+            "<h3>Per-class metrics</h3>" + _table(["class", "precision", "recall", "F1", "support"], rows)
+        )
+    elif (run_dir / "confusion_matrix.png").is_file():
+        uri = _png_data_uri((run_dir / "confusion_matrix.png").read_bytes())
+        parts.append("<p class='muted'>the trainer's confusion matrix:</p>" + _img(uri, "confusion matrix"))
+
+    # Cost.
+    parts.append("<h2>Cost</h2>")
+    cost = model_cost(clf.model, image_size=clf.image_size, in_chans=clf.in_chans)
+    parts.append(
+        f"<p>{format_count(cost.params)} parameters, {format_count(cost.macs)} multiply-adds per image "
+        f"at {cost.image_size[0]}x{cost.image_size[1]}</p>"
+    )
+    layer_rows = [
+        [
+            layer.name,
+            layer.type,
+            "x".join(map(str, layer.output_shape)),
+            f"{layer.params:,}",
+            f"{layer.macs:,}",
+        ]
+        for layer in cost.layers
+        if layer.params or layer.macs
+    ]
+    parts.append(
+        "<details><summary>per-layer cost (layers with parameters or multiply-adds)</summary>"
+        + _table(["layer", "type", "output", "params", "multiply-adds"], layer_rows, left=2)
+        + "</details>"
+    )
+
+    # Options.
+    parts.append("<h2>Options</h2>")
+    options = config.get("options") or {}
+    parts.append(_table(["option", "value"], [[k, json.dumps(v)] for k, v in options.items()]))
+    shown = {k: v for k, v in config.items() if k not in ("options", "split", "class_names")}
+    parts.append("<details><summary>config.json (without the split)</summary><pre>")
+    parts.append(html.escape(json.dumps(shown, indent=2)) + "</pre></details>")
+
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
+        f"<body>{''.join(parts)}</body></html>"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out.with_name(out.name + ".tmp")
+    tmp_path.write_text(page, encoding="utf-8")
+    tmp_path.replace(out)
+    return out
