@@ -5,10 +5,9 @@ The exported graph takes what a camera or an image decoder gives: RGB (or grey) 
 itself, so the caller never needs to know how the network was trained, and BatchNorm has been
 folded into the preceding convolutions (inference-only arithmetic: one conv instead of conv + BN).
 
-Folding uses ``torch.fx.experimental.optimization.fuse`` (symbolic trace, then
-``fuse_conv_bn_eval`` on every conv -> BN pair whose conv output feeds only the BN). A model that
-torch.fx cannot trace falls back to the same ``fuse_conv_bn_eval`` applied to conv -> BN pairs that
-sit next to each other inside an ``nn.Sequential`` (every ``ConvBNAct`` in this project).
+Folding is ``convnets.inference.fold_batchnorm``: conv -> BN pairs found from a ``torch.fx`` trace of
+the data flow (neighbours inside an ``nn.Sequential`` when a model cannot be traced), merged with
+``torch.nn.utils.fusion.fuse_conv_bn_eval``.
 
 After writing, the file is loaded back with its own runtime (onnxruntime / ``torch.jit.load``), run
 on random inputs of a batch size different from the traced one (which checks the dynamic batch
@@ -28,8 +27,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -62,42 +59,26 @@ class NormalizedModel(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def _count_batchnorm(model: nn.Module) -> int:
-    return sum(isinstance(m, _BatchNorm) for m in model.modules())
-
-
-def _fold_sequential(model: nn.Module) -> nn.Module:
-    """Fold conv -> BN pairs that are neighbours in an ``nn.Sequential`` (the fallback path)."""
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = module._modules[first], module._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                module._modules[first] = fuse_conv_bn_eval(conv, bn)
-                module._modules[second] = nn.Identity()
-    return model
-
-
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict]:
-    """Return an eval-mode copy with BatchNorm folded into convolutions, and what was done.
+    """Return an eval-mode copy with BatchNorm folded into the convolutions, and what was done.
 
-    The info dict has ``method`` ("torch.fx" or "sequential"), ``batchnorm_before`` and
-    ``batchnorm_after`` (BN layers left, e.g. a BN not preceded by a conv).
+    The folding is ``convnets.inference.fold_batchnorm`` (pairs found from a torch.fx trace of the
+    data flow, falling back to neighbours in an ``nn.Sequential``; the arithmetic is
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval``). The info dict has ``method``,
+    ``batchnorm_before`` and ``batchnorm_after`` (BN layers left, e.g. one not preceded by a conv).
     """
-    model = copy.deepcopy(model).eval()
-    before = _count_batchnorm(model)
-    try:
-        from torch.fx.experimental.optimization import fuse
+    from .inference import count_batchnorm
+    from .inference import fold_batchnorm as fold_in_place
 
-        folded = fuse(model, inplace=True)
-        method = "torch.fx"
-    except Exception:  # noqa: BLE001 - any tracing failure (data-dependent control flow, ...) -> fallback
-        folded = _fold_sequential(model)
-        method = "sequential"
-    folded.eval()
-    return folded, {"method": method, "batchnorm_before": before, "batchnorm_after": _count_batchnorm(folded)}
+    folded = copy.deepcopy(model).eval()
+    before = count_batchnorm(folded)
+    fold_in_place(folded)
+    info = {
+        "method": "convnets.inference.fold_batchnorm (torch.fx data flow + fuse_conv_bn_eval)",
+        "batchnorm_before": before,
+        "batchnorm_after": count_batchnorm(folded),
+    }
+    return folded, info
 
 
 @dataclass

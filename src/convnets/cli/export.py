@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({args.format}, input {result.input_shape} in [0, 1])")
     print(f"wrote {result.labels_path}")
     print(
-        f"BatchNorm folded into convolutions ({fold['method']}): "
-        f"{fold['batchnorm_before'] - fold['batchnorm_after']} of {fold['batchnorm_before']}"
+        f"BatchNorm layers folded into convolutions: {fold['batchnorm_before'] - fold['batchnorm_after']} "
+        f"of {fold['batchnorm_before']} ({fold['method']})"
     )
     print(f"max |exported - PyTorch| = {result.max_abs_diff:.3g} (tolerance {result.atol:g})")
     return 0
