@@ -284,20 +284,21 @@ def test_reset_classifier_and_stages(name, size, n_stages):
     model = fresh(name).eval()
     x = torch.randn(2, 1, size, size)
     with torch.no_grad():
-        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.num_features)
+        features = model.forward_features(x)
+        assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
     assert model.get_classifier().in_features == model.num_features
     assert model.get_classifier().out_features == 7
 
     model.reset_classifier(4, dropout=0.3)
     head = model.get_classifier()
     assert isinstance(head, nn.Linear) and head.out_features == 4
-    channels = model.forward_features(x).shape[1]
-    assert head.in_features == model.num_features == channels  # GAP -> dropout -> Linear on the last map
-    assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
+    # GAP -> dropout -> Linear on the last feature map
+    assert head.in_features == model.num_features == features.shape[1]
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p == 0.3]
+    assert len(dropouts) == 1 and not dropouts[0].training  # follows the model's eval mode
     with torch.no_grad():
-        assert model(x).shape == (2, 4)
-        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-        torch.testing.assert_close(pooled, model.forward_features(x).mean((2, 3)))
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), features.mean((2, 3)))
+        torch.testing.assert_close(model.forward_head(features), head(features.mean((2, 3))))
 
     stages = model.stages()
     assert len(stages) == n_stages
@@ -309,7 +310,7 @@ def test_reset_classifier_and_stages(name, size, n_stages):
         y = x
         for stage in stages:
             y = stage(y)
-        torch.testing.assert_close(y, model.forward_features(x))
+    torch.testing.assert_close(y, features)
 
 
 @pytest.mark.parametrize("name", ["lenet5", "vgg11", "alexnet"])
