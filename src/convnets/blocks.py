@@ -46,7 +46,8 @@ class ConvBNAct(nn.Sequential):
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))
         if act_layer is not None:
-            layers.append(act_layer(inplace=True) if act_layer in (nn.ReLU, nn.ReLU6, nn.SiLU) else act_layer())
+            inplace = act_layer in (nn.ReLU, nn.ReLU6, nn.SiLU)
+            layers.append(act_layer(inplace=True) if inplace else act_layer())
         super().__init__(*layers)
         self.out_channels = out_channels
 
