@@ -126,7 +126,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
         "torchvision": torchvision.__version__,
         "convnets": __version__,
     }
@@ -165,7 +165,7 @@ def _build_trainer(
             raise TrainConfigError(f"--weights: {e}") from None
         if opts.normalize is None:
             cfg = getattr(model, "pretrained_cfg", None) or {}
-            normalize = "given"
+            normalize = "auto"  # with mean/std given: use them
             mean = tuple(cfg.get("mean", model_cfg.mean))
             std = tuple(cfg.get("std", model_cfg.std))
 
@@ -244,7 +244,7 @@ def _build_trainer(
         "image_size": [image_size, image_size],
         "mean": [float(v) for v in splits.mean],
         "std": [float(v) for v in splits.std],
-        "normalize": "checkpoint" if normalize == "given" else normalize,
+        "normalize": "checkpoint" if mean is not None else normalize,
         "class_names": class_names,
         "data": {"source": _source(data), "val_split": opts.val_split, "seed": opts.seed},
         "split": splits.split,

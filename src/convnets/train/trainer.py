@@ -207,6 +207,7 @@ class Trainer:
         self.seeded = augmenting and _takes_seeded_keys(train_set)
         self._train_batches = _BatchList()
         self._train_loader: DataLoader | None = None
+        self._val_loader: DataLoader | None = None
         self.main = self.dist.is_main
         self._log = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
 
@@ -535,15 +536,19 @@ class Trainer:
 
     def _predict_batches(self, indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.model.eval()
-        loader = DataLoader(
-            self.val_set,
-            sampler=indices,
-            batch_size=self.opts.batch_size * 2,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            pin_memory=self.device.type == "cuda",
-        )
-        for batch in loader:
+        if self._val_loader is None or self._val_loader.sampler != indices:
+            # Kept for the run (persistent workers): a validation pass per epoch would otherwise
+            # start its worker processes again every time.
+            self._val_loader = DataLoader(
+                self.val_set,
+                sampler=indices,
+                batch_size=self.opts.batch_size * 2,
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+            )
+        for batch in self._val_loader:
             x, y = self._unpack(batch)
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -637,8 +642,9 @@ class Trainer:
             "early_stopping": dict(self.early),
             "best": dict(self.best),
             "history": list(self.history),
-            "options": self.config["options"],
-            "config": self.config,
+            # JSON round trip: only plain types, which torch.load(weights_only=True) accepts.
+            "options": json.loads(json.dumps(self.config["options"])),
+            "config": json.loads(json.dumps(self.config)),
         }
 
     def _save_last(self) -> None:

@@ -1,0 +1,132 @@
+"""`convnets train` end to end on a generated folder, the run-folder contract, and refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from train_shapes import SHAPES, make_shapes
+
+from convnets.cli import main
+
+CONTRACT_KEYS = {"model", "model_kwargs", "num_classes", "in_chans", "head", "head_dropout", "image_size", "mean",
+                 "std", "normalize", "class_names", "data", "split", "options", "versions", "best"}
+METRIC_KEYS = {"epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", per_class=40)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """One quiet CLI run shared by the run-folder tests."""
+    run_dir = tmp_path_factory.mktemp("runs") / "lenet"
+    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(run_dir), "--epochs", "8", "--lr", "3e-3", "--workers", "0",
+               "--quiet"])
+    return rc, run_dir
+
+
+def test_end_to_end_reaches_accuracy_clearly_above_chance(trained):
+    rc, run_dir = trained
+    assert rc == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["best"]["val_acc"] > 0.6  # three classes: chance is 0.33
+
+
+def test_run_folder_files_and_config_contract(trained, shapes):
+    _, run_dir = trained
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "curves.png", "confusion_matrix.png",
+                 "last.pt"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert CONTRACT_KEYS <= set(config)
+    assert config["model"] == "lenet5" and config["head"] == "default" and config["head_dropout"] is None
+    assert config["num_classes"] == 3 and config["class_names"] == sorted(SHAPES)
+    assert config["image_size"] == [32, 32] and config["in_chans"] == 1
+    assert config["data"] == {"source": str(shapes.resolve()), "val_split": 0.2, "seed": 0}
+    assert len(config["split"]["val"]) == 24 and len(config["split"]["train"]) == 96
+    assert config["options"]["epochs"] == 8 and config["options"]["lr"] == 3e-3
+    assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is True
+    assert set(config["versions"]) == {"python", "torch", "torchvision", "convnets"}
+
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(1, 9))
+    assert all(METRIC_KEYS <= set(m) and m["phase"] == "train" for m in lines)
+    best = max(lines, key=lambda m: m["val_acc"])
+    assert config["best"]["val_acc"] == best["val_acc"]
+    assert config["best"]["epoch"] == best["epoch"]
+
+    state = torch.load(run_dir / "last.pt", weights_only=True)  # plain containers and tensors only
+    assert state["epoch"] == 8 and state["phase"] == "train" and len(state["history"]) == 8
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_saved_model_reproduces_recorded_accuracy(trained):
+    """model.safetensors is the best epoch: load_run + the saved split give its validation accuracy."""
+    from convnets.data import load_data
+    from convnets.weights import load_run
+
+    _, run_dir = trained
+    model, config = load_run(run_dir)
+    splits = load_data(config["data"]["source"], image_size=config["image_size"], in_chans=config["in_chans"],
+                       mean=config["mean"], std=config["std"], normalize="auto", split=config["split"],
+                       augment="none", num_workers=0)
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in splits.val:
+            correct += (model(x).argmax(1) == y).sum().item()
+            seen += len(y)
+    assert seen == 24
+    assert math.isclose(correct / seen, config["best"]["val_acc"], abs_tol=1e-9)
+
+
+def test_quiet_prints_only_the_summary(shapes, tmp_path, capsys):
+    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "r"), "--epochs", "1",
+               "--image-size", "16", "--quiet"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert len(out) == 1 and out[0].startswith("best validation accuracy") and str(tmp_path / "r") in out[0]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--fine-tune-last", "2"], "--fine-tune-last"),
+        (["--freeze", "base"], "--freeze"),
+        (["--image-size", "8"], "--image-size"),
+        (["--precision", "fp16", "--device", "cpu"], "--precision"),
+        (["--resume"], "--resume"),
+        (["--epochs", "0"], "--epochs"),
+        (["--fine-tune-last", "1", "--fine-tune-from", "x", "--weights", "w.pt"], "--fine-tune-from"),
+        (["--augment", "nosuchop"], "--augment"),
+    ],
+)
+def test_cli_refuses_invalid_combinations(args, option, shapes, tmp_path, capsys):
+    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert option in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_bf16_refused_without_native_support(shapes, tmp_path, capsys):
+    from convnets.runtime import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():
+        pytest.skip("this CPU has native bf16")
+    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "run"), "--device", "cpu",
+               "--precision", "bf16"])
+    assert rc == 2 and "--precision" in capsys.readouterr().err
+
+
+def test_refuses_unknown_model_and_existing_run(trained, shapes, capsys):
+    _, run_dir = trained
+    assert main(["train", str(shapes), "--model", "lenet6", "--out", str(run_dir.parent / "x")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["train", str(shapes), "--model", "lenet5", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--resume" in err
