@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from .decode import ImageReadError, fit, load_base, to_mode
 from .pca import cache_root
@@ -133,15 +133,11 @@ class BaseDataset(Dataset):
 
 
 def _seeded(transform, image: torch.Tensor, seed: int | None) -> torch.Tensor:
-    if seed is None:
-        return transform(image)
-    if get_worker_info() is not None:
-        torch.manual_seed(seed)  # a worker's RNG is private to it
-        return transform(image)
-    # Main process (num_workers=0): don't disturb the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
+    if seed is not None:
+        # Reseeds torch's global RNG: private to a worker process; with num_workers=0 the ImageLoader
+        # saves and restores the caller's RNG state around each batch.
         torch.manual_seed(seed)
-        return transform(image)
+    return transform(image)
 
 
 class FileDataset(BaseDataset):
