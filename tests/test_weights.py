@@ -89,6 +89,13 @@ def test_torchvision_googlenet_layout_is_detected(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=0)
 
+    # Fine-tuned into a run whose config.json does not record the layout: load_run still rebuilds it.
+    model.reset_classifier(3, dropout=0.0)
+    _write_run(tmp_path / "run", model, model="googlenet", model_kwargs={}, in_chans=3, head_dropout=0.0)
+    again, _ = load_run(tmp_path / "run")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model.eval()(x), atol=1e-5, rtol=0)
+
 
 def test_wrapped_and_ddp_prefixed_state_dict_loads(tmp_path, tv_resnet18_file):
     state = torch.load(tv_resnet18_file, weights_only=True)
@@ -202,9 +209,9 @@ def test_save_state_dict_is_atomic_and_handles_shared_tensors(tmp_path):
     torch.testing.assert_close(loaded["1.weight"], model[0].weight.detach())
 
 
-def _write_run(run_dir: Path, model: nn.Module, **config) -> None:
+def _write_run(run_dir: Path, net: nn.Module, **config) -> None:
     run_dir.mkdir(parents=True)
-    save_state_dict(model, run_dir / "model.safetensors")
+    save_state_dict(net, run_dir / "model.safetensors")
     base = {
         "model": "lenet5",
         "model_kwargs": {"activation": "relu"},

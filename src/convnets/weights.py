@@ -325,9 +325,12 @@ def _fitting_kwargs(
     in_chans: int,
     kwargs: dict,
     layouts: list[dict],
+    transfer_dropout: float | None = None,
+    transfer_head: bool = False,
 ) -> dict:
     """The first builder kwargs (user's, then with each alternative layout, e.g. torchvision's
     GoogLeNet) whose model has the checkpoint's keys and shapes, apart from the head and first conv.
+    ``transfer_head`` checks the model after ``reset_classifier`` (a run trained with a new head).
 
     Candidates are built on the meta device, so trying one costs no memory and little time.
     """
@@ -341,7 +344,10 @@ def _fitting_kwargs(
         try:
             with torch.device("meta"):
                 model = create_model(name, num_classes=num_classes, in_chans=in_chans, **candidate)
-        except TypeError:  # the builder has no such option (aux_logits on a ResNet)
+                if transfer_head:
+                    dropout = {} if transfer_dropout is None else {"dropout": transfer_dropout}
+                    model.reset_classifier(num_classes, **dropout)
+        except (TypeError, ValueError):  # the builder has no such option (aux_logits on a ResNet)
             continue
         model_state = model.state_dict()
         missing, unexpected, shapes = _mismatches(model_state, state)
@@ -495,7 +501,7 @@ def load_run(
     the weights from ``model.safetensors``, loaded strictly. ``overrides`` are extra builder kwargs
     (``in_chans`` here adapts the first convolution).
     """
-    from .models import create_model
+    from .models import create_model, get_model_cfg
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -506,18 +512,22 @@ def load_run(
     in_chans = int(overrides.pop("in_chans", run_chans))
     model_kwargs = {**(config.get("model_kwargs") or {}), **overrides}
     num_classes = int(config["num_classes"])
-    model = create_model(config["model"], num_classes=num_classes, in_chans=in_chans, **model_kwargs)
-    if config.get("head") == "transfer":
-        dropout = config.get("head_dropout")
-        model.reset_classifier(num_classes, **({} if dropout is None else {"dropout": dropout}))
+    transfer, dropout = config.get("head") == "transfer", config.get("head_dropout")
     state, _ = load_checkpoint(weights_path)
+    cfg = get_model_cfg(config["model"])
+    # A run fine-tuned from torchvision's GoogLeNet has its layout (tv_layout, no side heads) even if
+    # config.json's model_kwargs do not say so: rebuild the layout the weights have.
+    layouts = [cfg.extra["torchvision_kwargs"]] if cfg.extra.get("torchvision_kwargs") else []
+    model_kwargs = _fitting_kwargs(
+        config["model"], state, num_classes, run_chans, model_kwargs, layouts, dropout, transfer
+    )
+    model = create_model(config["model"], num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    if transfer:
+        model.reset_classifier(num_classes, **({} if dropout is None else {"dropout": dropout}))
     load_state_dict_into(
         model, state, source=str(weights_path), allow_new_head=False, adapt_in_chans=in_chans != run_chans
     )
 
-    from .models import get_model_cfg
-
-    cfg = get_model_cfg(config["model"])
     m, s = _effective_normalization(
         (tuple(config.get("mean") or cfg.mean), tuple(config.get("std") or cfg.std)), in_chans
     )
