@@ -202,3 +202,44 @@ def test_predict_reports_broken_files_and_goes_on(tmp_path):
     assert by_name["black.png"]["top"] == [
         {"class": "dark", "prob": pytest.approx(1 - _sigmoid(-5.0), abs=1e-6)}
     ]
+
+
+def test_predict_cli_from_a_run_folder_exits_1_on_a_broken_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from convnets import create_model
+    from convnets.cli import main
+
+    model = create_model("lenet5", num_classes=3, in_chans=1).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run / "model.safetensors")
+    config = {
+        "model": "lenet5", "model_kwargs": {}, "num_classes": 3, "in_chans": 1, "head": "default",
+        "head_dropout": None, "image_size": [32, 32], "mean": [0.5], "std": [0.25], "normalize": "dataset",
+        "class_names": ["x", "y", "z"], "data": {"source": "digits", "val_split": 0.2, "seed": 0},
+        "split": None,
+    }  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (50, 40), (200, 10, 10)).save(tmp_path / "red.jpg")  # colour -> grey by the data layer
+    (tmp_path / "empty.png").write_bytes(b"")
+    rc = main(
+        [
+            "predict",
+            str(run),
+            str(tmp_path / "red.jpg"),
+            str(tmp_path / "empty.png"),
+            "--top-k",
+            "3",
+            "--json",
+        ]
+    )
+    assert rc == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [r["file"].rsplit("/", 1)[-1] for r in results] == ["red.jpg", "empty.png"]
+    assert "error" in results[1]
+    top = results[0]["top"]
+    assert sorted(t["class"] for t in top) == ["x", "y", "z"]
+    assert sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-5)
+    assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
+    assert main(["predict", str(run), str(tmp_path / "red.jpg")]) == 0
