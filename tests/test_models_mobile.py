@@ -77,6 +77,13 @@ def test_efficientnets_match_torchvision_layout(shapes_only):
     assert _num_params(create_model("efficientnet_b0")) == 5_288_548
 
 
+def test_default_cfg_follows_the_width_built(shapes_only):
+    assert create_model("mobilenet_v2", width_mult=1.4).default_cfg.imagenet_top1 == 74.7
+    assert create_model("mobilenet_v2", width_mult=0.9).default_cfg.imagenet_top1 is None
+    assert create_model("efficientnet_b0", depth_mult=2.0).default_cfg.imagenet_top1 is None
+    assert create_model("efficientnet_b0", dropout=0.5).default_cfg.imagenet_top1 == 77.1
+
+
 def test_efficientnet_default_cfgs():
     sizes = [get_model_cfg(n).input_size for n in EFFICIENTNETS]
     assert sizes == [(3, r, r) for r in (224, 240, 260, 300, 380, 456, 528, 600)]
@@ -123,6 +130,7 @@ FORWARD_SIZES = {"mobilenet_v1": (48, 40), "mobilenet_v2": (64, 64), "efficientn
 @pytest.mark.parametrize("name", MODELS)
 def test_model_contract(name):
     model = create_model(name, num_classes=7, in_chans=1)
+    assert model.default_cfg == get_model_cfg(name)
     h, w = FORWARD_SIZES.get(name, (32, 32))
     x = torch.randn(2, 1, h, w)
 
@@ -157,6 +165,7 @@ def test_model_contract(name):
 def test_mobilenet_v1_width_and_resolution():
     model = create_model("mobilenet_v1", num_classes=5, width_mult=0.25).eval()
     assert model.num_features == 256
+    assert model.default_cfg.imagenet_top1 == 50.6  # the width built, not the registered default
     depthwise = model.features[1].depthwise[0]
     assert depthwise.groups == depthwise.in_channels == 8
     with torch.no_grad():

@@ -9,6 +9,7 @@ the repeats of each stage (rounded up), resolution is the default input size. Th
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import NamedTuple
 
@@ -170,7 +171,12 @@ def _register(name: str, scaling: EfficientNetScaling) -> None:
             "bn_eps": scaling.bn_eps,
             "bn_momentum": scaling.bn_momentum,
         }
-        return EfficientNet(num_classes=num_classes, in_chans=in_chans, **{**defaults, **kwargs})
+        kwargs = {**defaults, **kwargs}
+        model = EfficientNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        # A re-scaled network is no longer the published one: no published top-1 for it.
+        rescaled = (kwargs["width_mult"], kwargs["depth_mult"]) != (scaling.width, scaling.depth)
+        model.default_cfg = replace(cfg, imagenet_top1=None) if rescaled else cfg
+        return model
 
     build.__name__ = name
     build.__doc__ = (

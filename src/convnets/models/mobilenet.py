@@ -7,6 +7,8 @@ state dicts load with ``strict=True``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -116,11 +118,19 @@ def _v1_cfg(width_mult: float) -> ModelCfg:
     )
 
 
+def _cfg_for_width(cfg: ModelCfg, width_mult: float) -> ModelCfg:
+    """The registered cfg, with the published top-1 of the width actually built (None if unpublished)."""
+    top1 = cfg.extra["imagenet_top1_by_width"].get(width_mult)
+    return replace(cfg, imagenet_top1=top1, extra={**cfg.extra, "width_mult": width_mult})
+
+
 def _register_v1(name: str, default_width: float) -> None:
     @register_model(name, _v1_cfg(default_width))
     def build(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> MobileNetV1:
         kwargs.setdefault("width_mult", default_width)
-        return MobileNetV1(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        model = MobileNetV1(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        model.default_cfg = _cfg_for_width(_v1_cfg(default_width), model.width_mult)
+        return model
 
     build.__name__ = name
     build.__doc__ = f"MobileNet v1 with width multiplier {default_width} (kwargs: width_mult, dropout)."
@@ -188,21 +198,24 @@ class MobileNetV2(FeaturesClassifierNet):
         return [self.features[lo:hi] for lo, hi in zip(b[:-1], b[1:], strict=True)]
 
 
-@register_model(
-    "mobilenet_v2",
-    ModelCfg(
-        torchvision="mobilenet_v2",
-        imagenet_top1=72.0,
-        extra={
-            "torchvision_top1": 71.878,
-            "imagenet_top1_by_width": {1.0: 72.0, 1.4: 74.7},
-            "paper": "Sandler et al. 2018, arXiv:1801.04381",
-        },
-    ),
+MOBILENET_V2_CFG = ModelCfg(
+    torchvision="mobilenet_v2",
+    imagenet_top1=72.0,
+    extra={
+        "width_mult": 1.0,
+        "torchvision_top1": 71.878,
+        "imagenet_top1_by_width": {1.0: 72.0, 1.4: 74.7},  # paper Table 4
+        "paper": "Sandler et al. 2018, arXiv:1801.04381",
+    },
 )
+
+
+@register_model("mobilenet_v2", MOBILENET_V2_CFG)
 def mobilenet_v2(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> MobileNetV2:
     """MobileNet v2 (torchvision layout); kwargs: ``width_mult``, ``dropout``, ``round_nearest``."""
-    return MobileNetV2(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = MobileNetV2(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.default_cfg = _cfg_for_width(MOBILENET_V2_CFG, model.width_mult)
+    return model
 
 
 def _init_weights(model: nn.Module) -> None:
