@@ -11,8 +11,24 @@ from train_shapes import SHAPES, make_shapes
 
 from convnets.cli import main
 
-CONTRACT_KEYS = {"model", "model_kwargs", "num_classes", "in_chans", "head", "head_dropout", "image_size", "mean",
-                 "std", "normalize", "class_names", "data", "split", "options", "versions", "best"}
+CONTRACT_KEYS = {
+    "model",
+    "model_kwargs",
+    "num_classes",
+    "in_chans",
+    "head",
+    "head_dropout",
+    "image_size",
+    "mean",
+    "std",
+    "normalize",
+    "class_names",
+    "data",
+    "split",
+    "options",
+    "versions",
+    "best",
+}
 METRIC_KEYS = {"epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 
 
@@ -25,8 +41,23 @@ def shapes(tmp_path_factory):
 def trained(shapes, tmp_path_factory):
     """One quiet CLI run shared by the run-folder tests."""
     run_dir = tmp_path_factory.mktemp("runs") / "lenet"
-    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(run_dir), "--epochs", "8", "--lr", "3e-3", "--workers", "0",
-               "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(shapes),
+            "--model",
+            "lenet5",
+            "--out",
+            str(run_dir),
+            "--epochs",
+            "8",
+            "--lr",
+            "3e-3",
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     return rc, run_dir
 
 
@@ -39,8 +70,14 @@ def test_end_to_end_reaches_accuracy_clearly_above_chance(trained):
 
 def test_run_folder_files_and_config_contract(trained, shapes):
     _, run_dir = trained
-    for name in ("model.safetensors", "config.json", "metrics.jsonl", "curves.png", "confusion_matrix.png",
-                 "last.pt"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "confusion_matrix.png",
+        "last.pt",
+    ):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert CONTRACT_KEYS <= set(config)
@@ -72,9 +109,17 @@ def test_saved_model_reproduces_recorded_accuracy(trained):
 
     _, run_dir = trained
     model, config = load_run(run_dir)
-    splits = load_data(config["data"]["source"], image_size=config["image_size"], in_chans=config["in_chans"],
-                       mean=config["mean"], std=config["std"], normalize="auto", split=config["split"],
-                       augment="none", num_workers=0)
+    splits = load_data(
+        config["data"]["source"],
+        image_size=config["image_size"],
+        in_chans=config["in_chans"],
+        mean=config["mean"],
+        std=config["std"],
+        normalize="auto",
+        split=config["split"],
+        augment="none",
+        num_workers=0,
+    )
     correct = seen = 0
     with torch.no_grad():
         for x, y in splits.val:
@@ -85,8 +130,21 @@ def test_saved_model_reproduces_recorded_accuracy(trained):
 
 
 def test_quiet_prints_only_the_summary(shapes, tmp_path, capsys):
-    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "r"), "--epochs", "1",
-               "--image-size", "16", "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(shapes),
+            "--model",
+            "lenet5",
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert len(out) == 1 and out[0].startswith("best validation accuracy") and str(tmp_path / "r") in out[0]
@@ -118,8 +176,20 @@ def test_bf16_refused_without_native_support(shapes, tmp_path, capsys):
 
     if cpu_has_native_bf16():
         pytest.skip("this CPU has native bf16")
-    rc = main(["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "run"), "--device", "cpu",
-               "--precision", "bf16"])
+    rc = main(
+        [
+            "train",
+            str(shapes),
+            "--model",
+            "lenet5",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+        ]
+    )
     assert rc == 2 and "--precision" in capsys.readouterr().err
 
 
