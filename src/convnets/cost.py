@@ -425,7 +425,8 @@ def plot_compare(rows: Sequence[dict], path: str | Path, title: str | None = Non
     for ax, (key, label, scale) in zip(axes, panels):
         values = [(r.get(key) or 0) / scale for r in rows]
         bars = ax.barh(names, values, color="#4c72b0")
-        ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=8)
+        labels = [f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values]
+        ax.bar_label(bars, labels=labels, padding=2, fontsize=8)
         ax.set_xlabel(label)
         ax.invert_yaxis()  # first model on top, as in the table
         ax.margins(x=0.2)
