@@ -82,24 +82,44 @@ class PeerResult:
     def to_dict(self) -> dict:
         d = {"name": self.name, "warmup_s": self.warmup_s, "meta": self.meta, "error": self.error}
         if self.ok:
-            d.update(seconds=self.seconds, items=self.items, rate=self.rate().to_dict(),
-                     per_item_ms=self.per_item_ms().to_dict())
+            d.update(
+                seconds=self.seconds,
+                items=self.items,
+                rate=self.rate().to_dict(),
+                per_item_ms=self.per_item_ms().to_dict(),
+            )
         return d
 
 
 class Worker:
     """A peer living in its own process; see the module docstring for the protocol."""
 
-    def __init__(self, name: str, module: str, spec: dict, env: dict[str, str] | None = None,
-                 setup_timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        spec: dict,
+        env: dict[str, str] | None = None,
+        setup_timeout: float = 900.0,
+    ) -> None:
         self.name = name
         self.result = PeerResult(name)
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
-                    "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "KERAS_BACKEND": "tensorflow",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(BENCH_DIR / "common.py"), module], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=full_env, cwd=str(ROOT),
+            [sys.executable, "-u", str(BENCH_DIR / "common.py"), module],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=full_env,
+            cwd=str(ROOT),
         )
         self.setup_timeout = setup_timeout
         self._send(spec)
@@ -113,18 +133,29 @@ class Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(_TAG):
-                return json.loads(line[len(_TAG):])
+                return json.loads(line[len(_TAG) :])
         self._stderr.seek(0)
         tail = self._stderr.read()[-1500:].strip()
         raise RuntimeError(f"worker exited (code {self.proc.wait()}): {tail or 'no error output'}")
 
     def ready(self) -> bool:
-        """Wait for the peer's setup and warm-up; False (with ``result.error``) when it failed."""
+        """Wait for the peer's setup and warm-up; False (with ``result.error``) when it failed or took
+        longer than ``setup_timeout`` seconds (the process is then killed)."""
+        import threading
+
+        timer = threading.Timer(self.setup_timeout, self.proc.kill)
+        timer.start()
         try:
             msg = self._receive()
         except RuntimeError as e:
-            self.result.error = str(e)
+            self.result.error = (
+                f"setup took longer than {self.setup_timeout:.0f}s (killed)"
+                if not timer.is_alive()
+                else str(e)
+            )
             return False
+        finally:
+            timer.cancel()
         if "error" in msg:
             self.result.error = msg["error"]
             return False
@@ -146,6 +177,8 @@ class Worker:
             return
         self.result.seconds.append(msg["seconds"])
         self.result.items.append(msg["items"])
+        if "meta" in msg:  # per-repetition details (e.g. a training run's epochs)
+            self.result.meta.setdefault("reps", []).append(msg["meta"])
 
     def close(self) -> None:
         try:
@@ -159,17 +192,21 @@ class Worker:
         self._stderr.close()
 
 
-def compare(peers: dict[str, tuple[str, dict, dict | None]], reps: int, log=print) -> dict[str, PeerResult]:
+def compare(
+    peers: dict[str, tuple[str, dict, dict | None]], reps: int, log=print, setup_timeout: float = 900.0
+) -> dict[str, PeerResult]:
     """Run each peer ``(module, spec, env)`` in its own process, warm them up one after another (so the
     warm-up times are not inflated by each other), then time ``reps`` interleaved repetitions."""
     workers: list[Worker] = []
     try:
         for name, (module, spec, env) in peers.items():
-            worker = Worker(name, module, spec, env)
+            worker = Worker(name, module, spec, env, setup_timeout=setup_timeout)
             t0 = time.perf_counter()
             ok = worker.ready()
-            log(f"    {name}: {'ready' if ok else 'FAILED'} in {time.perf_counter() - t0:.1f}s"
-                + ("" if ok else f" -- {worker.result.error.splitlines()[-1][:200]}"))
+            log(
+                f"    {name}: {'ready' if ok else 'FAILED'} in {time.perf_counter() - t0:.1f}s"
+                + ("" if ok else f" -- {worker.result.error.splitlines()[-1][:200]}")
+            )
             workers.append(worker)
         for _ in range(reps):
             for worker in workers:

@@ -24,8 +24,12 @@ import numpy as np
 
 BATCH = 32
 NUM_CLASSES = 1000
-KERAS_APPS = {"mobilenet_v2": "MobileNetV2", "resnet50": "ResNet50", "efficientnet_b0": "EfficientNetB0",
-              "vgg16": "VGG16"}
+KERAS_APPS = {
+    "mobilenet_v2": "MobileNetV2",
+    "resnet50": "ResNet50",
+    "efficientnet_b0": "EfficientNetB0",
+    "vgg16": "VGG16",
+}
 
 
 class _TorchPeer:
@@ -80,12 +84,19 @@ class ConvnetsPeer(_TorchPeer):
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], opts, opts.lr)
+        self.optimizer = build_optimizer(
+            [p for p in self.model.parameters() if p.requires_grad], opts, opts.lr
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.autocast = opts.precision == "bf16"
         self.forward = torch.compile(self.model) if spec.get("compile") else self.model
-        self.meta.update(channels_last=self.channels_last, malloc_tuned=describe_cpu()["malloc_tuned"],
-                         optimizer=opts.optimizer, precision=opts.precision, compile=bool(spec.get("compile")))
+        self.meta.update(
+            channels_last=self.channels_last,
+            malloc_tuned=describe_cpu()["malloc_tuned"],
+            optimizer=opts.optimizer,
+            precision=opts.precision,
+            compile=bool(spec.get("compile")),
+        )
 
     def step(self) -> None:
         import torch
@@ -164,8 +175,13 @@ def make_peer(spec: dict):
 # --- the comparison ------------------------------------------------------------------------------
 
 # (model, image size, batch); ResNet-50 at 224 uses batch 16 to keep three live processes in memory.
-FULL_CONFIGS = [("mobilenet_v2", 160, 32), ("resnet50", 64, 32), ("resnet50", 224, 16),
-                ("efficientnet_b0", 224, 32), ("vgg16", 64, 32)]
+FULL_CONFIGS = [
+    ("mobilenet_v2", 160, 32),
+    ("resnet50", 64, 32),
+    ("resnet50", 224, 16),
+    ("efficientnet_b0", 224, 32),
+    ("vgg16", 64, 32),
+]
 QUICK_CONFIGS = [("mobilenet_v2", 64, 4)]
 
 
@@ -179,8 +195,12 @@ def _train_gflop(model: str, size: int) -> float | None:
         return None
 
 
-def run(quick: bool = False, reps: int = 5, peers: tuple[str, ...] = ("convnets", "torchvision", "keras"),
-        log=print) -> dict:
+def run(
+    quick: bool = False,
+    reps: int = 5,
+    peers: tuple[str, ...] = ("convnets", "torchvision", "keras"),
+    log=print,
+) -> dict:
     """The main comparison; returns a JSON-able dict with per-config peer results."""
     from common import compare, has_module
 
@@ -194,8 +214,16 @@ def run(quick: bool = False, reps: int = 5, peers: tuple[str, ...] = ("convnets"
         spec = {"model": model, "size": size, "batch": batch, "steps": steps, "warmup": 1 if quick else 2}
         log(f"  train {model} @{size} batch {batch}: {', '.join(peers)}")
         results = compare({p: ("train_throughput", {**spec, "peer": p}, None) for p in peers}, reps, log=log)
-        out.append({"model": model, "size": size, "batch": batch, "gflop_per_image": _train_gflop(model, size),
-                    "peers": {k: v.to_dict() for k, v in results.items()}, "_results": results})
+        out.append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "gflop_per_image": _train_gflop(model, size),
+                "peers": {k: v.to_dict() for k, v in results.items()},
+                "_results": results,
+            }
+        )
     return {"configs": out}
 
 
@@ -207,22 +235,40 @@ ABLATION_VARIANTS = {
 }
 
 
-def run_ablation(quick: bool = False, reps: int = 5, bf16: bool = True, compile_: bool = True, log=print) -> dict:
+def run_ablation(
+    quick: bool = False, reps: int = 5, bf16: bool = True, compile_: bool = True, log=print
+) -> dict:
     """convnets' training step with one default changed at a time (each its own process)."""
     from common import compare
 
     configs = [("mobilenet_v2", 64, 4)] if quick else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32)]
     out = []
     for i, (model, size, batch) in enumerate(configs):
-        spec = {"peer": "convnets", "model": model, "size": size, "batch": batch,
-                "steps": 1 if quick else 2, "warmup": 1 if quick else 2}
-        peers = {name: ("train_throughput", {**spec, **over}, env) for name, (over, env) in ABLATION_VARIANTS.items()}
+        spec = {
+            "peer": "convnets",
+            "model": model,
+            "size": size,
+            "batch": batch,
+            "steps": 1 if quick else 2,
+            "warmup": 1 if quick else 2,
+        }
+        peers = {
+            name: ("train_throughput", {**spec, **over}, env)
+            for name, (over, env) in ABLATION_VARIANTS.items()
+        }
         if bf16 and i == 0:
             peers["bf16 autocast"] = ("train_throughput", {**spec, "precision": "bf16", "steps": 1}, None)
         if compile_ and i == 0:
             peers["torch.compile"] = ("train_throughput", {**spec, "compile": True}, None)
         log(f"  ablation {model} @{size} batch {batch}: {', '.join(peers)}")
-        results = compare(peers, reps, log=log)
-        out.append({"model": model, "size": size, "batch": batch,
-                    "peers": {k: v.to_dict() for k, v in results.items()}, "_results": results})
+        results = compare(peers, reps, log=log, setup_timeout=900)
+        out.append(
+            {
+                "model": model,
+                "size": size,
+                "batch": batch,
+                "peers": {k: v.to_dict() for k, v in results.items()},
+                "_results": results,
+            }
+        )
     return {"configs": out}

@@ -189,4 +189,3 @@ def predict_batch(model: nn.Module, images: torch.Tensor, batch_size: int | None
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
             outputs.append(model(chunk))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-

@@ -1,0 +1,138 @@
+"""convnets.inference: BatchNorm folding keeps the outputs, the fast path keeps the model usable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from convnets.inference import count_batchnorm, fold_batchnorm, predict_batch, prepare_for_inference
+from convnets.models.registry import create_model
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so a wrong fold cannot go unnoticed
+    (fresh BN layers are almost the identity)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+    return model.eval()
+
+
+# (name, kwargs, input size): the families whose BN sits in ConvBNAct Sequentials, attribute pairs
+# (ResNet conv1/bn1), BasicConv2d (GoogLeNet) and MBConv with squeeze-excitation.
+ZOO = [
+    ("mobilenet_v2", {"width_mult": 0.35}, 64),
+    ("resnet18", {}, 64),
+    ("efficientnet_b0", {}, 64),
+    ("googlenet", {"aux_logits": False}, 64),
+    ("cifar_resnet", {}, 32),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,size", ZOO, ids=[z[0] for z in ZOO])
+def test_folded_model_matches_plain_model(name, kwargs, size):
+    try:
+        model = _randomize_bn(create_model(name, num_classes=10, **kwargs))
+    except TypeError:  # a family without that keyword
+        model = _randomize_bn(create_model(name, num_classes=10))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+    before = count_batchnorm(model)
+    fast = prepare_for_inference(model, channels_last=True)
+    assert count_batchnorm(fast) < before
+    assert type(fast) is type(model)  # the ConvNet interface survives
+    got = predict_batch(fast, x)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    features = fast.forward_features(x)
+    assert features.ndim == 4
+
+
+def test_every_conv_bn_pair_folds_in_resnet_and_mobilenet():
+    for model in (
+        create_model("resnet18", num_classes=5),
+        create_model("mobilenet_v2", num_classes=5, width_mult=0.35),
+    ):
+        model.eval()
+        n = count_batchnorm(model)
+        assert fold_batchnorm(model) == n
+        assert count_batchnorm(model) == 0
+
+
+def test_torchvision_model_and_jit_path():
+    model = _randomize_bn(torchvision.models.resnet18(num_classes=7))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    scripted = prepare_for_inference(model, example_input=x[:1], channels_last=False, jit=True)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    torch.testing.assert_close(predict_batch(scripted, x), expected, atol=1e-4, rtol=1e-4)
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so only Sequential pairs fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.block(x)
+        if x.sum() > 0:  # not traceable
+            x = x * 2
+        return self.bn(self.conv(x) + 1)  # bn does not read the conv's raw output: must not fold
+
+
+def test_untraceable_model_folds_only_sequential_pairs():
+    model = _randomize_bn(_Untraceable())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    assert fold_batchnorm(model) == 1
+    assert isinstance(model.block[1], nn.Identity) and isinstance(model.bn, nn.BatchNorm2d)
+    torch.testing.assert_close(predict_batch(model, x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fx_path_skips_conv_whose_output_is_reused():
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use of y
+
+    model = _randomize_bn(Reuse())
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+    assert fold_batchnorm(model) == 0
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_refuses_train_mode_and_bad_input():
+    model = create_model("lenet5", num_classes=10)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model.train())
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        predict_batch(prepare_for_inference(model), torch.randn(1, 32, 32))
+
+
+def test_predict_batch_chunks_and_no_grad():
+    model = prepare_for_inference(_randomize_bn(create_model("resnet18", num_classes=4)), channels_last=False)
+    x = torch.randn(5, 3, 32, 32)
+    whole = predict_batch(model, x)
+    chunked = predict_batch(model, x, batch_size=2)
+    torch.testing.assert_close(chunked, whole)
+    assert not whole.requires_grad and whole.shape == (5, 4)
