@@ -208,3 +208,20 @@ def _register(depth: int, plain: bool) -> None:
 for _depth in STANDARD_DEPTHS:
     _register(_depth, plain=False)
     _register(_depth, plain=True)
+
+
+# Any depth 6n+2 by name (what `convnets train --model cifar_plain --model-kwargs '{"depth": 8}'` and the
+# depth experiment use for the depths the paper does not list; config.json then records the depth).
+_GENERIC_CFG = dict(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, min_size=8)
+
+
+@register_model("cifar_resnet", ModelCfg(**_GENERIC_CFG, extra={"family": "cifar_resnet", "depth": "6n+2"}))
+def _cifar_resnet_any(num_classes: int = 10, in_chans: int = 3, depth: int = 20, **kwargs) -> CifarResNet:
+    """Residual CIFAR network of any depth 6n+2 (``depth`` keyword, default 20)."""
+    return cifar_resnet(depth, plain=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model("cifar_plain", ModelCfg(**_GENERIC_CFG, extra={"family": "cifar_resnet", "depth": "6n+2"}))
+def _cifar_plain_any(num_classes: int = 10, in_chans: int = 3, depth: int = 20, **kwargs) -> CifarResNet:
+    """Plain (no shortcuts) CIFAR network of any depth 6n+2 (``depth`` keyword, default 20)."""
+    return cifar_resnet(depth, plain=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
