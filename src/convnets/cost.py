@@ -14,7 +14,6 @@ the ``meta`` device so no memory is allocated and no arithmetic is done.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import statistics
 import time
@@ -108,11 +107,9 @@ def _default_input(model: nn.Module, name: str | None) -> tuple[int, int, int]:
 def default_num_classes(name: str) -> int:
     """The number of classes a registered model is published with: its builder's default
     (10 for LeNet-5 and the CIFAR ResNets, 1000 for the ImageNet models)."""
-    from .models import registry
+    from .models.registry import builder_defaults
 
-    registry.get_model_cfg(name)  # raises the registry's "unknown model" error
-    param = inspect.signature(registry._MODELS[name]).parameters.get("num_classes")
-    return param.default if param is not None and isinstance(param.default, int) else 1000
+    return builder_defaults(name)[0]
 
 
 def _build_on_meta(name: str, in_chans: int) -> nn.Module:

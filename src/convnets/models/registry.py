@@ -54,17 +54,39 @@ def _unknown(name: str) -> str:
     return f"unknown model {name!r}.{hint} See `convnets models` for the list."
 
 
-def create_model(
-    name: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    weights: str | None = None,
-    **kwargs,
-) -> nn.Module:
-    """Build a registered model; ``weights`` is a checkpoint path, a run folder, or ``"imagenet"``."""
+def builder_defaults(name: str) -> tuple[int, int]:
+    """``(num_classes, in_chans)`` a model is published with: its builder's own defaults
+    (LeNet-5: 10 classes, 1 channel; CIFAR ResNets: 10, 3; ImageNet models: 1000, 3)."""
+    import inspect
+
     _ensure_loaded()
     if name not in _MODELS:
         raise KeyError(_unknown(name))
+    params = inspect.signature(_MODELS[name]).parameters
+
+    def default(arg: str, fallback: int) -> int:
+        p = params.get(arg)
+        return p.default if p is not None and isinstance(p.default, int) else fallback
+
+    return default("num_classes", 1000), default("in_chans", 3)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    weights: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model; ``weights`` is a checkpoint path, a run folder, or ``"imagenet"``.
+
+    ``num_classes``/``in_chans`` left as None take the model's published defaults (1000 classes and
+    3 channels for the ImageNet models, 10 classes for LeNet-5 and the CIFAR ResNets, 1 channel for
+    LeNet-5).
+    """
+    default_classes, default_chans = builder_defaults(name)
+    num_classes = default_classes if num_classes is None else num_classes
+    in_chans = default_chans if in_chans is None else in_chans
     if weights is not None:
         from ..weights import create_pretrained
 
