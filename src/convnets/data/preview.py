@@ -55,7 +55,8 @@ def augment_preview(
     for p in positions:
         original, label, _ = base_ds.sample(subset.indices, int(p), None, eval_tf)
         seeds = torch.randint(0, 2**62, (versions,), generator=gen).tolist()
-        augmented = [base_ds.sample(subset.indices, int(p), s, subset.transform)[0] for s in seeds]
+        with torch.random.fork_rng(devices=[]):  # sample() reseeds the global RNG
+            augmented = [base_ds.sample(subset.indices, int(p), s, subset.transform)[0] for s in seeds]
         rows.append((splits.class_names[label], [original, *augmented]))
 
     fig, axes = plt.subplots(
