@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=None, help="one input size for all (default: per model)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--val-split", type=float, default=None, help="validation fraction (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for the runs and the leaderboard")
     p.set_defaults(func=run)
@@ -31,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from ..compare import compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    options = {k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
+    options = {
+        k: v
+        for k, v in {"batch_size": args.batch_size, "lr": args.lr, "val_split": args.val_split}.items()
+        if v is not None
+    }
     try:
         board = compare(
             args.data,
