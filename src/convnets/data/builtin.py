@@ -13,6 +13,7 @@ stratified split of ``split.py`` (keys are sample indices); the official test sp
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -107,13 +108,19 @@ def _carve(name, dataset: BaseDataset, val_split, seed, split, official_val=None
     return (dataset, train_idx), ((val_ds, val_idx) if val_idx else None), record
 
 
-def load_digits_parts(image_size, in_chans, val_split=0.2, seed=0, split=None) -> Parts:
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, list[int], list[str]]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-    names = [str(c) for c in bunch.target_names]
-    ds = ArrayDataset(images, bunch.target.tolist(), names, image_size, in_chans, source="digits")
+    images.setflags(write=False)  # shared by every call
+    return images, bunch.target.tolist(), [str(c) for c in bunch.target_names]
+
+
+def load_digits_parts(image_size, in_chans, val_split=0.2, seed=0, split=None) -> Parts:
+    images, labels, names = _digits_arrays()
+    ds = ArrayDataset(images, list(labels), list(names), image_size, in_chans, source="digits")
     train, val, record = _carve("digits", ds, val_split, seed, split)
     return Parts(names, train, val, None, record, in_memory=True)
 

@@ -126,6 +126,8 @@ class BaseDataset(Dataset):
                 errors.append((self.name(i), str(e)))
         else:
             raise ImageReadError(f"no loadable image left among {n} samples; last errors: {errors[-3:]}")
+        if not arr.flags.writeable:
+            arr = arr.copy()  # torch.from_numpy warns on read-only arrays (shared digits images)
         image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
         if transform is not None:
             image = _seeded(transform, image, seed)
@@ -242,7 +244,7 @@ class ArrayDataset(BaseDataset):
                 arr = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
         if arr.shape[:2] == self.out_size:
             return arr
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+        t = torch.tensor(arr).permute(2, 0, 1)[None].float()  # a copy: the source array may be read-only
         t = torch.nn.functional.interpolate(
             t, size=self.out_size, mode="bilinear", align_corners=False, antialias=True
         )

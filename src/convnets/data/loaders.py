@@ -106,7 +106,8 @@ class ImageLoader:
         self.num_workers = num_workers
         self.skipped = skipped if skipped is not None else []
         self.split: dict | None = None
-        self.test: ImageLoader | None = None
+        self.test: ImageLoader | None = None  # a pre-split folder's test/ subset, set by load_data
+        self.pca = None  # (eigvals, eigvecs) used by the "pca" op, when it is on
         self.sampler = SeededSampler(len(subset), shuffle, seed)
         self._loader = DataLoader(
             subset,
