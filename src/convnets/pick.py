@@ -15,8 +15,8 @@ row says where its number comes from.
 
 Parameters and multiply-adds are counted (``cost.model_cost`` on the meta device: no memory, no
 arithmetic). Latency is measured on this machine (batch 1, random weights: latency does not depend
-on the weights), only for candidates that pass the cheap filters, most accurate first, with a time
-cap; a candidate whose multiply-adds alone rule it out at the best speed seen so far is not run.
+on the weights), only for candidates that pass the cheap filters, cheapest first, with a time cap;
+once a model is well over the budget, candidates with more multiply-adds are ruled out unmeasured.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _measure(c: Candidate, runs: int) -> float:
 
     net = create_model(c.model, **c.kwargs).eval()
     x = torch.randn(1, 3, c.resolution, c.resolution)
-    return latency_ms(net, x, warmup=1, runs=runs)
+    return latency_ms(net, x, warmup=2, runs=runs)
 
 
 @dataclass
@@ -207,36 +207,24 @@ def pick(
 
     spent = 0.0
     if latency_ms is not None:
-        passing = [c for c in table if c.status == "fits"]
-        ms_per_mac: float | None = None  # the fastest rate seen: a lower bound on any model's time
-        if passing:  # calibrate the rate on the cheapest candidate first
-            cheapest = min(passing, key=lambda c: c.macs)
-            start = time.perf_counter()
-            cheapest.latency_ms = _measure(cheapest, runs)
-            spent += time.perf_counter() - start
-            ms_per_mac = cheapest.latency_ms / max(cheapest.macs, 1)
-        found = False
-        for c in passing:
-            if found:
-                c.status = "not measured: a more accurate candidate already fits"
+        # Cheapest first: once a model is far over the budget, every model with more multiply-adds is
+        # ruled out without running it (latency grows with MACs; the 1.5x margin absorbs the spread
+        # between architectures, e.g. depthwise convolutions run fewer MACs per millisecond).
+        slow_macs: int | None = None  # the fewest MACs seen taking more than 1.5x the budget
+        for c in sorted((c for c in table if c.status == "fits"), key=lambda c: c.macs):
+            if slow_macs is not None and c.macs >= slow_macs:
+                c.status = f"excluded: more mult-adds than one measured at > {1.5 * latency_ms:g} ms"
                 continue
-            if c.latency_ms is None:
-                estimate = c.macs * ms_per_mac if ms_per_mac else 0.0
-                # Half the best rate seen as a safety margin: bigger models often run more efficiently.
-                if estimate * 0.5 > latency_ms:
-                    c.status = f"excluded: {c.macs / 1e6:.0f} M mult-adds alone need ~{estimate:.0f} ms here"
-                    continue
-                if spent > measure_budget_s:
-                    c.status = f"not measured: the {measure_budget_s:.0f} s measurement cap was reached"
-                    continue
-                start = time.perf_counter()
-                c.latency_ms = _measure(c, runs)
-                spent += time.perf_counter() - start
-                ms_per_mac = min(ms_per_mac or float("inf"), c.latency_ms / max(c.macs, 1))
+            if spent > measure_budget_s:
+                c.status = f"not measured: the {measure_budget_s:g} s measurement cap was reached"
+                continue
+            start = time.perf_counter()
+            c.latency_ms = _measure(c, runs)
+            spent += time.perf_counter() - start
             if c.latency_ms > latency_ms:
                 c.status = f"excluded: latency {c.latency_ms:.1f} ms > {latency_ms:g} ms"
-            else:
-                found = True
+                if c.latency_ms > 1.5 * latency_ms:
+                    slow_macs = c.macs if slow_macs is None else min(slow_macs, c.macs)
 
     fitting = [c for c in table if c.status == "fits"]
     choice = fitting[0] if fitting else None
