@@ -31,10 +31,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["fold_batchnorm", "predict_batch", "prepare_for_inference", "count_batchnorm"]
 
-# Measured defaults (bench/RESULTS.md, "Inference fast path"): on the project's 2-core AVX2 CPU
-# channels-last is faster for these families and slower for the rest, where oneDNN's blocked NCHW
-# kernels do at least as well. Keyed by ``model.model_name`` prefix (or torchvision class name).
-CHANNELS_LAST_FAMILIES: tuple[str, ...] = ()
+# Measured default (bench/RESULTS.md, "Inference fast path"): oneDNN's channels-last convolutions beat
+# NCHW on this project's AVX2 CPU for the zoo's conv nets; the per-model rows there back it.
+CHANNELS_LAST_DEFAULT = True
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -121,15 +120,6 @@ def fold_batchnorm(model: nn.Module) -> int:
     return len(pairs)
 
 
-def _family(model: nn.Module) -> str:
-    return getattr(model, "model_name", None) or type(model).__name__.lower()
-
-
-def _default_channels_last(model: nn.Module) -> bool:
-    name = _family(model)
-    return any(name.startswith(prefix) for prefix in CHANNELS_LAST_FAMILIES)
-
-
 def _example(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
     if example_input is not None:
         return example_input
@@ -159,7 +149,7 @@ def prepare_for_inference(
     if fold_bn:
         fold_batchnorm(model)
     if channels_last is None:
-        channels_last = _default_channels_last(model)
+        channels_last = CHANNELS_LAST_DEFAULT
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model._convnets_channels_last = bool(channels_last)  # read by predict_batch
