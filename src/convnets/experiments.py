@@ -172,6 +172,7 @@ def depth_experiment(
 
     ``tolerance``: training-error differences at or below it (absolute) count as a tie.
     """
+    from .models import create_model
     from .train import train
 
     depths = sorted({int(d) for d in depths})
@@ -206,11 +207,11 @@ def depth_experiment(
             val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
             curves[name] = {"epoch": [h["epoch"] for h in history], "train_error": train_err,
                             "val_error": val_err}
-            from .models import create_model
-
-            params = sum(p.numel() for p in create_model(model, num_classes=10, **kwargs).parameters())
+            num_classes = json.loads((Path(result.run_dir) / "config.json").read_text())["num_classes"]
+            built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
             rows.append({
-                "family": family, "depth": depth, "model": name, "params_at_10_classes": params,
+                "family": family, "depth": depth, "model": name,
+                "params": sum(p.numel() for p in built.parameters()),
                 "final_train_error": train_err[-1], "final_val_error": val_err[-1],
                 "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
                 "seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
@@ -274,7 +275,7 @@ def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
     depths = sorted({r["depth"] for r in rows})
     table = _md_table(
         ["depth", "params", "plain train err", "plain val err", "resnet train err", "resnet val err"],
-        [[d, f"{by[('plain', d)]['params_at_10_classes']:,}",
+        [[d, f"{by[('plain', d)]['params']:,}",
           _pct(by[("plain", d)]["final_train_error"]), _pct(by[("plain", d)]["final_val_error"]),
           _pct(by[("resnet", d)]["final_train_error"]), _pct(by[("resnet", d)]["final_val_error"])]
          for d in depths],
@@ -285,7 +286,8 @@ def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
         f"Data `{config['data']}`, {config['epochs']} epochs, {config['image_size']}x{config['image_size']}, "
         f"{config['optimizer']} lr {config['lr']}, weight decay {config['weight_decay']}, batch "
         f"{config['batch_size']}, seed {config['seed']}. Errors are the final epoch's (training: running "
-        f"error during the epoch). Parameters counted at 10 classes.\n\n{table}\n"
+        f"error during the epoch). Plain and residual nets of one depth have the same parameters."
+        f"\n\n{table}\n"
         f"- plain: training error at depth {dd} minus depth {s}: "
         f"{100 * verdict['plain']['train_error_deepest_minus_shallowest']:+.2f} points\n"
         f"- resnet: training error at depth {dd} minus depth {s}: "
