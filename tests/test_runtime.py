@@ -1,5 +1,6 @@
 """Runtime tuning: mallopt applies once, and the CPU description has what benchmarks record."""
 
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def test_tune_malloc_applies_in_a_fresh_process():
 
 def test_tune_malloc_respects_opt_out():
     code = "from convnets.runtime import tune_malloc; print(tune_malloc())"
-    env = {"CONVNETS_MALLOC_TUNING": "0", "PATH": ""}
+    env = {**os.environ, "CONVNETS_MALLOC_TUNING": "0"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
 
