@@ -15,8 +15,10 @@ from .api import train
 
 # The small residual network: the CIFAR-style ResNet-20 (He et al. 2015, section 4.2).
 RESIDUAL_MODEL = "resnet20"
-# (model, epochs, learning rate): sized so both finish in about a minute on two CPU cores.
-DEMO_RUNS = (("lenet5", 5, 3e-3), (RESIDUAL_MODEL, 3, 3e-3))
+# (model, epochs, learning rate, image size): sized so both finish in about a minute on two CPU
+# cores. The digits are 8x8 scans, so 16x16 loses nothing for ResNet-20 and costs 4x less than 32x32;
+# LeNet-5 keeps its 1998 32x32 input.
+DEMO_RUNS = (("lenet5", 5, 3e-3, 32), (RESIDUAL_MODEL, 3, 3e-3, 16))
 DEMO_DATA = "digits"
 
 
@@ -36,7 +38,7 @@ def run_demo(out: str | Path = "runs/demo", quiet: bool = True, seed: int = 0, l
     from ..weights import load_run
 
     rows = []
-    for name, epochs, lr in DEMO_RUNS:
+    for name, epochs, lr, image_size in DEMO_RUNS:
         run_dir = Path(out) / name
         if not quiet:
             log(f"\n== {name} on {DEMO_DATA} ==")
@@ -47,6 +49,7 @@ def run_demo(out: str | Path = "runs/demo", quiet: bool = True, seed: int = 0, l
             out=run_dir,
             epochs=epochs,
             lr=lr,
+            image_size=image_size,
             seed=seed,
             overwrite=True,
             quiet=quiet,

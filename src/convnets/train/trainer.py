@@ -226,6 +226,7 @@ class Trainer:
         self.epoch_in_phase = 0  # completed epochs of the current phase
         self.early = {"best": -1.0, "bad_epochs": 0}
         self.partial: dict | None = None  # an epoch interrupted mid-way (batches done, running sums)
+        self.features: dict | None = None  # cached base features while the head phase runs
         self.step = 0  # optimizer steps in the current phase
         self._resume = resume_state
         self._stop_signal: int | None = None
@@ -323,7 +324,7 @@ class Trainer:
         # View v uses its own augmentation seeds (an "epoch" number no training epoch reaches).
         train_keys = [self._epoch_keys(_VIEW_EPOCH + v, shuffle=False) for v in range(views)]
         common = dict(
-            batch_size=self.opts.batch_size,
+            batch_size=self.opts.batch_size * 2,  # no gradients kept: larger batches are cheaper per image
             device=self.device,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
@@ -693,9 +694,17 @@ class Trainer:
             plot_curves(self.history, self.run_dir / "curves.png", title=f"{name} - {self.run_dir.name}")
         if self.val_set is not None and len(self.val_set):
             y_true, y_pred = [], []
-            for logits, y in self._predict_batches(list(range(len(self.val_set)))):
-                y_pred += logits.argmax(1).tolist()
-                y_true += y.tolist()
+            if self.features is not None and self.features["val"] is not None and not self.dist.enabled:
+                # A head-only run: the frozen base never changed, so the cached validation features
+                # give the best model's predictions without another pass through the network.
+                vx, vy = self.features["val"]
+                with torch.no_grad():
+                    y_pred = self.model.get_classifier()(vx.to(self.device)).argmax(1).tolist()
+                y_true = vy.tolist()
+            else:
+                for logits, y in self._predict_batches(list(range(len(self.val_set)))):
+                    y_pred += logits.argmax(1).tolist()
+                    y_true += y.tolist()
             plot_confusion_matrix(
                 y_true,
                 y_pred,
