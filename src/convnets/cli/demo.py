@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.demo import DEMO_DATA, DEMO_RUNS, format_table, run_demo
 
-    names = " and ".join(name for name, _, _ in DEMO_RUNS)
+    names = " and ".join(run[0] for run in DEMO_RUNS)
     print(f"training {names} on {DEMO_DATA} (1,797 8x8 handwritten digits, 10 classes) ...", flush=True)
     start = time.perf_counter()
     rows = run_demo(args.out, quiet=not args.verbose, seed=args.seed)
