@@ -255,7 +255,9 @@ def section_transfer(args, state) -> tuple[str, dict]:
     parts, data = [], {}
     script = BENCH_DIR / "transfer_head.py"
     if script.is_file():
-        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(script)] + (
+            ["--images", "40", "--epochs", "1", "--size", "64"] if args.quick else []
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent))
         data["transfer_head"] = {"returncode": proc.returncode, "stdout": proc.stdout[-20000:]}
         parts += [

@@ -25,7 +25,7 @@ RECIPE = {
     "image_size": 160,
     "epochs": 5,
     "fine_tune_last": 2,
-    "fine_tune_epochs": 5,
+    "fine_tune_epochs": 2,
     "batch_size": 32,
     "seed": 0,
 }
