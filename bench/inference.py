@@ -24,6 +24,8 @@ class InferencePeer:
 
             tune_malloc()
         self.spec = spec
+        if spec.get("threads"):
+            torch.set_num_threads(int(spec["threads"]))
         s, b = spec["size"], spec["batch"]
         self.x = torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(0))
         self.calls = spec.get("calls", 1)  # forward calls per repetition
@@ -86,7 +88,10 @@ class InferencePeer:
                 dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
                 opset_version=17,
             )
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if self.spec.get("threads"):
+            options.intra_op_num_threads = int(self.spec["threads"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.feed = {"x": self.x.numpy()}
         self.meta = {"onnxruntime": ort.__version__}
         self.call = lambda: self.session.run(None, self.feed)
@@ -114,7 +119,7 @@ def _modes(quick: bool) -> list[tuple[str, int, int]]:
     return [("batch 1", 1, 3), ("batch 4", 4, 1)] if quick else [("batch 1", 1, 20), ("batch 32", 32, 1)]
 
 
-def run(quick: bool = False, reps: int = 5, log=print) -> dict:
+def run(quick: bool = False, reps: int = 5, log=print, threads_one: bool = True) -> dict:
     from common import compare, has_module
 
     models = ["mobilenet_v2"] if quick else ["mobilenet_v2", "resnet50"]
@@ -136,14 +141,32 @@ def run(quick: bool = False, reps: int = 5, log=print) -> dict:
                     "_results": results,
                 }
             )
+    if threads_one:
+        # Batch 1 with one intra-op thread for every peer: on a shared, oversubscribed machine a 2-thread
+        # OpenMP barrier waits for a descheduled thread at every layer; one thread has no barrier.
+        for model in models:
+            spec = {"model": model, "size": size, "batch": 1, "calls": 3 if quick else 20, "threads": 1}
+            spec["warmup"] = 1 if quick else 3
+            log(f"  inference {model} @{size} batch 1, 1 thread: {', '.join(peers)}")
+            results = compare({p: ("inference", {**spec, "peer": p}, None) for p in peers}, reps, log=log)
+            out.append(
+                {
+                    "model": model,
+                    "size": size,
+                    "batch": 1,
+                    "mode": "batch 1, 1 thread",
+                    "peers": {k: v.to_dict() for k, v in results.items()},
+                    "_results": results,
+                }
+            )
     return {"configs": out}
 
 
 # Fast-path variants: the unprepared model, then each option of prepare_for_inference.
 FAST_PATH_VARIANTS = {
     "eager (no folding)": {"plain": True},
-    "fold BN, NCHW": {"channels_last": False},
-    "fold BN, channels-last": {"channels_last": True},
+    "fold BN, NCHW": {"channels_last": False, "jit": False},
+    "fold BN, channels-last": {"channels_last": True, "jit": False},
     "fold BN, NCHW, TorchScript freeze": {"channels_last": False, "jit": True},
     "fold BN, channels-last, TorchScript freeze": {"channels_last": True, "jit": True},
 }
@@ -173,7 +196,7 @@ def run_fast_path(quick: bool = False, reps: int = 5, compile_: bool = True, log
             if compile_ and model == models[0]:  # compiling takes minutes here: one architecture
                 peers["fold BN, NCHW, torch.compile"] = (
                     "inference",
-                    {**spec, "options": {"channels_last": False, "compile": True}},
+                    {**spec, "options": {"channels_last": False, "jit": False, "compile": True}},
                     None,
                 )
             log(f"  fast path {model} @{size} {label}: {len(peers)} variants")

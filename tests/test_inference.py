@@ -46,7 +46,7 @@ def test_folded_model_matches_plain_model(name, kwargs, size):
     with torch.no_grad():
         expected = model(x)
     before = count_batchnorm(model)
-    fast = prepare_for_inference(model, channels_last=True)
+    fast = prepare_for_inference(model, channels_last=True, jit=False)
     assert count_batchnorm(fast) < before
     assert type(fast) is type(model)  # the ConvNet interface survives
     got = predict_batch(fast, x)
@@ -71,7 +71,7 @@ def test_torchvision_model_and_jit_path():
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-    scripted = prepare_for_inference(model, example_input=x[:1], channels_last=False, jit=True)
+    scripted = prepare_for_inference(model, example_input=x[:1])  # default: TorchScript, NCHW
     assert isinstance(scripted, torch.jit.ScriptModule)
     torch.testing.assert_close(predict_batch(scripted, x), expected, atol=1e-4, rtol=1e-4)
 
@@ -126,13 +126,22 @@ def test_refuses_train_mode_and_bad_input():
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model.train())
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
-        predict_batch(prepare_for_inference(model), torch.randn(1, 32, 32))
+        predict_batch(prepare_for_inference(model, jit=False), torch.randn(1, 32, 32))
 
 
 def test_predict_batch_chunks_and_no_grad():
-    model = prepare_for_inference(_randomize_bn(create_model("resnet18", num_classes=4)), channels_last=False)
+    model = prepare_for_inference(_randomize_bn(create_model("resnet18", num_classes=4)), jit=False)
     x = torch.randn(5, 3, 32, 32)
     whole = predict_batch(model, x)
     chunked = predict_batch(model, x, batch_size=2)
     torch.testing.assert_close(chunked, whole)
     assert not whole.requires_grad and whole.shape == (5, 4)
+
+
+def test_untraceable_model_falls_back_to_eager_unless_jit_is_forced():
+    model = _randomize_bn(_Untraceable())
+    with pytest.warns(UserWarning, match="TorchScript"):
+        fast = prepare_for_inference(model, example_input=torch.randn(1, 3, 8, 8), jit=None)
+    assert isinstance(fast, _Untraceable) and fast._convnets_channels_last
+    with pytest.raises(Exception):  # noqa: B017 - whatever TorchScript raises, jit=True must not hide it
+        prepare_for_inference(_Untraceable(), example_input=torch.randn(1, 3, 8, 8), jit=True)
