@@ -123,8 +123,8 @@ def section_train(args, state) -> tuple[str, dict]:
     md = "\n".join(
         [
             "Forward + backward + optimizer step (AdamW), fp32, synthetic batch, 1000 classes; images/s as median "
-            "(min-max) of the repetitions. convnets = its trainer's step with its defaults (channels-last, malloc "
-            "tuning, AdamW param groups); torchvision = `torchvision.models.X(weights=None)` in the plain eager loop "
+            "(min-max) of the repetitions. convnets = its trainer's step with its defaults (fused AdamW with its "
+            "param groups, channels-last for the depthwise-conv models and NCHW for the others, malloc tuning); torchvision = `torchvision.models.X(weights=None)` in the plain eager loop "
             "(NCHW, no tuning); Keras = `keras.applications.X(weights=None)` + `train_on_batch`, TensorFlow backend. "
             "Each peer in its own process, repetitions interleaved.",
             "",
@@ -256,7 +256,7 @@ def section_transfer(args, state) -> tuple[str, dict]:
     script = BENCH_DIR / "transfer_head.py"
     if script.is_file():
         cmd = [sys.executable, str(script)] + (
-            ["--images", "40", "--epochs", "1", "--size", "64"] if args.quick else []
+            ["--images", "40", "--epochs", "1", "--size", "64", "--reps", "1"] if args.quick else ["--reps", str(args.reps)]
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent))
         data["transfer_head"] = {"returncode": proc.returncode, "stdout": proc.stdout[-20000:]}

@@ -3,8 +3,9 @@
 Peers, each in its own process (bench/common.py):
 
 - ``convnets``: what ``convnets train`` does per step with its defaults -- the trainer's optimizer
-  (AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, channels-last on
-  CPU, the malloc tuning the CLI applies at start, and the per-step ``isfinite``/``loss.item()``/
+  (fused AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, its memory
+  format (channels-last on CPU for depthwise-convolution models, ``prefers_channels_last``), the
+  malloc tuning the CLI applies at start, and the per-step ``isfinite``/``loss.item()``/
   accuracy bookkeeping its loop does (``Trainer._train_epoch``; it exposes no reusable step, so the
   body is reproduced here -- keep the two in step).
 - ``torchvision``: ``torchvision.models.<name>(weights=None)`` in the plain eager loop people write
@@ -70,7 +71,7 @@ class ConvnetsPeer(_TorchPeer):
         from torch import nn
 
         from convnets.models.registry import create_model
-        from convnets.runtime import describe_cpu
+        from convnets.runtime import describe_cpu, prefers_channels_last
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
         from convnets.train.trainer import build_optimizer
 
@@ -79,14 +80,18 @@ class ConvnetsPeer(_TorchPeer):
         opts = TrainOptions(precision=spec.get("precision", "fp32"))
         opts.lr = DEFAULT_LR[opts.optimizer]
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
-        # api.train resolves channels_last=None to True on CPU.
-        self.channels_last = bool(spec.get("channels_last", True))
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
+        # api.train resolves channels_last=None the same way on CPU; the ablation can flip it.
+        self.channels_last = prefers_channels_last(self.model) != bool(spec.get("flip_memory_format"))
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(
-            [p for p in self.model.parameters() if p.requires_grad], opts, opts.lr
-        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, opts, opts.lr)
+        if spec.get("unfused"):  # the same groups with torch's default (foreach) implementation
+            self.optimizer = type(self.optimizer)(
+                [{k: g[k] for k in ("params", "weight_decay")} for g in self.optimizer.param_groups],
+                lr=opts.lr,
+            )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.autocast = opts.precision == "bf16"
         self.forward = torch.compile(self.model) if spec.get("compile") else self.model
@@ -94,6 +99,7 @@ class ConvnetsPeer(_TorchPeer):
             channels_last=self.channels_last,
             malloc_tuned=describe_cpu()["malloc_tuned"],
             optimizer=opts.optimizer,
+            fused_optimizer=bool(self.optimizer.defaults.get("fused")),
             precision=opts.precision,
             compile=bool(spec.get("compile")),
         )
@@ -229,7 +235,8 @@ def run(
 
 ABLATION_VARIANTS = {
     "defaults": ({}, None),
-    "NCHW (no channels-last)": ({"channels_last": False}, None),
+    "other memory format": ({"flip_memory_format": True}, None),
+    "unfused optimizer": ({"unfused": True}, None),
     "no malloc tuning": ({"malloc": False}, {"CONVNETS_MALLOC_TUNING": "0"}),
     "1 thread": ({"threads": 1}, None),
 }
@@ -241,7 +248,11 @@ def run_ablation(
     """convnets' training step with one default changed at a time (each its own process)."""
     from common import compare
 
-    configs = [("mobilenet_v2", 64, 4)] if quick else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32)]
+    configs = (
+        [("mobilenet_v2", 64, 4)]
+        if quick
+        else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32), ("vgg16", 64, 32)]
+    )
     out = []
     for i, (model, size, batch) in enumerate(configs):
         spec = {

@@ -186,6 +186,12 @@ def test_ensemble_is_the_exact_average_with_per_member_preprocessing(tmp_path):
         evaluate_ensemble([member_a, other], tmp_path)
 
 
+def test_resize_mode_follows_the_runs_data():
+    # A digits run stretches its 8x8 images (resize "resize"); a photo folder's run centre-crops.
+    assert Classifier(LeftHalfMean(), {**_config(["a", "b"], 8), "resize": "resize"}).resize_mode == "resize"
+    assert Classifier(LeftHalfMean(), _config(["a", "b"], 8)).resize_mode == "center-crop"
+
+
 def test_predict_reports_broken_files_and_goes_on(tmp_path):
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)

@@ -23,3 +23,29 @@ def test_tune_malloc_respects_opt_out():
 def test_describe_cpu_fields():
     info = runtime.describe_cpu()
     assert info["cores"] >= 1 and info["torch"] and isinstance(info["native_bf16"], bool)
+
+
+def test_channels_last_only_for_depthwise_models():
+    from convnets.models import create_model
+    from convnets.runtime import prefers_channels_last
+
+    assert prefers_channels_last(create_model("mobilenet_v2", num_classes=2))
+    assert prefers_channels_last(create_model("efficientnet_b0", num_classes=2))
+    assert not prefers_channels_last(create_model("resnet18", num_classes=2))
+    assert not prefers_channels_last(create_model("lenet5"))
+
+
+def test_optimizers_are_fused_on_cpu_with_no_decay_groups():
+    import torch
+
+    from convnets.train.options import TrainOptions
+    from convnets.train.trainer import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    for name in ("sgd", "adam", "adamw"):
+        opts = TrainOptions(optimizer=name, weight_decay=0.1)
+        opt = build_optimizer(list(model.parameters()), opts, lr=0.01)
+        assert opt.defaults["fused"] is True, name
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+        model(torch.randn(2, 1, 5, 5)).sum().backward()
+        opt.step()  # the fused kernel runs on CPU

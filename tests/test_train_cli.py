@@ -87,7 +87,9 @@ def test_run_folder_files_and_config_contract(trained, shapes):
     assert config["data"] == {"source": str(shapes.resolve()), "val_split": 0.2, "seed": 0}
     assert len(config["split"]["val"]) == 24 and len(config["split"]["train"]) == 96
     assert config["options"]["epochs"] == 8 and config["options"]["lr"] == 3e-3
-    assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is True
+    # lenet5 has no depthwise convolutions: NCHW (the measured CPU default; CUDA fp32 is NCHW too).
+    assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is False
+    assert config["resize"] == "center-crop"  # a folder of images: what predict must do too
     assert set(config["versions"]) == {"python", "torch", "torchvision", "convnets"}
 
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

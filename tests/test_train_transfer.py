@@ -189,3 +189,21 @@ def test_cached_head_is_the_saved_model(pretrained, tmp_path):
             correct += (model(x).argmax(1) == y).sum().item()
             seen += len(y)
     assert correct / seen == pytest.approx(config["best"]["val_acc"], abs=1e-9)
+
+
+def test_fast_feature_extraction_matches_the_eager_base():
+    import torch
+
+    from convnets.models import create_model
+    from convnets.train.features import FeatureExtractor
+
+    model = create_model("mobilenet_v2", num_classes=3).eval()
+    x = torch.randn(4, 3, 64, 64)
+    fast = FeatureExtractor(model, torch.device("cpu"))
+    slow = FeatureExtractor(model, torch.device("cpu"), fast=False)
+    assert fast.fast and not slow.fast
+    a, b = fast(x), slow(x)
+    assert a.shape == (4, model.num_features)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the model itself is untouched: its BatchNorm layers are still there
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

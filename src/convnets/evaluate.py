@@ -154,7 +154,8 @@ class Classifier:
 
     @property
     def resize_mode(self) -> str:
-        return (self.config.get("options") or {}).get("resize") or "center-crop"
+        # The mode the run's data used (recorded since config "resize"), else the explicit option.
+        return self.config.get("resize") or (self.config.get("options") or {}).get("resize") or "center-crop"
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (N, C, H, W) -> the model's normalised input."""

@@ -138,7 +138,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="NHWC memory format (default: on for CPU, and for CUDA with bf16/fp16)",
+        help="NHWC memory format (default: on CPU for depthwise-conv models, on CUDA with bf16/fp16)",
     )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument(

@@ -37,7 +37,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .features import extract_features
+from .features import FeatureExtractor, extract_features
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
 
@@ -100,18 +100,27 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     return 1.0
 
 
-def build_optimizer(params: list[nn.Parameter], opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[nn.Parameter], opts: TrainOptions, lr: float, device: torch.device | None = None
+) -> torch.optim.Optimizer:
     """No weight decay on biases and BatchNorm/LayerNorm scales (1-d tensors), as in timm and the
-    ResNet/EfficientNet recipes: decaying them only fights the normalisation."""
+    ResNet/EfficientNet recipes: decaying them only fights the normalisation.
+
+    On CPU and CUDA the fused implementations run the whole update in one pass over each tensor
+    instead of torch's default of a dozen element-wise passes: measured on this CPU, AdamW's step for
+    VGG-16's 138M parameters went from 0.52 s to 0.08 s (bench/RESULTS.md, "Training defaults").
+    """
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    device = device if device is not None else (params[0].device if params else torch.device("cpu"))
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     if opts.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=opts.momentum, nesterov=opts.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=opts.momentum, nesterov=opts.momentum > 0, **fused)
     if opts.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, **fused)
+    return torch.optim.AdamW(groups, lr=lr, **fused)
 
 
 # --- data order ------------------------------------------------------------------------------
@@ -323,25 +332,25 @@ class Trainer:
         views = self.opts.feature_views if self.augmenting else 1
         # View v uses its own augmentation seeds (an "epoch" number no training epoch reaches).
         train_keys = [self._epoch_keys(_VIEW_EPOCH + v, shuffle=False) for v in range(views)]
+        extractor = FeatureExtractor(
+            self.model, self.device, channels_last=self.channels_last, autocast_dtype=self.autocast_dtype
+        )
         common = dict(
             batch_size=self.opts.batch_size * 2,  # no gradients kept: larger batches are cheaper per image
-            device=self.device,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
-            channels_last=self.channels_last,
             on_skipped=self.on_skipped,
-            autocast_dtype=self.autocast_dtype,
             progress=self.main and not self.opts.quiet,
         )
         t0 = time.perf_counter()
         fx, fy = extract_features(
-            self.model, self.train_set, train_keys, seed=self.opts.seed, desc="train features", **common
+            extractor, self.train_set, train_keys, seed=self.opts.seed, desc="train features", **common
         )
         val = None
         if self.val_set is not None:
             val_keys = ddp.shard(list(range(len(self.val_set))), self.dist)
             val = extract_features(
-                self.model, self.val_set, [val_keys], seed=self.opts.seed, desc="val features", **common
+                extractor, self.val_set, [val_keys], seed=self.opts.seed, desc="val features", **common
             )
         self.features = {"train": (fx, fy), "val": val}
         self.log(
