@@ -23,7 +23,10 @@ from convnets.train import TrainingInterrupted, train
 from convnets.train.checkpoint import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = dict(model="lenet5", epochs=3, lr=3e-3, augment="hflip,rotate:10", workers=0, quiet=True)
+# CPU: the bit-for-bit comparison needs deterministic kernels (cuDNN picks algorithms per run).
+COMMON = dict(
+    model="lenet5", epochs=3, lr=3e-3, augment="hflip,rotate:10", workers=0, quiet=True, device="cpu"
+)
 
 
 @pytest.fixture(scope="module")
