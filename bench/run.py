@@ -67,7 +67,8 @@ def section_peak(args, state) -> tuple[str, dict]:
     md = (
         f"fp32 `torch.mm` of two {512 if args.quick else 2048}² matrices, malloc tuning on, in-process: "
         f"**{peak.fmt(1)} GFLOP/s** (median (min-max) of {peak.n}). The training section's "
-        '"% of peak" divides achieved training GFLOP/s (6 x multiply-adds x images/s) by this median.'
+        '"% of peak" divides achieved training GFLOP/s (6 x multiply-adds x images/s) by the best repetition '
+        "of this and a second measurement taken after the training figures (a ceiling: the least disturbed)."
     )
     return md, {"gflops": peak.to_dict()}
 
@@ -77,6 +78,13 @@ def section_train(args, state) -> tuple[str, dict]:
 
     data = train_throughput.run(quick=args.quick, reps=args.reps)
     peak: Stat | None = state.get("peak")
+    if peak is not None:
+        # The ceiling is the least-disturbed GEMM rate: measured again after the training figures
+        # and the best repetition of both taken (one median read 81 GFLOP/s in a run where a quiet
+        # moment gave 174 and single conv layers ran at 150-165; a disturbed "peak" inflates the %).
+        again = matmul_peak(size=512 if args.quick else 2048, reps=args.reps)
+        peak = Stat.of([max(peak.values + again.values)])
+        data["peak_used"] = peak.to_dict()
     rows = [
         "| model | input | batch | convnets img/s | torchvision eager img/s | Keras/TF img/s "
         "| vs torchvision | vs Keras | convnets GFLOP/s | % of matmul peak |",
