@@ -58,7 +58,7 @@ class FeatureExtractor:
         self.device = device
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
-        self.fast = device.type == "cpu" and autocast_dtype is None if fast is None else fast
+        self.fast = (device.type == "cpu" and autocast_dtype is None) if fast is None else fast
         self._prepared: nn.Module | None = None
 
     @property
@@ -93,7 +93,7 @@ class FeatureExtractor:
         )
         try:
             with autocast:
-                return self.model.forward_head(self.model.forward_features(x), pre_logits=True).float()
+                return PooledFeatures(self.model)(x).float()
         finally:
             self.model.train(was_training)
 
