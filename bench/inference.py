@@ -1,6 +1,8 @@
 """Inference: batch-1 latency and batch-32 throughput at 224, each peer in its own process.
 
-Peers: ``convnets`` (``convnets.inference.prepare_for_inference`` with its defaults + ``predict_batch``),
+Peers: ``convnets`` (``convnets.inference.inference_module`` with ``backend="auto"``, what
+``predict``/``evaluate`` run: ONNX Runtime when installed), ``convnets-torch`` (the torch-only path
+that ``auto`` uses without onnxruntime: ``prepare_for_inference`` defaults, TorchScript),
 ``torchvision`` (the eager ``model.eval()`` + ``torch.no_grad()`` people write), ``onnxruntime``
 (the torchvision model exported with ``torch.onnx.export``, default ``InferenceSession``).
 The fast-path variants (``prepare_for_inference`` with one option changed, and ``torch.compile``)
@@ -40,10 +42,22 @@ class InferencePeer:
         elif kind == "onnxruntime":
             self._setup_ort()
         else:  # convnets, with the fast-path options in spec["options"]
-            from convnets.inference import count_batchnorm, predict_batch, prepare_for_inference
+            from convnets.inference import (
+                backend_of,
+                count_batchnorm,
+                inference_module,
+                predict_batch,
+                prepare_for_inference,
+            )
             from convnets.models.registry import create_model
 
             model = create_model(spec["model"]).eval()
+            self._predict = predict_batch
+            self.call = lambda: self._predict(self.model, self.x)
+            if spec.get("backend"):  # the tool's own path, on the named backend
+                self.model = inference_module(model, example_input=self.x[:1], backend=spec["backend"])
+                self.meta = {"backend": backend_of(self.model)}
+                return
             options = dict(spec.get("options", {}))
             compile_ = options.pop("compile", False)
             if options.pop("plain", False):  # the unprepared zoo model (eager, BN kept)
@@ -58,8 +72,6 @@ class InferencePeer:
                 "batchnorm_left": count_batchnorm(model),
                 "options": spec.get("options", {}),
             }
-            self._predict = predict_batch
-            self.call = lambda: self._predict(self.model, self.x)
 
     def _eager(self):
         import torch
@@ -124,13 +136,27 @@ def run(quick: bool = False, reps: int = 5, log=print, threads_one: bool = True)
 
     models = ["mobilenet_v2"] if quick else ["mobilenet_v2", "resnet50"]
     size = 64 if quick else 224
-    peers = ["convnets", "torchvision"] + (["onnxruntime"] if has_module("onnxruntime") else [])
+    names = {"convnets": "auto", "convnets-torch": "torchscript", "torchvision": None, "onnxruntime": None}
+    if not has_module("onnxruntime"):
+        names = {"convnets": "auto", "torchvision": None}  # auto is the torch path then
+    peers = list(names)
+
+    def specs(spec: dict) -> dict:
+        return {
+            p: (
+                "inference",
+                {**spec, "peer": p.split("-")[0], "backend": b} if b else {**spec, "peer": p},
+                None,
+            )
+            for p, b in names.items()
+        }
+
     out = []
     for model in models:
         for label, batch, calls in _modes(quick):
             spec = {"model": model, "size": size, "batch": batch, "calls": calls, "warmup": 1 if quick else 3}
             log(f"  inference {model} @{size} {label}: {', '.join(peers)}")
-            results = compare({p: ("inference", {**spec, "peer": p}, None) for p in peers}, reps, log=log)
+            results = compare(specs(spec), reps, log=log)
             out.append(
                 {
                     "model": model,
@@ -148,7 +174,7 @@ def run(quick: bool = False, reps: int = 5, log=print, threads_one: bool = True)
             spec = {"model": model, "size": size, "batch": 1, "calls": 3 if quick else 20, "threads": 1}
             spec["warmup"] = 1 if quick else 3
             log(f"  inference {model} @{size} batch 1, 1 thread: {', '.join(peers)}")
-            results = compare({p: ("inference", {**spec, "peer": p}, None) for p in peers}, reps, log=log)
+            results = compare(specs(spec), reps, log=log)
             out.append(
                 {
                     "model": model,

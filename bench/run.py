@@ -199,25 +199,37 @@ def section_inference(args, state) -> tuple[str, dict]:
 
     data = inference.run(quick=args.quick, reps=args.reps)
     rows = [
-        "| model | mode | convnets | torchvision eager | ONNX Runtime | vs torchvision | vs ONNX Runtime |",
-        "|---|---|---|---|---|---|---|",
+        "| model | mode | convnets (backend) | convnets torch-only | torchvision eager | ONNX Runtime "
+        "| vs torchvision | vs ONNX Runtime | torch-only vs ONNX Runtime |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in data["configs"]:
         res = c["_results"]
         kind = "ms" if c["batch"] == 1 else "rate"
-        ours, tv, ort = res.get("convnets"), res.get("torchvision"), res.get("onnxruntime")
-        c.update(vs_torchvision=ratio(ours, tv), vs_onnxruntime=ratio(ours, ort))
+        ours, torch_only = res.get("convnets"), res.get("convnets-torch")
+        tv, ort = res.get("torchvision"), res.get("onnxruntime")
+        c.update(
+            vs_torchvision=ratio(ours, tv),
+            vs_onnxruntime=ratio(ours, ort),
+            torch_only_vs_onnxruntime=ratio(torch_only, ort),
+        )
+        backend = (ours.meta or {}).get("backend", "?") if ours is not None and ours.ok else "?"
         unit = "ms/image" if kind == "ms" else "img/s"
         rows.append(
-            f"| {c['model']} @{c['size']} | {c['mode']} ({unit}) | {cell(ours, kind)} | {cell(tv, kind)} "
-            f"| {cell(ort, kind)} | {fmt_ratio(c['vs_torchvision'])} | {fmt_ratio(c['vs_onnxruntime'])} |"
+            f"| {c['model']} @{c['size']} | {c['mode']} ({unit}) | {cell(ours, kind)} ({backend}) "
+            f"| {cell(torch_only, kind)} | {cell(tv, kind)} | {cell(ort, kind)} "
+            f"| {fmt_ratio(c['vs_torchvision'])} | {fmt_ratio(c['vs_onnxruntime'])} "
+            f"| {fmt_ratio(c['torch_only_vs_onnxruntime'])} |"
         )
     md = "\n".join(
         [
-            "convnets = `prepare_for_inference(model)` with its defaults + `predict_batch` (inference_mode); "
-            "torchvision = `model.eval()` under `torch.no_grad()`; ONNX Runtime = the torchvision model through "
-            "`torch.onnx.export`, default `InferenceSession` (CPU provider). Batch 1: latency (lower is better; the "
-            "ratios are speed-ups, > 1 means convnets is faster). Batch 32: images/s. Random weights.",
+            "convnets = `inference_module(model)` (backend `auto`, what `predict`/`evaluate`/`report` run: "
+            "ONNX Runtime on CPU when the `export` extra is installed) + `predict_batch`; convnets torch-only = "
+            "the path `auto` takes without onnxruntime (`prepare_for_inference`: BatchNorm folded, TorchScript "
+            "freeze, inference_mode); torchvision = `model.eval()` under `torch.no_grad()`; ONNX Runtime = the "
+            "torchvision model through `torch.onnx.export`, default `InferenceSession` (CPU provider). Batch 1: "
+            "latency (lower is better; the ratios are speed-ups, > 1 means convnets is faster). Batch 32: "
+            "images/s. Random weights.",
             "",
             *rows,
             "",
@@ -264,7 +276,9 @@ def section_transfer(args, state) -> tuple[str, dict]:
     script = BENCH_DIR / "transfer_head.py"
     if script.is_file():
         cmd = [sys.executable, str(script)] + (
-            ["--images", "40", "--epochs", "1", "--size", "64", "--reps", "1"] if args.quick else ["--reps", str(args.reps)]
+            ["--images", "40", "--epochs", "1", "--size", "64", "--reps", "1"]
+            if args.quick
+            else ["--reps", str(args.reps)]
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent))
         data["transfer_head"] = {"returncode": proc.returncode, "stdout": proc.stdout[-20000:]}

@@ -47,6 +47,11 @@ def test_inference_peers_and_fast_path_variants():
     peer = inference.make_peer({**spec, "peer": "convnets", "options": {"channels_last": True, "jit": True}})
     _once(peer)
     assert peer.meta["batchnorm_left"] == 0
+    for backend in ("auto", "torchscript"):  # the tool's own path, as `predict`/`evaluate` run it
+        peer = inference.make_peer({**spec, "peer": "convnets", "backend": backend})
+        _once(peer)
+        expected = "onnxruntime" if backend == "auto" and "onnxruntime" in kinds else "torchscript"
+        assert peer.meta["backend"] == expected
 
 
 def test_harness_interleaves_workers_and_reports_a_failing_peer():

@@ -249,3 +249,20 @@ def test_predict_cli_from_a_run_folder_exits_1_on_a_broken_file(tmp_path, capsys
     assert sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-5)
     assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
     assert main(["predict", str(run), str(tmp_path / "red.jpg")]) == 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "eager"])
+def test_every_backend_gives_the_same_evaluation(tmp_path, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    for name, shade in (("bright", 230), ("dark", 20)):
+        (tmp_path / name).mkdir()
+        Image.new("L", (10, 10), shade).save(tmp_path / name / "a.png")
+    clf = Classifier(LeftHalfMean(), _config(["bright", "dark"], 8), backend=backend)
+    result = evaluate(clf, tmp_path, tta="flip")
+    assert result.backend == backend and result.to_dict()["backend"] == backend
+    assert result.metrics["accuracy"] == 1.0
+    p_bright = _sigmoid(10 * (230 / 255 - 0.5))
+    assert float(result.probs[0, 0]) == pytest.approx(p_bright, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown inference backend"):
+        Classifier(LeftHalfMean(), _config(["bright", "dark"], 8), backend="gpu")

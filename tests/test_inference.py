@@ -145,3 +145,91 @@ def test_untraceable_model_falls_back_to_eager_unless_jit_is_forced():
     assert isinstance(fast, _Untraceable) and fast._convnets_channels_last
     with pytest.raises(Exception):  # noqa: B017 - whatever TorchScript raises, jit=True must not hide it
         prepare_for_inference(_Untraceable(), example_input=torch.randn(1, 3, 8, 8), jit=True)
+
+
+# --- inference_module: the backend predict/evaluate run on ----------------------------------------
+
+
+def _small_resnet() -> nn.Module:
+    return _randomize_bn(create_model("resnet18", num_classes=4))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "eager"])
+def test_every_backend_matches_the_eager_model_and_leaves_it_untouched(backend):
+    pytest.importorskip("onnxruntime")
+    from convnets.inference import backend_of, inference_module
+
+    model = _small_resnet()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    runner = inference_module(model, example_input=x[:1], backend=backend)
+    assert backend_of(runner) == backend
+    torch.testing.assert_close(predict_batch(runner, x), expected, atol=1e-4, rtol=1e-4)
+    assert count_batchnorm(model) == 20  # folding happened on a copy, not on the caller's model
+
+
+def test_auto_prefers_onnxruntime_and_falls_back_to_torchscript(monkeypatch):
+    import importlib.util
+    import sys
+
+    from convnets.inference import backend_of, inference_module
+
+    model, x = _small_resnet(), torch.randn(1, 3, 32, 32)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert backend_of(inference_module(model, x, backend="auto")) == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import raises
+    assert backend_of(inference_module(model, x, backend="auto")) == "torchscript"
+    with pytest.raises(ImportError, match=r"convnets\[export\]"):
+        inference_module(model, x, backend="onnxruntime")
+
+
+def test_a_session_that_disagrees_with_the_model_is_refused(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from convnets.inference import OnnxRuntimeModule, backend_of, inference_module
+
+    model, x = _small_resnet(), torch.randn(1, 3, 32, 32)
+    monkeypatch.setattr(OnnxRuntimeModule, "__init__", _init_with_atol(OnnxRuntimeModule.__init__, -1.0))
+    with pytest.raises(RuntimeError, match="differs from the model"):
+        inference_module(model, x, backend="onnxruntime")
+    with pytest.warns(UserWarning, match="using TorchScript"):
+        assert backend_of(inference_module(model, x, backend="auto")) == "torchscript"
+
+
+def _init_with_atol(init, atol):
+    def patched(self, model, **kwargs):
+        init(self, model, **{**kwargs, "atol": atol})
+
+    return patched
+
+
+def test_onnxruntime_module_takes_any_batch_and_a_new_image_size():
+    pytest.importorskip("onnxruntime")
+    from convnets.inference import OnnxRuntimeModule
+
+    model = _small_resnet()
+    runner = OnnxRuntimeModule(model)
+    for shape in [(1, 3, 32, 32), (5, 3, 32, 32), (2, 3, 48, 40)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(predict_batch(runner, x), model(x), atol=1e-4, rtol=1e-4)
+    assert len(runner._sessions) == 2  # one export per (C, H, W)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        runner(torch.randn(3, 32, 32))
+
+
+def test_cli_backend_choices_are_the_librarys():
+    from convnets.cli import build_parser
+    from convnets.inference import BACKENDS
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "run", "img.png", "--backend", "eager"])
+    assert args.backend == "eager"
+    action = next(
+        a for a in parser._subparsers._group_actions[0].choices["predict"]._actions if a.dest == "backend"
+    )
+    assert tuple(action.choices) == BACKENDS
+    with pytest.raises(ValueError, match="unknown inference backend"):
+        from convnets.inference import inference_module
+
+        inference_module(_small_resnet(), backend="tensorrt")

@@ -109,6 +109,7 @@ def compare(
     from .cost import model_cost
     from .evaluate import Classifier
     from .evaluate import measure_latency as latency_of
+    from .inference import backend_of
     from .train import train
 
     if not models:
@@ -141,6 +142,7 @@ def compare(
                 "params": cost.params,
                 "macs": cost.macs,
                 "latency_ms": latency_of(clf) if measure_latency else float("nan"),
+                "backend": backend_of(clf.runner),
                 "train_seconds": result.seconds,
                 "image_size": list(clf.image_size),
                 "run_dir": str(result.run_dir),

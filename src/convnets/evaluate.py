@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .inference import backend_of, predict_batch
+
 __all__ = [
     "TTA_COST",
     "TTA_MODES",
@@ -113,26 +115,46 @@ class Classifier:
     """A model plus what it must be fed: ``Classifier.from_run(run_dir)`` or ``Classifier(model, config)``.
 
     ``config`` needs ``class_names``, ``image_size`` ([H, W]) and optionally ``in_chans``, ``mean``,
-    ``std``, ``normalize`` (the run folder's config.json keys).
+    ``std``, ``normalize`` (the run folder's config.json keys). ``model`` stays the eager model (for
+    cost and inspection); predictions run on :attr:`runner`, the model on ``backend`` (see
+    :func:`convnets.inference.inference_module`), built on first use.
     """
 
     model: nn.Module
     config: dict
     name: str = "model"
     device: str | torch.device = "cpu"
+    backend: str = "auto"
+    _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from .inference import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    def from_run(
+        cls, run_dir: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
+    ) -> Classifier:
         from .weights import load_run
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
         model, config = load_run(run_dir, device=device)
-        return cls(model, config, name=run_dir.name, device=device)
+        return cls(model, config, name=run_dir.name, device=device, backend=backend)
+
+    @property
+    def runner(self) -> nn.Module:
+        """The model prepared for prediction on :attr:`backend` (``backend_of(runner)`` names it)."""
+        if self._runner is None:
+            from .inference import inference_module
+
+            example = torch.randn(1, self.in_chans, *self.image_size, device=self.device)
+            self._runner = inference_module(self.model, example, backend=self.backend)
+        return self._runner
 
     @property
     def class_names(self) -> list[str]:
@@ -176,7 +198,7 @@ class Classifier:
     @torch.inference_mode()
     def proba_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Softmax probabilities of each view (normalised input tensors)."""
-        return [F.softmax(self.model(v.to(self.device)).float(), dim=1).cpu() for v in views]
+        return [F.softmax(predict_batch(self.runner, v.to(self.device)).float(), dim=1).cpu() for v in views]
 
     def predict_proba(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
         """Class probabilities (N, K) of a normalised batch, averaged over the TTA views."""
@@ -378,6 +400,7 @@ class EvalResult:
     data: str
     skipped: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    backend: str = "eager"  # what ran the model (convnets.inference.backend_of)
     mistakes: list[dict] = field(default_factory=list)  # worst mistakes: id, true, pred, confidence
     # The first ``sample_k`` images with id, true, pred, confidence and "image" (C, H, W) in [0, 1].
     samples: list[dict] = field(default_factory=list, repr=False)
@@ -388,6 +411,7 @@ class EvalResult:
             **self.metrics,
             "tta": self.tta,
             "data": self.data,
+            "backend": self.backend,
             "skipped": self.skipped,
             "mistakes": self.mistakes,
             "files": self.files,
@@ -412,17 +436,18 @@ def evaluate(
     worst_k: int = 16,
     sample_k: int = 0,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> EvalResult:
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
 
     With ``tta`` other than ``"none"`` the plain (single view) predictions are computed too, so the
     result reports both accuracies, the gain, the compute factor and the measured model seconds.
     Writes ``confusion_matrix.png``, ``mistakes.png`` (highest-confidence wrong predictions) and
-    ``metrics.json`` into ``out``.
+    ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.inference.inference_module`.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
-    clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device)
+    clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
     skipped: list[dict] = []
     batches, _, description = _eval_batches(clf, data, batch_size, base=(tta == "10crop"), skipped=skipped)
 
@@ -483,6 +508,7 @@ def evaluate(
         ids=ids,
         data=description,
         skipped=skipped,
+        backend=backend_of(clf.runner),
         mistakes=[
             {"id": i, "true": clf.class_names[t], "pred": clf.class_names[p], "confidence": c}
             for c, i, t, p, _ in worst
@@ -516,7 +542,7 @@ def measure_latency(clf: Classifier, runs: int = 5, warmup: int = 2) -> float:
     from .cost import latency_ms
 
     x = torch.randn(1, clf.in_chans, *clf.image_size, device=clf.device)
-    return latency_ms(clf.model, x, warmup=warmup, runs=runs)
+    return latency_ms(clf.runner, x, warmup=warmup, runs=runs)
 
 
 @dataclass
@@ -556,6 +582,7 @@ def evaluate_ensemble(
     batch_size: int = 64,
     measure: bool = True,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> EnsembleResult:
     """Average the members' softmax probabilities; each member gets its own preprocessing.
 
@@ -567,7 +594,10 @@ def evaluate_ensemble(
 
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two members")
-    clfs = [r if isinstance(r, Classifier) else Classifier.from_run(r, device=device) for r in runs]
+    clfs = [
+        r if isinstance(r, Classifier) else Classifier.from_run(r, device=device, backend=backend)
+        for r in runs
+    ]
     first = clfs[0]
     for clf in clfs[1:]:
         check_class_names(first.class_names, clf.class_names, f"ensemble member {clf.name}")
@@ -592,6 +622,7 @@ def evaluate_ensemble(
                 "params": cost.params,
                 "macs": cost.macs,
                 "latency_ms": measure_latency(clf) if measure else None,
+                "backend": backend_of(clf.runner),
             }
         )
         all_probs.append(result.probs)
@@ -624,12 +655,13 @@ def predict(
     tta: str = "none",
     batch_size: int = 32,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> list[dict]:
     """Top-k classes per image: ``[{"file", "top": [{"class", "prob"}]}]``; a file that cannot be
     read gets ``{"file", "error"}`` instead and the rest go on. Folders are searched recursively."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
-    clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device)
+    clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
     files = find_images(paths)
     k = max(1, min(top_k, len(clf.class_names)))
     results: list[dict] = []

@@ -24,17 +24,38 @@ to pay off on CPU:
 
 :func:`predict_batch` runs the prepared model under ``torch.inference_mode`` (no autograd bookkeeping)
 and feeds it input in the memory format it was prepared for.
+
+:func:`inference_module` is what ``predict``/``evaluate``/``report`` run: on CPU it hands the model to
+**ONNX Runtime** when that is installed (the ``export`` extra), else to the TorchScript path above. On
+this 2-core CPU ORT's kernels (MLAS) were 1.7-2.8x faster than the best torch path at batch 1
+(bench/RESULTS.md, "Inference"), and no torch-side option closed that gap, so the tool uses the library
+that is faster instead of competing with it. The ORT session is checked against the eager model's
+output when it is built; any failure (export, check) falls back to TorchScript with a warning.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import warnings
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batchnorm", "predict_batch", "prepare_for_inference", "count_batchnorm"]
+__all__ = [
+    "BACKENDS",
+    "OnnxRuntimeModule",
+    "backend_of",
+    "count_batchnorm",
+    "fold_batchnorm",
+    "inference_module",
+    "predict_batch",
+    "prepare_for_inference",
+]
+
+#: Inference backends, fastest first on CPU ("auto" picks the first that works here).
+BACKENDS = ("auto", "onnxruntime", "torchscript", "eager")
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -194,3 +215,111 @@ def predict_batch(model: nn.Module, images: torch.Tensor, batch_size: int | None
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
             outputs.append(model(chunk))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def backend_of(module: nn.Module) -> str:
+    """Which backend an :func:`inference_module` result runs on ("eager" for a plain module)."""
+    return getattr(module, "_convnets_backend", "eager")
+
+
+class OnnxRuntimeModule(nn.Module):
+    """A model exported to ONNX and run by an ONNX Runtime CPU session, behind ``nn.Module``'s call.
+
+    Takes and returns float32 torch tensors (N, C, H, W) -> (N, K); any batch size. One session per
+    input height and width (exported on first use: adaptive pooling only exports for a fixed size),
+    each checked against the eager model's output on that first input.
+    """
+
+    def __init__(self, model: nn.Module, opset: int = 17, threads: int | None = None, atol: float = 1e-3):
+        super().__init__()
+        try:
+            import onnx  # noqa: F401 - torch.onnx.export needs it
+            import onnxruntime
+        except ImportError as e:
+            raise ImportError("the onnxruntime backend needs: pip install 'convnets[export]'") from e
+        self._ort = onnxruntime
+        # A CPU float copy, kept out of the module tree (no parameters to move: the sessions own them).
+        self.__dict__["_source"] = copy.deepcopy(model).cpu().float().eval()
+        self.opset, self.atol = opset, atol
+        self.threads = threads or torch.get_num_threads()  # the same budget the torch paths use
+        self._sessions: dict[tuple[int, ...], object] = {}
+        self._convnets_backend = "onnxruntime"
+
+    def _session(self, x: torch.Tensor):
+        key = tuple(x.shape[1:])
+        if key in self._sessions:
+            return self._sessions[key]
+        buf = io.BytesIO()
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            # dynamo=False: the TorchScript-based exporter needs only `onnx` (as convnets.export).
+            torch.onnx.export(
+                self._source,
+                (x[:1].clone(),),
+                buf,
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=["logits"],
+                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=self.opset,
+            )
+            expected = self._source(x[:1].clone())
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        session = self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"pixels": x[:1].numpy()})[0])
+        err = float((got - expected).abs().max())
+        scale = max(1.0, float(expected.abs().max()))
+        if not err <= self.atol * scale:  # also catches NaN
+            raise RuntimeError(
+                f"ONNX Runtime output differs from the model's by {err:.2e} (allowed {self.atol * scale:.1e})"
+            )
+        self._sessions[key] = session
+        return session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"expected (N, C, H, W) input, got shape {tuple(x.shape)}")
+        cpu = x.detach().to("cpu", torch.float32).contiguous()
+        (out,) = self._session(cpu).run(None, {"pixels": cpu.numpy()})
+        return torch.from_numpy(out).to(x.device)
+
+
+def inference_module(
+    model: nn.Module, example_input: torch.Tensor | None = None, backend: str = "auto"
+) -> nn.Module:
+    """``model`` ready to predict with, on the fastest backend available (the caller's model is not
+    modified). ``backend``: one of :data:`BACKENDS`.
+
+    ``"auto"``: on CPU ONNX Runtime if installed, else TorchScript (:func:`prepare_for_inference`); on
+    other devices the eager model. ``backend_of(result)`` says which one was used.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    model.eval()
+    x = _example(model, example_input)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if backend == "auto" and not on_cpu:
+        backend = "eager"
+    if backend in ("auto", "onnxruntime"):
+        if not on_cpu:
+            raise ValueError("the onnxruntime backend runs on CPU: use --device cpu or another backend")
+        try:
+            ort_module = OnnxRuntimeModule(model)
+            ort_module._session(x.detach().cpu().float())  # export and check now, not mid-evaluation
+            return ort_module
+        except ImportError:
+            if backend == "onnxruntime":
+                raise
+        except Exception as e:  # noqa: BLE001 - export/check failed: the torch path still works
+            if backend == "onnxruntime":
+                raise
+            warnings.warn(f"ONNX Runtime backend unavailable ({e}); using TorchScript", stacklevel=2)
+        backend = "torchscript"
+    if backend == "torchscript":
+        prepared = prepare_for_inference(copy.deepcopy(model), example_input=x, jit=None)
+        prepared._convnets_backend = (
+            "torchscript" if isinstance(prepared, torch.jit.ScriptModule) else "eager"
+        )
+        return prepared
+    return model

@@ -145,13 +145,14 @@ def report(
     data: str | Path | None = None,
     samples: int = 16,
     batch_size: int = 64,
+    backend: str = "auto",
 ) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
     from .cost import format_count, model_cost
     from .evaluate import Classifier, evaluate, plot_confusion_matrix, plot_mistakes
 
     run_dir = Path(run_dir)
-    clf = Classifier.from_run(run_dir)
+    clf = Classifier.from_run(run_dir, backend=backend)
     config = clf.config
     out = Path(out) if out is not None else run_dir / "report.html"
     data = data if data is not None else (config.get("data") or {}).get("source")

@@ -32,6 +32,17 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+def add_backend_argument(p: argparse.ArgumentParser) -> None:
+    """``--backend`` for the commands that run a trained model (predict, evaluate, ensemble, report)."""
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "torchscript", "eager"],
+        default="auto",
+        help="what runs the model: auto = ONNX Runtime on CPU when installed (fastest measured), "
+        "else TorchScript with BatchNorm folded; eager = the plain PyTorch model",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

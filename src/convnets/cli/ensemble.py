@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, add_backend_argument
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("items", metavar="RUN_DIR... DATA", nargs="+", help="two or more run folders, then DATA")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("give at least two run folders and then DATA")
     *runs, data = args.items
     try:
-        result = evaluate_ensemble(runs, data, batch_size=args.batch_size)
+        result = evaluate_ensemble(runs, data, batch_size=args.batch_size, backend=args.backend)
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e
     if args.json:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, add_backend_argument
 
 
 def add_parser(subparsers) -> None:
@@ -31,6 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out if args.out is not None else Path(args.run_dir) / "eval"
     try:
-        result = evaluate(args.run_dir, args.data, tta=args.tta, batch_size=args.batch_size, out=out)
+        result = evaluate(
+            args.run_dir, args.data, tta=args.tta, batch_size=args.batch_size, out=out, backend=args.backend
+        )
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e
     if args.json:
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_result(result) -> str:
     m, t = result.metrics, result.tta
-    lines = [f"evaluated {result.data}: n = {m['n']}"]
+    lines = [f"evaluated {result.data}: n = {m['n']} (model run by {result.backend})"]
     lines.append(f"accuracy {m['accuracy']:.4f}" + (f"   top-5 {m['top5']:.4f}" if "top5" in m else ""))
     if t["mode"] != "none":
         lines.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, add_backend_argument
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
     )
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -33,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--top-k must be at least 1")
     try:
         results = predict(
-            args.run_dir, args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size
+            args.run_dir,
+            args.paths,
+            top_k=args.top_k,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            backend=args.backend,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e

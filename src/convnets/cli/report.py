@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, add_backend_argument
 
 
 def add_parser(subparsers) -> None:
@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="output file (default RUN_DIR/report.html)")
     p.add_argument("--data", default=None, help="evaluate on this instead of the run's validation subset")
     p.add_argument("--samples", type=int, default=16, help="sample predictions to show (default 16)")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import report
 
     try:
-        path = report(args.run_dir, args.out, data=args.data, samples=args.samples)
+        path = report(args.run_dir, args.out, data=args.data, samples=args.samples, backend=args.backend)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e
     print(f"wrote {path}")
