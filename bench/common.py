@@ -193,10 +193,19 @@ class Worker:
 
 
 def compare(
-    peers: dict[str, tuple[str, dict, dict | None]], reps: int, log=print, setup_timeout: float = 900.0
+    peers: dict[str, tuple[str, dict, dict | None]],
+    reps: int,
+    log=print,
+    setup_timeout: float = 900.0,
+    settle_s: float = 0.3,
 ) -> dict[str, PeerResult]:
     """Run each peer ``(module, spec, env)`` in its own process, warm them up one after another (so the
-    warm-up times are not inflated by each other), then time ``reps`` interleaved repetitions."""
+    warm-up times are not inflated by each other), then time ``reps`` interleaved repetitions.
+
+    ``settle_s`` pauses before each repetition: thread pools (OpenMP, ONNX Runtime) spin-wait for a
+    while after their last call, and on 2 cores the previous peer's spinning threads slowed the next
+    peer's first calls (a batch-1 ONNX Runtime peer measured 0.70x of itself when timed right after
+    another ORT process, 0.94x with one thread, where there is no pool to spin)."""
     workers: list[Worker] = []
     try:
         for name, (module, spec, env) in peers.items():
@@ -210,6 +219,7 @@ def compare(
             workers.append(worker)
         for _ in range(reps):
             for worker in workers:
+                time.sleep(settle_s)
                 worker.rep()
     finally:
         for worker in workers:
@@ -270,24 +280,42 @@ def describe_machine() -> dict:
     return info
 
 
-def matmul_peak(size: int = 2048, reps: int = 5, log=print) -> Stat:
-    """Measured fp32 GEMM rate (GFLOP/s) of this process: the ceiling conv layers can approach."""
+def matmul_peaks(size: int = 2048, reps: int = 5) -> dict[str, Stat]:
+    """Measured fp32 GEMM rate (GFLOP/s) of this process through each of torch's two GEMM libraries.
+
+    ``torch.mm`` goes to the BLAS (MKL), the convolutions to oneDNN. They differ by CPU: on an AMD
+    EPYC with AVX-512 MKL's path reached ~205 GFLOP/s and oneDNN ~440 on the same (size x size) @
+    (size x size) product, so a peak from ``torch.mm`` alone would let conv layers read as > 100%.
+    The oneDNN figure is that product as a 1x1 convolution (size channels in and out, size pixels).
+    """
     import torch
+    import torch.nn.functional as F
 
     from convnets.runtime import tune_malloc
 
     tune_malloc()
     a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    rates = []
-    for _ in range(reps):
-        n = 3
-        t0 = time.perf_counter()
-        for _ in range(n):
-            a @ b
-        rates.append(n * 2 * size**3 / (time.perf_counter() - t0) / 1e9)
-    return Stat.of(rates)
+    h = 32 if size >= 1024 else 16
+    x, w = torch.randn(1, size, h, size // h), torch.randn(size, size, 1, 1)
+    kernels = {"torch.mm (BLAS)": lambda: a @ b, "1x1 conv (oneDNN)": lambda: F.conv2d(x, w)}
+    rates: dict[str, list[float]] = {k: [] for k in kernels}
+    for f in kernels.values():
+        for _ in range(2):
+            f()
+    for _ in range(reps):  # interleaved, like the peers
+        for name, f in kernels.items():
+            n = 3
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            rates[name].append(n * 2 * size**3 / (time.perf_counter() - t0) / 1e9)
+    return {k: Stat.of(v) for k, v in rates.items()}
+
+
+def matmul_peak(size: int = 2048, reps: int = 5, log=print) -> Stat:
+    """The machine's fp32 GEMM ceiling: per repetition, the faster of the BLAS and oneDNN."""
+    peaks = list(matmul_peaks(size, reps).values())
+    return Stat.of([max(vals) for vals in zip(*(p.values for p in peaks))])
 
 
 def has_module(name: str) -> bool:

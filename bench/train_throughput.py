@@ -4,14 +4,17 @@ Peers, each in its own process (bench/common.py):
 
 - ``convnets``: what ``convnets train`` does per step with its defaults -- the trainer's optimizer
   (fused AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, its memory
-  format (channels-last on CPU for depthwise-convolution models, ``prefers_channels_last``), the
-  malloc tuning the CLI applies at start, and the per-step ``isfinite``/``loss.item()``/
+  format (channels-last on CPU for depthwise-convolution models and on AVX-512 CPUs,
+  ``prefers_channels_last``), the malloc tuning the CLI applies at start, and the per-step
+  ``isfinite``/``loss.item()``/
   accuracy bookkeeping its loop does (``Trainer._train_epoch``; it exposes no reusable step, so the
   body is reproduced here -- keep the two in step).
 - ``torchvision``: ``torchvision.models.<name>(weights=None)`` in the plain eager loop people write
   (NCHW, ``AdamW(model.parameters())``, no allocator tuning).
 - ``keras``: ``keras.applications.<Name>(weights=None)`` with the TensorFlow backend, ``compile``
   with AdamW and ``train_on_batch`` (Keras' own defaults, including its ``jit_compile="auto"``).
+  VGG-16 at sizes other than 224 gets torchvision's classifier (see ``_keras_vgg16_torchvision_head``),
+  so both sides train the same 138M parameters.
 
 Variants of the convnets peer (one setting changed) back each default in RESULTS.md.
 """
@@ -144,6 +147,24 @@ class TorchvisionPeer(_TorchPeer):
         self.optimizer.step()
 
 
+def _keras_vgg16_torchvision_head(keras, size: int):
+    """Keras' VGG16 with torchvision's classifier, for inputs other than 224.
+
+    Keras' own top flattens whatever map the convolutions leave (2x2x512 at 64: a 2,048 -> 4,096 first
+    layer, 44M parameters in all), while torchvision pools adaptively to 7x7 first (25,088 -> 4,096,
+    138M). Comparing those would time different networks; resizing the map to 7x7 gives Keras the same
+    layers, parameters and multiply-adds as the torch peers (the resize itself is negligible).
+    """
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+    x = keras.layers.Resizing(7, 7, interpolation="bilinear")(base.output)
+    x = keras.layers.Flatten()(x)
+    for _ in range(2):
+        x = keras.layers.Dense(4096, activation="relu")(x)
+        x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax")(x)
+    return keras.Model(base.input, outputs)
+
+
 class KerasPeer:
     """Keras 3 (TensorFlow backend): ``keras.applications`` model, ``train_on_batch``."""
 
@@ -158,9 +179,16 @@ class KerasPeer:
         self.y = rng.integers(0, NUM_CLASSES, (b,))
         self.steps = spec.get("steps", 1)
         app = getattr(keras.applications, KERAS_APPS[spec["model"]])
-        self.model = app(weights=None, input_shape=(s, s, 3), classes=NUM_CLASSES)
+        if spec["model"] == "vgg16" and s != 224:
+            self.model = _keras_vgg16_torchvision_head(keras, s)
+        else:
+            self.model = app(weights=None, input_shape=(s, s, 3), classes=NUM_CLASSES)
         self.model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
-        self.meta = {"keras": keras.__version__, "backend": keras.backend.backend()}
+        self.meta = {
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "params": int(self.model.count_params()),
+        }
 
     def warmup(self) -> None:
         for _ in range(self.spec.get("warmup", 2)):
@@ -251,7 +279,7 @@ def run_ablation(
     configs = (
         [("mobilenet_v2", 64, 4)]
         if quick
-        else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32), ("vgg16", 64, 32)]
+        else [("mobilenet_v2", 160, 32), ("resnet50", 64, 32), ("resnet50", 224, 16), ("vgg16", 64, 32)]
     )
     out = []
     for i, (model, size, batch) in enumerate(configs):

@@ -25,14 +25,18 @@ def test_describe_cpu_fields():
     assert info["cores"] >= 1 and info["torch"] and isinstance(info["native_bf16"], bool)
 
 
-def test_channels_last_only_for_depthwise_models():
+def test_channels_last_for_depthwise_models_and_on_avx512(monkeypatch):
+    import torch
+
     from convnets.models import create_model
     from convnets.runtime import prefers_channels_last
 
-    assert prefers_channels_last(create_model("mobilenet_v2", num_classes=2))
-    assert prefers_channels_last(create_model("efficientnet_b0", num_classes=2))
-    assert not prefers_channels_last(create_model("resnet18", num_classes=2))
-    assert not prefers_channels_last(create_model("lenet5"))
+    for isa, dense in (("AVX2", False), ("AVX512", True), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)
+        assert prefers_channels_last(create_model("mobilenet_v2", num_classes=2))
+        assert prefers_channels_last(create_model("efficientnet_b0", num_classes=2))
+        assert prefers_channels_last(create_model("resnet18", num_classes=2)) is dense
+        assert prefers_channels_last(create_model("lenet5")) is dense
 
 
 def test_optimizers_are_fused_on_cpu_with_no_decay_groups():

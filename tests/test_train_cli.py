@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from train_shapes import SHAPES, make_shapes
 
 from convnets.cli import main
@@ -87,8 +88,11 @@ def test_run_folder_files_and_config_contract(trained, shapes):
     assert config["data"] == {"source": str(shapes.resolve()), "val_split": 0.2, "seed": 0}
     assert len(config["split"]["val"]) == 24 and len(config["split"]["train"]) == 96
     assert config["options"]["epochs"] == 8 and config["options"]["lr"] == 3e-3
-    # lenet5 has no depthwise convolutions: NCHW (the measured CPU default; CUDA fp32 is NCHW too).
-    assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is False
+    # lenet5 has no depthwise convolutions: NCHW unless the CPU has AVX-512 (measured); CUDA fp32: NCHW.
+    from convnets.runtime import prefers_channels_last
+
+    expected_cl = not torch.cuda.is_available() and prefers_channels_last(nn.Conv2d(1, 1, 1))
+    assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is expected_cl
     assert config["resize"] == "center-crop"  # a folder of images: what predict must do too
     assert set(config["versions"]) == {"python", "torch", "torchvision", "convnets"}
 

@@ -195,7 +195,6 @@ class Classifier:
         std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
         return (x.cpu() * std_t + mean_t).clamp(0, 1)
 
-    @torch.inference_mode()
     def proba_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Softmax probabilities of each view (normalised input tensors)."""
         return [F.softmax(predict_batch(self.runner, v.to(self.device)).float(), dim=1).cpu() for v in views]

@@ -35,6 +35,7 @@ output when it is built; any failure (export, check) falls back to TorchScript w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
@@ -207,10 +208,13 @@ def predict_batch(model: nn.Module, images: torch.Tensor, batch_size: int | None
         raise ValueError(f"predict_batch expects (N, C, H, W) images, got shape {tuple(images.shape)}")
     channels_last = getattr(model, "_convnets_channels_last", False)
     step = batch_size or len(images)
+    chunks = [images] if step >= len(images) else [images[i : i + step] for i in range(0, len(images), step)]
+    # ONNX Runtime has no autograd to switch off, and entering inference_mode around its call measured
+    # 0.05-0.18 ms slower per batch-1 call (4% of a MobileNetV2 image): skip it there.
+    context = contextlib.nullcontext() if isinstance(model, OnnxRuntimeModule) else torch.inference_mode()
     outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
+    with context:
+        for chunk in chunks:
             if channels_last:
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
             outputs.append(model(chunk))

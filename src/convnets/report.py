@@ -196,6 +196,7 @@ def report(
         line = f"{html.escape(result.data)}: n = {m['n']}, accuracy <b>{m['accuracy']:.4f}</b>"
         if "top5" in m:
             line += f", top-5 {m['top5']:.4f}"
+        line += f" <span class='muted'>(model run by {html.escape(result.backend)})</span>"
         parts.append(f"<p>{line}</p>")
         buf = io.BytesIO()
         plot_confusion_matrix(m["confusion_matrix"], clf.class_names, buf)

@@ -100,11 +100,16 @@ def describe_cpu() -> dict:
 def prefers_channels_last(model) -> bool:
     """Whether CPU training should use channels-last (NHWC) for ``model``.
 
-    Measured on this project's 2-core AVX2 CPU (bench/RESULTS.md, "Training defaults"): networks with
-    depthwise/grouped convolutions (MobileNet, EfficientNet) train 1.14-1.35x faster in NHWC, while
-    dense-convolution networks (VGG, ResNet, LeNet) do not gain and can lose -- oneDNN's NHWC
-    convolution backward ran at ~90 GFLOP/s against ~150 in NCHW for 3x3 layers.
+    Measured on two 2-core CPUs (bench/RESULTS.md, "Training defaults"). Networks with
+    depthwise/grouped convolutions (MobileNet, EfficientNet) train faster in NHWC on both (1.40x and
+    1.72x for mobilenet_v2). Dense-convolution networks (VGG, ResNet, LeNet) depend on the CPU: on an
+    AVX2 CPU oneDNN's NHWC convolution backward ran at ~90 GFLOP/s against ~150 in NCHW and resnet50
+    was 1.09x faster in NCHW; on an AVX-512 CPU resnet50 trained 1.10x (64 px) and 1.23x (224 px)
+    faster in NHWC. So: grouped convolutions, or a CPU whose torch kernels use AVX-512.
     """
+    import torch
     from torch import nn  # not at module level: tune_malloc must be callable before torch loads
 
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
