@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from .inference import backend_of, predict_batch
+from .inference import BACKENDS, backend_of, inference_module, predict_batch
 
 __all__ = [
     "TTA_COST",
@@ -128,8 +128,6 @@ class Classifier:
     _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from .inference import BACKENDS
-
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         self.model = self.model.to(self.device).eval()
@@ -150,8 +148,6 @@ class Classifier:
     def runner(self) -> nn.Module:
         """The model prepared for prediction on :attr:`backend` (``backend_of(runner)`` names it)."""
         if self._runner is None:
-            from .inference import inference_module
-
             example = torch.randn(1, self.in_chans, *self.image_size, device=self.device)
             self._runner = inference_module(self.model, example, backend=self.backend)
         return self._runner

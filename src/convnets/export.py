@@ -18,6 +18,7 @@ the logits must be within ``atol``.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import tempfile
@@ -107,7 +108,8 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path | io.BytesIO, opset: int) -> None:
+    """ONNX with a dynamic batch axis to ``path`` (a file, or a buffer for an in-memory session)."""
     try:
         import onnx  # noqa: F401 - the exporter needs it; fail with our message, not deep inside torch
     except ImportError as e:
@@ -119,7 +121,7 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
         torch.onnx.export(
             module,
             (example,),
-            str(path),
+            path if isinstance(path, io.BytesIO) else str(path),
             dynamo=False,
             input_names=["pixels"],
             output_names=["logits"],

@@ -253,20 +253,12 @@ class OnnxRuntimeModule(nn.Module):
         key = tuple(x.shape[1:])
         if key in self._sessions:
             return self._sessions[key]
+        from .export import _write_onnx  # the exporter `convnets export` uses, to a buffer here
+
         buf = io.BytesIO()
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            # dynamo=False: the TorchScript-based exporter needs only `onnx` (as convnets.export).
-            torch.onnx.export(
-                self._source,
-                (x[:1].clone(),),
-                buf,
-                dynamo=False,
-                input_names=["pixels"],
-                output_names=["logits"],
-                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=self.opset,
-            )
+            warnings.simplefilter("ignore")  # the exporter's constant-folding notices
+            _write_onnx(self._source, x[:1].clone(), buf, self.opset)
             expected = self._source(x[:1].clone())
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
