@@ -22,8 +22,9 @@ to pay off on CPU:
    eager model; with TorchScript NCHW measured equal or slightly faster (oneDNN picks its own blocked
    layout), so ``channels_last=None`` means "channels-last only on the eager path".
 
-:func:`predict_batch` runs the prepared model under ``torch.inference_mode`` (no autograd bookkeeping)
-and feeds it input in the memory format it was prepared for.
+:func:`predict_batch` runs the prepared model under ``torch.inference_mode`` (no autograd bookkeeping;
+not around ONNX Runtime, which has none and measured slower inside it) and feeds it input in the
+memory format it was prepared for.
 
 :func:`inference_module` is what ``predict``/``evaluate``/``report`` run: on CPU it hands the model to
 **ONNX Runtime** when that is installed (the ``export`` extra), else to the TorchScript path above. On
