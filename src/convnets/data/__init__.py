@@ -8,60 +8,56 @@ Public entry points (see docs/ARCHITECTURE.md, "Data"):
 * ``build_train_transform`` / ``build_eval_transform`` / ``parse_ops`` / ``PRESETS`` -- augmentation.
 """
 
-from .augment import (
-    OPS,
-    PRESETS,
-    ColorShift,
-    PCAColor,
-    build_eval_transform,
-    build_train_transform,
-    parse_ops,
-)
-from .builtin import BUILTIN_NAMES, TORCHVISION
-from .decode import IMAGE_EXTENSIONS, ImageReadError, SkippedImageWarning, load_base, probe
-from .folder import DatasetError, find_presplit, scan_folder
-from .loaders import ImageLoader, SeededSampler, default_num_workers
-from .pca import channel_stats, pca_stats
-from .pipeline import (
-    DataSplits,
-    ImageBatch,
-    expand_paths,
-    image_dataset_from_directory,
-    load_data,
-    load_images,
-    resolve_normalization,
-)
-from .split import stratified_split
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_NAMES",
-    "IMAGE_EXTENSIONS",
-    "OPS",
-    "PRESETS",
-    "TORCHVISION",
-    "ColorShift",
-    "DataSplits",
-    "DatasetError",
-    "ImageBatch",
-    "ImageLoader",
-    "ImageReadError",
-    "PCAColor",
-    "SeededSampler",
-    "SkippedImageWarning",
-    "build_eval_transform",
-    "build_train_transform",
-    "channel_stats",
-    "default_num_workers",
-    "expand_paths",
-    "find_presplit",
-    "image_dataset_from_directory",
-    "load_base",
-    "load_data",
-    "load_images",
-    "parse_ops",
-    "pca_stats",
-    "probe",
-    "resolve_normalization",
-    "scan_folder",
-    "stratified_split",
-]
+import importlib
+
+# Lazy (PEP 562): `convnets.data.decode` and `convnets.data.images` are torch-free, and importing
+# them must not pull in torch through this package's __init__ (the server and `predict` on an
+# exported model start without torch).
+_EXPORTS = {
+    "BUILTIN_NAMES": "builtin",
+    "ColorShift": "augment",
+    "DataSplits": "pipeline",
+    "DatasetError": "folder",
+    "IMAGE_EXTENSIONS": "decode",
+    "ImageBatch": "pipeline",
+    "ImageLoader": "loaders",
+    "ImageReadError": "decode",
+    "OPS": "augment",
+    "PCAColor": "augment",
+    "PRESETS": "augment",
+    "SeededSampler": "loaders",
+    "SkippedImageWarning": "decode",
+    "TORCHVISION": "builtin",
+    "build_eval_transform": "augment",
+    "build_train_transform": "augment",
+    "channel_stats": "pca",
+    "default_num_workers": "loaders",
+    "expand_paths": "pipeline",
+    "find_presplit": "folder",
+    "image_dataset_from_directory": "pipeline",
+    "load_base": "decode",
+    "load_data": "pipeline",
+    "load_images": "pipeline",
+    "parse_ops": "augment",
+    "pca_stats": "pca",
+    "probe": "decode",
+    "resolve_normalization": "pipeline",
+    "scan_folder": "folder",
+    "stratified_split": "split",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
+

@@ -1,0 +1,196 @@
+"""The run folder: its file names, its typed ``config.json`` (:class:`RunConfig`), and reading/writing it.
+
+Training writes a run folder; evaluate, predict, export, report, compare, serve, doctor and explain
+read it. This module is their one shared definition, and it imports neither torch nor torchvision
+so that a server or ``predict`` on an exported model starts without them.
+
+Layout::
+
+    RUN_DIR/config.json          RunConfig (this module)
+    RUN_DIR/model.safetensors    best weights (by validation score)
+    RUN_DIR/metrics.jsonl        one line per epoch
+    RUN_DIR/last.pt              training state for --resume
+    RUN_DIR/curves.png, confusion_matrix.png
+    RUN_DIR/model.onnx           the exported model (written on first use, see export.py)
+
+``schema_version`` 1 is the first versioned layout; folders written before it (no version) have the
+same keys and load as version 1. A folder written by a newer convnets is refused with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_json
+
+SCHEMA_VERSION = 1
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+LAST_CHECKPOINT = "last.pt"
+CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+ONNX_FILE = "model.onnx"
+EXPORT_INFO_FILE = "export.json"
+
+# The files whose presence means "a run is already here" (train refuses to overwrite them).
+RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a usable run: missing, not a run, bad JSON, or from a newer convnets."""
+
+
+@dataclass
+class DataSource:
+    """Where the training data came from, and how the validation split was drawn."""
+
+    source: str
+    val_split: float | None = 0.2
+    seed: int = 0
+
+
+@dataclass
+class BestEpoch:
+    epoch: int | None = None
+    val_acc: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """``RUN_DIR/config.json``: everything needed to rebuild, run and describe a trained model."""
+
+    model: str
+    num_classes: int
+    class_names: list[str]
+    image_size: tuple[int, int]
+    in_chans: int = 3
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    head: str = "default"  # "transfer": the head was replaced with reset_classifier
+    head_dropout: float | None = None
+    resize: str = "center-crop"  # how evaluation/prediction bring an image to image_size
+    mean: tuple[float, ...] | None = None  # None: the model takes unnormalised [0, 1] input
+    std: tuple[float, ...] | None = None
+    normalize: str | bool = "dataset"
+    data: DataSource | None = None
+    split: dict[str, Any] | None = None
+    weights: str | None = None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    best: BestEpoch | None = None
+    schema_version: int = SCHEMA_VERSION
+    # Keys this version does not know (written by tools or later additions): kept on a rewrite.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(v) for v in self.image_size)
+        if self.mean is not None:
+            self.mean = tuple(float(v) for v in self.mean)
+            self.std = tuple(float(v) for v in self.std)
+        self.num_classes, self.in_chans = int(self.num_classes), int(self.in_chans)
+        if isinstance(self.data, dict):
+            self.data = DataSource(**self.data)
+        if isinstance(self.best, dict):
+            self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc")})
+
+    # -- derived -----------------------------------------------------------------------------
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per input channel, as the model's input expects them (identity when the run
+        trained on unnormalised input)."""
+        if self.normalize is False or self.mean is None:
+            return (0.0,) * self.in_chans, (1.0,) * self.in_chans
+        return _fit_channels(self.mean, self.in_chans), _fit_channels(self.std, self.in_chans)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_chans, *self.image_size)
+
+    # -- JSON ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out["image_size"] = list(self.image_size)
+        out["mean"] = list(self.mean) if self.mean is not None else None
+        out["std"] = list(self.std) if self.std is not None else None
+        out["data"] = asdict(self.data) if self.data is not None else None
+        out["best"] = asdict(self.best) if self.best is not None else None
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = CONFIG_FILE) -> RunConfig:
+        version = int(raw.get("schema_version", 1))
+        if version > SCHEMA_VERSION:
+            raise RunFolderError(
+                f"{where}: written by a newer convnets (run schema {version}; this version reads up to "
+                f"{SCHEMA_VERSION}); upgrade convnets to use this run"
+            )
+        missing = [k for k in ("model", "num_classes") if k not in raw]
+        if missing:
+            raise RunFolderError(f"{where}: missing {', '.join(missing)}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in raw.items() if k in known and v is not None}
+        values.setdefault("class_names", [str(i) for i in range(int(raw["num_classes"]))])
+        values.setdefault("image_size", (224, 224))
+        values["schema_version"] = SCHEMA_VERSION
+        extra = {k: v for k, v in raw.items() if k not in known}
+        try:
+            return cls(**values, extra=extra)
+        except (TypeError, ValueError) as e:
+            raise RunFolderError(f"{where}: {e}") from e
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> RunConfig:
+        """``RUN_DIR/config.json``, checked: a clear :class:`RunFolderError` for anything else."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise RunFolderError(f"run folder not found: {run_dir}")
+        path = run_dir / CONFIG_FILE
+        if not path.is_file():
+            raise RunFolderError(f"{run_dir} is not a run folder: {CONFIG_FILE} is missing")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise RunFolderError(f"{path}: not a JSON object")
+        return cls.from_dict(raw, where=str(path))
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        return atomic_write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+
+
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    return RunConfig.read(run_dir)
+
+
+def weights_path(run_dir: str | os.PathLike) -> Path:
+    """``RUN_DIR/model.safetensors``, checked to exist."""
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder: {WEIGHTS_FILE} is missing")
+    return path
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _fit_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """Per-channel statistics for ``in_chans`` channels: RGB -> grey averages, one value repeats."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    if len(values) == 1:
+        return values * in_chans
+    raise RunFolderError(f"{len(values)} normalisation values for a {in_chans}-channel input")
