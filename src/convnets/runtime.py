@@ -113,3 +113,16 @@ def prefers_channels_last(model) -> bool:
     if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
         return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...); empty where
+    there is no /proc/cpuinfo. Torch-free: the exported-model engines choose by it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
