@@ -35,6 +35,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write_json
+from .backends import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
 from .data.decode import ImageReadError
 from .data.images import ImageSource, center_crop, expand_paths, read_image
 from .predictions import Prediction, softmax, top_k
@@ -48,11 +49,6 @@ from .runs import (
     weights_path,
 )
 
-# What runs an exported model (torch-free) ...
-EXPORTED_BACKENDS = ("onnxruntime", "openvino", "int8")
-# ... and what runs the PyTorch model (convnets.inference): for options the exported path lacks.
-TORCH_BACKENDS = ("torchscript", "eager")
-BACKEND_CHOICES = ("auto", *EXPORTED_BACKENDS, *TORCH_BACKENDS)
 TTA_MODES = ("none", "flip", "10crop")
 CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.evaluate)
 

@@ -23,17 +23,59 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
     )
-    add_backend_argument(p)
+    add_backend_argument(p, exported=True)
     p.set_defaults(func=run)
 
 
+def predict_exported(args: argparse.Namespace) -> list[dict] | None:
+    """The fast path: the run's exported model without torch (exported once, with torch, on the
+    first call). None when ``--backend auto`` cannot use it (ONNX Runtime missing, export failed)."""
+    import importlib.util
+    import sys
+
+    from ..data.images import expand_paths
+    from ..exported import EngineError, ExportedModel
+
+    if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
+        return None
+    files = expand_paths(args.paths)
+    if not files:
+        return []
+    try:
+        model = ExportedModel.open(
+            args.run_dir, args.backend, images=len(files), log=lambda msg: print(msg, file=sys.stderr)
+        )
+    except (EngineError, ImportError) as e:
+        if args.backend == "auto":
+            return None
+        raise CLIError(str(e)) from e
+    except ValueError as e:  # RunFolderError, or an export that failed its parity check
+        if args.backend == "auto" and type(e).__name__ == "ExportError":
+            print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
+            return None
+        raise CLIError(str(e)) from e
+    rows = model.predict([(f, f) for f in files], args.top_k, args.batch_size, tta=args.tta)
+    return [r.to_dict() for r in rows]
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import predict
+    from ..backends import EXPORTED_BACKENDS
 
     if args.top_k < 1:
         raise CLIError("--top-k must be at least 1")
+    results = None
+    if args.backend in ("auto", *EXPORTED_BACKENDS):
+        results = predict_exported(args)
+    if results is None:
+        results = predict_torch(args)
+    return print_results(results, args)
+
+
+def predict_torch(args: argparse.Namespace) -> list[dict]:
+    from ..evaluate import predict
+
     try:
-        results = predict(
+        return predict(
             args.run_dir,
             args.paths,
             top_k=args.top_k,
@@ -43,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e
+
+
+def print_results(results: list[dict], args: argparse.Namespace) -> int:
     if not results:
         raise CLIError(f"no image files found in {', '.join(args.paths)}")
     if args.json:
