@@ -312,12 +312,16 @@ def make_engine(
     if backend == "int8":
         info = ExportInfo.read(run_dir)
         path = run_dir / INT8_ONNX_FILE
-        if info is None or info.int8 is None or not path.is_file():
-            raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
-        if info.int8.weights_sha256 != info.weights_sha256:
+        int8 = info.int8 if info is not None else None
+        if int8 is not None and int8.weights_sha256 != info.weights_sha256:
             raise EngineError(f"{path} is from older weights: run `convnets export {run_dir} --int8` again")
-        if not info.int8.accepted:
-            raise EngineError(f"{path} was refused: top-1 changed by {info.int8.delta_points:+.2f} points")
+        if int8 is not None and not int8.accepted:
+            raise EngineError(
+                f"the int8 model was refused: validation top-1 changed by {int8.delta_points:+.2f} points "
+                f"(allowed -{int8.max_drop:g})"
+            )
+        if int8 is None or not path.is_file():
+            raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
         if int8_runner_order()[0] == "openvino":
             return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache)
         return OrtEngine(path, threads, name="int8")

@@ -13,6 +13,8 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -98,6 +100,18 @@ class _CalibrationReader:
         self._batches = self._iter()
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs advice per tensor on the root logger; keep the terminal to ours."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def top1(engine: Engine, pixels: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     pred = run_batched(engine, pixels).argmax(1)
     return float((pred == labels).mean()), pred
@@ -135,7 +149,7 @@ def quantize_run(
     say(f"calibrating on {len(calib)} training images")
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         tmp_model = Path(tmp) / INT8_ONNX_FILE
-        with tqdm(total=len(calib), desc="calibrate", unit="img", leave=False) as bar:
+        with tqdm(total=len(calib), desc="calibrate", unit="img", leave=False) as bar, _quiet_root_logger():
             quantize_static(
                 str(onnx_path),
                 str(tmp_model),

@@ -60,4 +60,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return __all__
-
