@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,26 +78,41 @@ def _read_views(files: Sequence[Path], config: RunConfig) -> tuple[list[np.ndarr
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader: the calibration images in batches, decoded lazily."""
+    """onnxruntime's CalibrationDataReader over ``batches()``: float32 NCHW pixel batches in [0, 1]."""
 
-    def __init__(self, files: Sequence[Path], config: RunConfig, input_name: str, progress=None):
-        self.files, self.config, self.input_name, self.progress = list(files), config, input_name, progress
-        self._batches = self._iter()
-
-    def _iter(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self.files), CALIBRATION_BATCH):
-            chunk = self.files[i : i + CALIBRATION_BATCH]
-            views, _ = _read_views(chunk, self.config)
-            if self.progress is not None:
-                self.progress.update(len(chunk))
-            if views:
-                yield {self.input_name: pixels_of(views)}
+    def __init__(self, batches: Callable[[], Iterable[np.ndarray]], input_name: str):
+        self.batches, self.input_name = batches, input_name
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        batch = next(self._batches, None)
+        return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
-        self._batches = self._iter()
+        self._batches = iter(self.batches())
+
+
+def quantize_onnx(
+    onnx_path: str | os.PathLike, out: str | os.PathLike, batches: Callable[[], Iterable[np.ndarray]]
+) -> None:
+    """Static int8 quantization of ``onnx_path`` to ``out`` (:data:`QUANTIZER`), calibrated on the
+    pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    input_name = OrtEngine(onnx_path, threads=1).input_name
+    with _quiet_root_logger():
+        quantize_static(
+            str(onnx_path),
+            str(out),
+            _CalibrationReader(batches, input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            # Keep at most a few batches of every intermediate tensor in memory at once.
+            extra_options={"CalibMaxIntermediateOutputs": 4},
+        )
 
 
 @contextlib.contextmanager
@@ -131,7 +146,6 @@ def quantize_run(
     validation split drops by more than ``max_drop`` points, and
     :class:`convnets.runs.RunFolderError` for a run without recorded image files.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from tqdm.auto import tqdm
 
     say = log or (lambda _msg: None)
@@ -149,19 +163,16 @@ def quantize_run(
     say(f"calibrating on {len(calib)} training images")
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         tmp_model = Path(tmp) / INT8_ONNX_FILE
-        with tqdm(total=len(calib), desc="calibrate", unit="img", leave=False) as bar, _quiet_root_logger():
-            quantize_static(
-                str(onnx_path),
-                str(tmp_model),
-                _CalibrationReader(calib, config, fp32.input_name, bar),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                # Keep at most a few batches of every intermediate tensor in memory at once.
-                extra_options={"CalibMaxIntermediateOutputs": 4},
-            )
+        with tqdm(total=len(calib), desc="calibrate", unit="img", leave=False) as bar:
+
+            def batches() -> Iterator[np.ndarray]:
+                for i in range(0, len(calib), CALIBRATION_BATCH):
+                    views, _ = _read_views(calib[i : i + CALIBRATION_BATCH], config)
+                    bar.update(min(CALIBRATION_BATCH, len(calib) - i))
+                    if views:
+                        yield pixels_of(views)
+
+            quantize_onnx(onnx_path, tmp_model, batches)
         seconds = time.perf_counter() - t0
 
         say(f"measuring top-1 on {len(val)} validation images (fp32 and int8)")
