@@ -109,9 +109,9 @@ def quantize_onnx(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # MinMax adds ReduceMin/ReduceMax outputs per tensor, so only scalars are kept per batch.
+            # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops, not merges, what it flushes.)
             calibrate_method=CalibrationMethod.MinMax,
-            # Keep at most a few batches of every intermediate tensor in memory at once.
-            extra_options={"CalibMaxIntermediateOutputs": 4},
         )
 
 
