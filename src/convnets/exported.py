@@ -212,6 +212,7 @@ class OrtEngine:
             raise EngineError("running an exported model needs: pip install 'convnets[export]'") from e
         options = ort.SessionOptions()
         options.intra_op_num_threads = _threads(threads)
+        options.log_severity_level = 3  # errors only: not a notice per unused initializer of an int8 graph
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.name, self.path = name, Path(path)
@@ -294,8 +295,8 @@ class OpenVinoEngine:
 
 
 def int8_runner_order() -> tuple[str, ...]:
-    """Which library runs ``model.int8.onnx``: OpenVINO was faster than ONNX Runtime on the same int8
-    file (resnet50 1.4x at batch 1 on the AMX Xeon, bench/RESULTS.md), so OpenVINO when installed."""
+    """Which library runs ``model.int8.onnx``: OpenVINO was 2-4x faster than ONNX Runtime on the same
+    int8 file on the AMX Xeon (bench/RESULTS.md), so OpenVINO when installed."""
     return ("openvino", "onnxruntime") if openvino_available() else ("onnxruntime",)
 
 
@@ -421,6 +422,7 @@ def auto_candidates(run_dir: str | os.PathLike, flags: frozenset[str] | None = N
         and int8.weights_sha256 == info.weights_sha256
         and (Path(run_dir) / INT8_ONNX_FILE).is_file()
         and flags & INT8_FLAGS
+        and openvino_available()  # int8 on ONNX Runtime was measured slower than fp32 (mobilenet_v2)
     ):
         out.append("int8")
     if flags & OPENVINO_AUTO_FLAGS and openvino_available():

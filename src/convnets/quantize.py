@@ -107,7 +107,7 @@ def quantize_onnx(
             _CalibrationReader(batches, input_name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QUInt8,  # OpenVINO 2026.4 failed to compile s8 activations
             weight_type=QuantType.QInt8,
             # MinMax adds ReduceMin/ReduceMax outputs per tensor, so only scalars are kept per batch.
             # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops, not merges, what it flushes.)
