@@ -82,16 +82,8 @@ def _load(source, *, image_size, in_chans, seed, batch_size, val_split, data_roo
     from .data import load_data
 
     return load_data(
-        str(source),
-        image_size=image_size,
-        in_chans=in_chans,
-        val_split=val_split,
-        seed=seed,
-        batch_size=batch_size,
-        augment="none",
-        normalize="dataset",
-        data_root=data_root,
-        num_workers=0,
+        str(source), image_size=image_size, in_chans=in_chans, val_split=val_split, seed=seed,
+        batch_size=batch_size, augment="none", normalize="dataset", data_root=data_root, num_workers=0,
     )
 
 
@@ -205,66 +197,33 @@ def depth_experiment(
             if not quiet:
                 log(f"== {name}: {epochs} epochs, lr {lr}, batch {batch_size}, {image_size}x{image_size} ==")
             result = train(
-                data,
-                model=model,
-                out=out / "runs" / name,
-                model_kwargs=kwargs,
-                epochs=epochs,
-                image_size=image_size,
-                in_chans=in_chans,
-                batch_size=batch_size,
-                lr=lr,
-                weight_decay=weight_decay,
-                optimizer=optimizer,
-                seed=seed,
-                overwrite=True,
-                quiet=quiet,
-                log=(lambda m, _n=name: log(f"[{_n}] {m}")),
-                **train_options,
+                data, model=model, out=out / "runs" / name, model_kwargs=kwargs, epochs=epochs,
+                image_size=image_size, in_chans=in_chans, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, optimizer=optimizer, seed=seed, overwrite=True, quiet=quiet,
+                log=(lambda m, _n=name: log(f"[{_n}] {m}")), **train_options,
             )
             history = [h for h in result.history if h.get("train_acc") is not None]
             train_err = [1.0 - h["train_acc"] for h in history]
             val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
-            curves[name] = {
-                "epoch": [h["epoch"] for h in history],
-                "train_error": train_err,
-                "val_error": val_err,
-            }
+            curves[name] = {"epoch": [h["epoch"] for h in history], "train_error": train_err,
+                            "val_error": val_err}
             num_classes = json.loads((Path(result.run_dir) / "config.json").read_text())["num_classes"]
             built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
-            rows.append(
-                {
-                    "family": family,
-                    "depth": depth,
-                    "model": name,
-                    "params": sum(p.numel() for p in built.parameters()),
-                    "final_train_error": train_err[-1],
-                    "final_val_error": val_err[-1],
-                    "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
-                    "seconds": round(result.seconds, 1),
-                    "run_dir": str(result.run_dir),
-                }
-            )
+            rows.append({
+                "family": family, "depth": depth, "model": name,
+                "params": sum(p.numel() for p in built.parameters()),
+                "final_train_error": train_err[-1], "final_val_error": val_err[-1],
+                "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
+                "seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
+            })
 
     verdict = _depth_verdict(rows, tolerance)
-    config = {
-        "data": str(data),
-        "depths": depths,
-        "epochs": epochs,
-        "image_size": image_size,
-        "in_chans": in_chans,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "optimizer": optimizer,
-        "seed": seed,
-        "tolerance": tolerance,
-        **_jsonable(train_options),
-    }
+    config = {"data": str(data), "depths": depths, "epochs": epochs, "image_size": image_size,
+              "in_chans": in_chans, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+              "optimizer": optimizer, "seed": seed, "tolerance": tolerance, **_jsonable(train_options)}
     files = [
-        _write_json(
-            out / "depth.json", {"config": config, "rows": rows, "curves": curves, "verdict": verdict}
-        ),
+        _write_json(out / "depth.json",
+                    {"config": config, "rows": rows, "curves": curves, "verdict": verdict}),
         _write_text(out / "depth.md", _depth_markdown(rows, verdict, config)),
         _plot_depth(curves, depths, out / "depth.png", f"{data}, {epochs} epochs, {image_size}x{image_size}"),
     ]
@@ -289,8 +248,7 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
         errors = [by[(family, d)] for d in depths]
         verdict[family] = {
             "train_error_deepest_minus_shallowest": diff,
-            "monotonic_in_depth": all(b >= a for a, b in zip(errors, errors[1:]))
-            if family == "plain"
+            "monotonic_in_depth": all(b >= a for a, b in zip(errors, errors[1:])) if family == "plain"
             else all(b <= a for a, b in zip(errors, errors[1:])),
         }
     plain_diff = verdict["plain"]["train_error_deepest_minus_shallowest"]
@@ -302,10 +260,8 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
     if verdict["plain_degrades"] and verdict["resnet_deeper_lower"]:
         summary = "reproduced: deeper plain net trains worse, deeper residual net trains better"
     elif verdict["plain_degrades"] and verdict["resnet_no_degradation"]:
-        summary = (
-            "partly reproduced: deeper plain net trains worse; the deeper residual net does not "
-            f"(training errors within {tolerance:.1%}: no degradation, but no gain either)"
-        )
+        summary = ("partly reproduced: deeper plain net trains worse; the deeper residual net does not "
+                   f"(training errors within {tolerance:.1%}: no degradation, but no gain either)")
     elif verdict["plain_degrades"]:
         summary = "partly reproduced: deeper plain net trains worse, but the deeper residual net also does"
     else:
@@ -319,17 +275,10 @@ def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
     depths = sorted({r["depth"] for r in rows})
     table = _md_table(
         ["depth", "params", "plain train err", "plain val err", "resnet train err", "resnet val err"],
-        [
-            [
-                d,
-                f"{by[('plain', d)]['params']:,}",
-                _pct(by[("plain", d)]["final_train_error"]),
-                _pct(by[("plain", d)]["final_val_error"]),
-                _pct(by[("resnet", d)]["final_train_error"]),
-                _pct(by[("resnet", d)]["final_val_error"]),
-            ]
-            for d in depths
-        ],
+        [[d, f"{by[('plain', d)]['params']:,}",
+          _pct(by[("plain", d)]["final_train_error"]), _pct(by[("plain", d)]["final_val_error"]),
+          _pct(by[("resnet", d)]["final_train_error"]), _pct(by[("resnet", d)]["final_val_error"])]
+         for d in depths],
     )
     s, dd = verdict["shallowest"], verdict["deepest"]
     return (
@@ -356,14 +305,8 @@ def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) 
             c = curves[f"{family}{depth}"]
             ax.plot(c["epoch"], [100 * e for e in c["train_error"]], "--", color=color, lw=1.2)
             if any(v is not None for v in c["val_error"]):
-                ax.plot(
-                    c["epoch"],
-                    [None if v is None else 100 * v for v in c["val_error"]],
-                    "-",
-                    color=color,
-                    lw=2,
-                    label=f"{family}-{depth}",
-                )
+                ax.plot(c["epoch"], [None if v is None else 100 * v for v in c["val_error"]], "-",
+                        color=color, lw=2, label=f"{family}-{depth}")
             else:
                 ax.plot([], [], "-", color=color, lw=2, label=f"{family}-{depth}")
         ax.set_title("plain networks" if family == "plain" else "residual networks (ResNet)")
@@ -381,11 +324,8 @@ def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Every conv / linear weight, in registration order (input side first for these networks)."""
-    return [
-        (f"{name}.weight", m.weight)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    return [(f"{name}.weight", m.weight) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def _tensors(loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,15 +386,8 @@ def gradient_experiment(
     out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(
-        data,
-        image_size=image_size,
-        in_chans=in_chans,
-        seed=seed,
-        batch_size=batch_size,
-        val_split=None,
-        data_root=data_root,
-    )
+    splits = _load(data, image_size=image_size, in_chans=in_chans, seed=seed, batch_size=batch_size,
+                   val_split=None, data_root=data_root)
     num_classes = len(splits.class_names)
     batches = _first_steps(*_tensors(splits.train), batch_size, steps, seed)
     dev = torch.device(device)
@@ -486,26 +419,14 @@ def gradient_experiment(
             "seconds": round(time.perf_counter() - start, 2),
         }
         first = results[name]["summary"][str(plot_steps[0])]
-        log(
-            f"{name}: {len(layers)} weight layers, loss {losses[0]:.3f} -> {losses[-1]:.3f}; step "
+        log(f"{name}: {len(layers)} weight layers, loss {losses[0]:.3f} -> {losses[-1]:.3f}; step "
             f"{plot_steps[0]}: first/last layer gradient ratio {first['first_over_last']:.3g}, spread "
-            f"{first['spread_orders_of_magnitude']:.2f} orders of magnitude"
-        )
+            f"{first['spread_orders_of_magnitude']:.2f} orders of magnitude")
 
     report = {
-        "config": {
-            "data": str(data),
-            "models": list(models),
-            "steps": steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "image_size": image_size,
-            "in_chans": in_chans,
-            "seed": seed,
-            "plot_steps": plot_steps,
-        },
+        "config": {"data": str(data), "models": list(models), "steps": steps, "batch_size": batch_size,
+                   "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "image_size": image_size,
+                   "in_chans": in_chans, "seed": seed, "plot_steps": plot_steps},
         "models": results,
     }
     _write_json(out / "gradients.json", report)
@@ -530,17 +451,9 @@ def _gradients_markdown(results: dict, plot_steps: Sequence[int]) -> str:
     for name, r in results.items():
         for s in plot_steps:
             g = r["summary"][str(s)]
-            rows.append(
-                [
-                    name,
-                    s,
-                    f"{r['loss'][s - 1]:.3f}",
-                    f"{g['first_layer']:.3g}",
-                    f"{g['last_layer']:.3g}",
-                    f"{g['first_over_last']:.3g}",
-                    f"{g['spread_orders_of_magnitude']:.2f}",
-                ]
-            )
+            rows.append([name, s, f"{r['loss'][s - 1]:.3f}", f"{g['first_layer']:.3g}",
+                         f"{g['last_layer']:.3g}", f"{g['first_over_last']:.3g}",
+                         f"{g['spread_orders_of_magnitude']:.2f}"])
     header = ["model", "step", "loss", "first-layer grad", "last-layer grad", "first/last", "spread (orders)"]
     return "# Gradient norm by layer\n\n" + _md_table(header, rows)
 
@@ -610,16 +523,8 @@ def _identity_distance(base: nn.Module, block: nn.Module, data: Split) -> float:
     return math.sqrt(diff / max(norm, 1e-12))
 
 
-def _fit(
-    model: nn.Module,
-    data: Split,
-    epochs: int,
-    groups: list[dict],
-    lr: float,
-    batch_size: int,
-    seed: int,
-    first_epoch: int = 0,
-) -> None:
+def _fit(model: nn.Module, data: Split, epochs: int, groups: list[dict], lr: float, batch_size: int,
+         seed: int, first_epoch: int = 0) -> None:
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
     for epoch in range(first_epoch, first_epoch + epochs):
         model.train()
@@ -665,15 +570,8 @@ def identity_experiment(
     out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(
-        data,
-        image_size=image_size,
-        in_chans=in_chans,
-        seed=seed,
-        batch_size=batch_size,
-        val_split=0.2,
-        data_root=data_root,
-    )
+    splits = _load(data, image_size=image_size, in_chans=in_chans, seed=seed, batch_size=batch_size,
+                   val_split=0.2, data_root=data_root)
     train_set = _tensors(splits.train)
     val_set = _tensors(splits.val) if splits.val is not None else None
     num_classes = len(splits.class_names)
@@ -681,25 +579,12 @@ def identity_experiment(
 
     torch.manual_seed(seed)
     model = build_cifar_model(base, num_classes, in_chans)
-    _fit(
-        model,
-        train_set,
-        epochs,
-        [{"params": model.parameters(), "weight_decay": weight_decay}],
-        lr,
-        batch_size,
-        seed,
-    )
-    rows = [
-        {
-            "network": f"{base} (before insertion)",
-            "block": None,
-            "stage": "before",
-            "train_acc": _accuracy(model, train_set),
-            "val_acc": _accuracy(model, val_set),
-            "identity_distance": None,
-        }
-    ]
+    _fit(model, train_set, epochs, [{"params": model.parameters(), "weight_decay": weight_decay}], lr,
+         batch_size, seed)
+    rows = [{"network": f"{base} (before insertion)", "block": None, "stage": "before",
+             "train_acc": _accuracy(model, train_set),
+             "val_acc": _accuracy(model, val_set),
+             "identity_distance": None}]
     log(f"{base} after {epochs} epochs: train acc {rows[0]['train_acc']:.4f}")
 
     channels = model.num_features
@@ -712,26 +597,21 @@ def identity_experiment(
         label = f"{base} + {kind} block"
         for stage in ("inserted", "trained"):
             if stage == "trained":
-                groups = [
-                    {"params": net.base.parameters(), "weight_decay": weight_decay},
-                    {"params": net.block.parameters(), "weight_decay": block_weight_decay},
-                ]
+                groups = [{"params": net.base.parameters(), "weight_decay": weight_decay},
+                          {"params": net.block.parameters(), "weight_decay": block_weight_decay}]
                 _fit(net, train_set, extra_epochs, groups, lr, batch_size, seed, first_epoch=epochs)
             when = "at insertion" if stage == "inserted" else f"after {extra_epochs} epochs"
             row = {
                 "network": f"{label}, {when}",
-                "block": kind,
-                "stage": stage,
+                "block": kind, "stage": stage,
                 "train_acc": _accuracy(net, train_set),
                 "val_acc": _accuracy(net, val_set),
                 "identity_distance": _identity_distance(net.base, net.block, train_set),
                 "block_weight_norm": math.sqrt(sum(p.pow(2).sum().item() for p in net.block.parameters())),
             }
             rows.append(row)
-            log(
-                f"{row['network']}: train acc {row['train_acc']:.4f}, ||out-in||/||in|| "
-                f"{row['identity_distance']:.4f}"
-            )
+            log(f"{row['network']}: train acc {row['train_acc']:.4f}, ||out-in||/||in|| "
+                f"{row['identity_distance']:.4f}")
 
     before = rows[0]["train_acc"]
     residual_after = next(r for r in rows if r["block"] == "residual" and r["stage"] == "trained")
@@ -746,20 +626,10 @@ def identity_experiment(
         "residual_not_harmed": residual_after["train_acc"] >= before - 1.0 / len(train_set[1]),
     }
     report = {
-        "config": {
-            "data": str(data),
-            "base": base,
-            "epochs": epochs,
-            "extra_epochs": extra_epochs,
-            "block_weight_decay": block_weight_decay,
-            "weight_decay": weight_decay,
-            "lr": lr,
-            "batch_size": batch_size,
-            "image_size": image_size,
-            "in_chans": in_chans,
-            "seed": seed,
-            "block": f"BasicBlock({channels}, {channels}) before the head",
-        },
+        "config": {"data": str(data), "base": base, "epochs": epochs, "extra_epochs": extra_epochs,
+                   "block_weight_decay": block_weight_decay, "weight_decay": weight_decay, "lr": lr,
+                   "batch_size": batch_size, "image_size": image_size, "in_chans": in_chans, "seed": seed,
+                   "block": f"BasicBlock({channels}, {channels}) before the head"},
         "rows": rows,
         "summary": summary,
         "seconds": round(time.perf_counter() - start, 1),
@@ -775,15 +645,9 @@ def _identity_markdown(report: dict) -> str:
     c, s = report["config"], report["summary"]
     table = _md_table(
         ["network", "train acc", "val acc", "‖out−in‖/‖in‖ of the block"],
-        [
-            [
-                r["network"],
-                _pct(r["train_acc"]),
-                _pct(r["val_acc"]),
-                "-" if r["identity_distance"] is None else f"{r['identity_distance']:.4f}",
-            ]
-            for r in report["rows"]
-        ],
+        [[r["network"], _pct(r["train_acc"]), _pct(r["val_acc"]),
+          "-" if r["identity_distance"] is None else f"{r['identity_distance']:.4f}"]
+         for r in report["rows"]],
     )
     harmed = "not harmed" if s["residual_not_harmed"] else "HARMED"
     return (

@@ -53,12 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "under OUT/runs/.",
     )
     d.add_argument("data", metavar="DATA", help="folder with one sub-folder per class, or a built-in name")
-    d.add_argument(
-        "--depths",
-        type=_int_list,
-        default=[8, 20, 32, 56],
-        help="comma-separated 6n+2 depths (default 8,20,32,56)",
-    )
+    d.add_argument("--depths", type=_int_list, default=[8, 20, 32, 56], help="comma-separated 6n+2 depths "
+                   "(default 8,20,32,56)")
     d.add_argument("--epochs", type=int, default=10, help="epochs per network (default 10)")
     d.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     d.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
@@ -82,12 +78,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(one value per layer per step) and gradients.md.",
     )
     g.add_argument("data", metavar="DATA", help="folder with one sub-folder per class, or a built-in name")
-    g.add_argument(
-        "--models",
-        type=_name_list,
-        default=["plain56", "resnet56"],
-        help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 (default plain56,resnet56)",
-    )
+    g.add_argument("--models", type=_name_list, default=["plain56", "resnet56"],
+                   help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 "
+                   "(default plain56,resnet56)")
     g.add_argument("--steps", type=int, default=50, help="training steps to record (default 50)")
     g.add_argument("--batch-size", type=int, default=128, help="(default 128)")
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9 (default 0.1)")
@@ -111,9 +104,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--base", default="plain8", help="network to insert into (default plain8)")
     i.add_argument("--epochs", type=int, default=4, help="epochs training the base (default 4)")
     i.add_argument("--extra-epochs", type=int, default=4, help="epochs after insertion (default 4)")
-    i.add_argument(
-        "--block-weight-decay", type=float, default=1.0, help="L2 on the inserted block (default 1.0)"
-    )
+    i.add_argument("--block-weight-decay", type=float, default=1.0,
+                   help="L2 on the inserted block (default 1.0)")
     i.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     i.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     i.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
@@ -136,25 +128,13 @@ def _run_depth(args) -> int:
     from ..train import TrainConfigError
 
     _positive(args, "epochs", "batch_size", "image_size")
-    extra = {
-        k: getattr(args, k)
-        for k in ("val_split", "augment", "device", "data_root")
-        if getattr(args, k) is not None
-    }
+    extra = {k: getattr(args, k) for k in ("val_split", "augment", "device", "data_root")
+             if getattr(args, k) is not None}
     try:
         depth_experiment(
-            args.data,
-            out=args.out,
-            depths=args.depths,
-            epochs=args.epochs,
-            image_size=args.image_size,
-            in_chans=args.in_chans,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            seed=args.seed,
-            quiet=args.quiet,
-            **extra,
+            args.data, out=args.out, depths=args.depths, epochs=args.epochs, image_size=args.image_size,
+            in_chans=args.in_chans, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            seed=args.seed, quiet=args.quiet, **extra,
         )
     except (TrainConfigError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
@@ -168,18 +148,9 @@ def _run_gradients(args) -> int:
     _positive(args, "steps", "batch_size", "image_size")
     try:
         gradient_experiment(
-            args.data,
-            out=args.out,
-            models=args.models,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            plot_steps=args.plot_steps,
-            image_size=args.image_size,
-            in_chans=args.in_chans,
-            seed=args.seed,
-            device=args.device,
-            data_root=args.data_root,
+            args.data, out=args.out, models=args.models, steps=args.steps, batch_size=args.batch_size,
+            lr=args.lr, plot_steps=args.plot_steps, image_size=args.image_size, in_chans=args.in_chans,
+            seed=args.seed, device=args.device, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(str(e).strip("'\"")) from None
@@ -193,17 +164,9 @@ def _run_identity(args) -> int:
     _positive(args, "epochs", "extra_epochs", "image_size")
     try:
         identity_experiment(
-            args.data,
-            out=args.out,
-            base=args.base,
-            epochs=args.epochs,
-            extra_epochs=args.extra_epochs,
-            block_weight_decay=args.block_weight_decay,
-            lr=args.lr,
-            image_size=args.image_size,
-            in_chans=args.in_chans,
-            seed=args.seed,
-            data_root=args.data_root,
+            args.data, out=args.out, base=args.base, epochs=args.epochs, extra_epochs=args.extra_epochs,
+            block_weight_decay=args.block_weight_decay, lr=args.lr, image_size=args.image_size,
+            in_chans=args.in_chans, seed=args.seed, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(str(e).strip("'\"")) from None

@@ -60,3 +60,4 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return __all__
+
