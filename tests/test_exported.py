@@ -202,3 +202,20 @@ def test_predict_on_an_existing_export_does_not_import_torch(run):
         "assert rc == 0, rc"
     )
     assert "onnxruntime" in modules and not {"torch", "torchvision"} & modules
+
+
+def test_export_int8_cli_prints_the_measured_change_and_refuses_builtin_runs(run, tmp_path, capsys):
+    import shutil
+
+    from convnets.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    assert main(["export", str(run_dir), "--int8", "--calibration-images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "model.int8.onnx" in out and "points" in out and "validation top-1 on 4 images" in out
+    config = RunConfig.read(run_dir)
+    config.split = {"train": [0, 1], "val": [2]}  # what a built-in dataset (digits) records
+    config.write(run_dir)
+    assert main(["export", str(run_dir), "--int8"]) == 2
+    assert "image folder" in capsys.readouterr().err
