@@ -450,12 +450,14 @@ def open_engine(
             return make_engine(run_dir, name, threads=threads)
         try:
             engine = make_engine(run_dir, name, threads=threads)
-        except EngineError:
+            # int8 was measured on the validation split when written; the others are checked once here.
+            if name == "int8":
+                return engine
+            check = check_engine(run_dir, engine, config)
+        except Exception as e:  # noqa: BLE001 - an engine that cannot compile this graph: the next one
+            if log is not None and not isinstance(e, EngineError):
+                log(f"not using {name}: {e}")
             continue
-        # int8 was checked on the validation split when written; the others are checked once here.
-        if name == "int8":
-            return engine
-        check = check_engine(run_dir, engine, config)
         if check.passed:
             return engine
         if log is not None:
