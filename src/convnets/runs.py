@@ -37,6 +37,7 @@ CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "export.json"
+COST_FILE = "cost.json"  # params and multiply-adds, cached by the server (serve/model_info.py)
 
 # The files whose presence means "a run is already here" (train refuses to overwrite them).
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "predict",
     "ensemble",
     "export",
+    "serve",
     "report",
     "compare",
     "pick",

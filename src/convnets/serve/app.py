@@ -1,0 +1,384 @@
+"""The HTTP server around a run's exported model: routes, upload limits, errors, API key.
+
+``create_app(run_dir, ...)`` returns a FastAPI (ASGI) app. The model is the run's ``model.onnx`` on
+ONNX Runtime (:class:`convnets.exported.ExportedModel`), so nothing here imports torch once the run
+has been exported. Requests are decoded in worker threads and their images run through one
+:class:`MicroBatcher`, so concurrent requests share batches and the event loop never runs inference.
+
+Every bad input is answered with a JSON ``{"error": ...}`` and a 4xx status, never a 5xx: an unusable
+file among good ones gets its error row (like ``predict --json``) and the others are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..data.decode import ImageReadError
+from ..exported import ExportedModel
+from ..predictions import Prediction, top_k
+from ..runs import RunConfig, weights_path
+from .batching import MicroBatcher
+from .model_info import ModelInfo, read_cost, start_cost_job, write_cost
+
+log = logging.getLogger("convnets.serve")
+
+BACKENDS = ("auto", "onnxruntime")  # what ExportedModel.open runs before it takes a backend argument
+RAW_BODY_TYPES = ("application/octet-stream",)  # besides image/*
+_STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")  # Pillow names the stream
+
+
+class ApiError(Exception):
+    """A request the server refuses: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    backend: str = "auto"
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+    max_upload_mb: float = 20.0
+    max_files: int = 64
+    top_k: int = 5
+    api_key: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_files", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be at least 0, got {self.batch_wait_ms}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key is empty")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def open_model(
+    run_dir: str | os.PathLike, backend: str = "auto", threads: int | None = None, log=None
+) -> ExportedModel:
+    """The run's exported model on ``backend`` (exported first, with torch, if it never was)."""
+    open_params = inspect.signature(ExportedModel.open).parameters
+    if "backend" in open_params:
+        return ExportedModel.open(run_dir, backend=backend, threads=threads, log=log)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
+    return ExportedModel.open(run_dir, threads=threads, log=log)
+
+
+def warm_up(model: ExportedModel, sizes: Sequence[int] = (1, 2)) -> None:
+    """Run the engine once per batch size so the first requests don't pay for its set-up."""
+    c, h, w = model.config.input_shape
+    for n in sizes:
+        model.predict_views([np.zeros((h, w, c), np.uint8)] * n)
+
+
+class ServedModel:
+    """The app's state: the run, the model once loaded, the batcher, and readiness."""
+
+    def __init__(self, run_dir: Path, options: ServeOptions, model: ExportedModel | None) -> None:
+        self.run_dir, self.options, self.model = run_dir, options, model
+        self.config = model.config if model is not None else RunConfig.read(run_dir)
+        weights_path(run_dir)  # a clear error now, not on the first request
+        self.batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+            self._run_batch, max_batch=options.max_batch, wait_ms=options.batch_wait_ms
+        )
+        self.ready = asyncio.Event()
+        self.load_error: str | None = None
+        self.cost = read_cost(run_dir, self.config)
+        self.cost_job = None
+
+    @property
+    def backend(self) -> str:
+        return getattr(self.model, "backend", self.options.backend) if self.model else self.options.backend
+
+    def _run_batch(self, views: list[np.ndarray]) -> np.ndarray:
+        return self.model.predict_views(views)
+
+    def load(self) -> None:
+        """Open (exporting once if needed) and warm up the model; runs in a worker thread."""
+        if self.model is None:
+            self.model = open_model(self.run_dir, self.options.backend, self.options.threads, log.info)
+        warm_up(self.model)
+        if self.cost is None and "torch" in sys.modules:  # exported just now: torch is loaded anyway
+            try:
+                self.cost = write_cost(self.run_dir)
+            except Exception as e:  # the cost is a description; serving goes on without it
+                log.warning("convnets serve: params/multiply-adds not computed: %s", e)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        try:
+            await anyio.to_thread.run_sync(self.load)
+        except Exception as e:  # reported by /readyz and every /v1/predict, the process stays up
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("convnets serve: the model could not be loaded: %s", self.load_error)
+            return
+        self.ready.set()
+        if self.cost is None:
+            self.cost_job = start_cost_job(self.run_dir)
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self.cost_job is not None and self.cost_job.poll() is None:
+            self.cost_job.terminate()
+
+    def info(self) -> ModelInfo:
+        if self.cost is None:
+            self.cost = read_cost(self.run_dir, self.config)  # written by the cost job meanwhile?
+        return ModelInfo.of(self.run_dir, self.config, self.backend, self.cost)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        if not self.ready.is_set() and self.load_error is None:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except TimeoutError:
+                raise ApiError(
+                    503, "the model is still loading; retry shortly", {"Retry-After": "1"}
+                ) from None
+        if self.load_error is not None:
+            raise ApiError(503, f"the model could not be loaded: {self.load_error}")
+
+    def decode(self, files: Sequence[tuple[str, bytes]]) -> list[tuple[Prediction, np.ndarray | None]]:
+        out = []
+        for name, data in files:
+            try:
+                out.append((Prediction(name), self.model.read(data)))
+            except ImageReadError as e:
+                out.append((Prediction(name, error=_STREAM_REPR.sub("the upload", str(e))), None))
+        return out
+
+    async def predict(self, files: Sequence[tuple[str, bytes]], k: int) -> list[Prediction]:
+        decoded = await anyio.to_thread.run_sync(self.decode, files)
+        good = [(row, view) for row, view in decoded if view is not None]
+        if good:
+            probs = await self.batcher.submit([view for _, view in good])
+            for (row, _), classes in zip(good, top_k(np.stack(probs), self.config.class_names, k)):
+                row.top = classes
+        return [row for row, _ in decoded]
+
+
+# --- reading a request ---------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int, limit_text: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (never buffered past it)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"upload of {int(declared)} bytes is larger than the limit ({limit_text})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"upload is larger than the limit ({limit_text})")
+    return bytes(body)
+
+
+async def read_uploads(request: Request, options: ServeOptions) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` per uploaded file: multipart file fields, or the raw body as one image.
+
+    Names are labels only (the form's file name); nothing a client sends is opened as a path.
+    """
+    limit_text = f"--max-upload-mb {options.max_upload_mb:g}"
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if (
+        mime
+        and mime != "multipart/form-data"
+        and not mime.startswith("image/")
+        and mime not in RAW_BODY_TYPES
+    ):
+        raise ApiError(
+            415,
+            f"unsupported Content-Type {mime!r}: send images as multipart/form-data file fields, "
+            "or one image as the body (image/*, application/octet-stream)",
+        )
+    body = await read_body(request, options.max_upload_bytes, limit_text)
+    if not body:
+        raise ApiError(400, "empty request body: send one or more images")
+    if mime != "multipart/form-data":
+        return [(request.query_params.get("name") or "body", body)]
+
+    async def replay():
+        yield body
+
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=options.max_files, max_fields=100, max_part_size=1024 * 1024
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        too_many_files = "files" in e.message.lower()
+        raise ApiError(
+            413 if too_many_files else 400,
+            f"too many files in one request (at most {options.max_files})"
+            if too_many_files
+            else f"malformed multipart body: {e.message}",
+        ) from None
+    try:
+        uploads = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+        files = [(upload.filename or key, await upload.read()) for key, upload in uploads]
+    finally:
+        await form.close()
+    if not files:
+        raise ApiError(400, "no files in the form: send images as file fields, e.g. curl -F file=@cat.jpg")
+    return files
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _key_check(api_key: str | None) -> Callable[[Request], None]:
+    expected = api_key.encode() if api_key else None
+
+    def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("x-api-key", "")
+        auth = request.headers.get("authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), expected):  # constant time
+            raise ApiError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def index_html() -> str:
+    return resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(
+    run_dir: str | os.PathLike,
+    *,
+    backend: str = "auto",
+    max_batch: int = 32,
+    batch_wait_ms: float = 5.0,
+    max_upload_mb: float = 20.0,
+    max_files: int = 64,
+    top_k: int = 5,
+    api_key: str | None = None,
+    threads: int | None = None,
+    model: ExportedModel | None = None,
+) -> FastAPI:
+    """An ASGI app serving the run in ``run_dir`` (mount it, or run it with uvicorn).
+
+    The model loads (and, the first time, exports) in a worker thread when the app starts: ``/healthz``
+    answers at once, ``/readyz`` once the model is warmed up, and ``/v1/predict`` waits for it.
+    Pass ``model`` (an opened :class:`ExportedModel`) to skip loading. Raises ``RunFolderError`` at
+    once for a folder that is not a run.
+    """
+    options = ServeOptions(
+        backend, max_batch, batch_wait_ms, max_upload_mb, max_files, top_k, api_key, threads
+    )
+    served = ServedModel(Path(run_dir), options, model)
+    page = index_html()
+    check_key = _key_check(api_key)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await served.start()
+        try:
+            yield
+        finally:
+            await served.stop()  # uvicorn has finished the requests in flight by now
+
+    app = FastAPI(
+        title=f"convnets: {served.config.model}",
+        lifespan=lifespan,
+        docs_url=None,  # the default docs page loads its script from a CDN; the server works offline
+        redoc_url=None,
+    )
+    app.state.served = served
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
+        return _error(e.status, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(_request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()
+        )
+        return _error(400, f"bad parameter: {problems}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if served.ready.is_set():
+            return JSONResponse({"status": "ready", "model": served.config.model, "backend": served.backend})
+        if served.load_error is not None:
+            return JSONResponse({"status": "failed", "error": served.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/v1/model")
+    async def model_info(request: Request) -> dict[str, Any]:
+        check_key(request)
+        info = served.info().to_dict()
+        info["batching"] = {"max_batch": options.max_batch, "wait_ms": options.batch_wait_ms}
+        info["limits"] = {"max_upload_mb": options.max_upload_mb, "max_files": options.max_files}
+        return info
+
+    @app.post("/v1/predict")
+    async def predict(
+        request: Request, top_k: int | None = Query(None, ge=1, description="classes per image")
+    ) -> JSONResponse:
+        check_key(request)
+        await served.wait_ready()
+        with served.batcher.incoming():  # the batcher may wait (up to --batch-wait-ms) for these rows
+            files = await read_uploads(request, options)
+            rows = await served.predict(files, top_k or options.top_k)
+        body = {"model": served.config.model, "predictions": [row.to_dict() for row in rows]}
+        if all(row.error is not None for row in rows):
+            detail = rows[0].error if len(rows) == 1 else "none of the files is a usable image"
+            return JSONResponse({"error": detail, **body}, status_code=400)
+        return JSONResponse(body)
+
+    return app
