@@ -302,3 +302,24 @@ def test_cli_module_imports_nothing_heavy():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_cost_is_computed_in_a_child_process_when_missing(run_dir, tmp_path):
+    """A server that did not need torch leaves params/multiply-adds to a child process and reads
+    the file it writes."""
+    import shutil
+
+    from convnets.runs import RunConfig
+    from convnets.serve.model_info import read_cost, start_cost_job
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "cost.json").unlink(missing_ok=True)
+    config = RunConfig.read(run)
+    assert read_cost(run, config) is None
+    job = start_cost_job(run)
+    assert job.wait(timeout=120) == 0
+    cost = read_cost(run, config)
+    assert cost is not None and cost.params > 0 and cost.macs > 0
+    config.image_size = (64, 64)  # a different input size: the cached cost no longer applies
+    assert read_cost(run, config) is None

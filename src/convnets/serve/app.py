@@ -45,7 +45,8 @@ log = logging.getLogger("convnets.serve")
 
 BACKENDS = ("auto", "onnxruntime")  # what ExportedModel.open runs before it takes a backend argument
 RAW_BODY_TYPES = ("application/octet-stream",)  # besides image/*
-_STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")  # Pillow names the stream
+# Pillow's message names the in-memory stream ("<_io.BytesIO object at 0x...>"): say what it means.
+_UNIDENTIFIED = re.compile(r"cannot identify image file <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class ApiError(Exception):
@@ -174,7 +175,14 @@ class ServedModel:
             try:
                 out.append((Prediction(name), self.model.read(data)))
             except ImageReadError as e:
-                out.append((Prediction(name, error=_STREAM_REPR.sub("the upload", str(e))), None))
+                out.append(
+                    (
+                        Prediction(
+                            name, error=_UNIDENTIFIED.sub("not an image format Pillow can read", str(e))
+                        ),
+                        None,
+                    )
+                )
         return out
 
     async def predict(self, files: Sequence[tuple[str, bytes]], k: int) -> list[Prediction]:
