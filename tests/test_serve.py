@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
+pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 pytest.importorskip("onnxruntime")
 
 import httpx  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
 from serve_helpers import CLASSES, child_env, image_bytes, make_run, png_bomb  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
 
 from convnets.exported import ExportedModel  # noqa: E402
 from convnets.serve import create_app  # noqa: E402
@@ -296,7 +296,7 @@ def test_serving_an_exported_run_imports_neither_torch_nor_torchvision(run_dir):
 def test_cli_module_imports_nothing_heavy():
     code = (
         "import sys, convnets.cli.serve\n"
-        "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'starlette', 'uvicorn') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()

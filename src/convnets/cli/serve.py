@@ -1,6 +1,6 @@
 """`convnets serve RUN_DIR`: the run's model behind an HTTP server (page, JSON API, micro-batching).
 
-Imports nothing heavy at module level: FastAPI, uvicorn and the model load inside ``run``.
+Imports nothing heavy at module level: Starlette, uvicorn and the model load inside ``run``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``convnets serve``: a trained run behind an HTTP server (needs ``pip install 'convnets[serve]'``).
 
-``create_app(run_dir, ...)`` returns an ASGI app (FastAPI) with a page at ``/``, ``POST /v1/predict``,
+``create_app(run_dir, ...)`` returns an ASGI app (Starlette) with a page at ``/``, ``POST /v1/predict``,
 ``GET /v1/model``, ``/healthz`` and ``/readyz``; see :mod:`convnets.serve.app`. Requests are gathered
 into batches by :mod:`convnets.serve.batching`. Importing this package imports neither torch nor
-FastAPI; ``create_app`` imports FastAPI when first used.
+Starlette; ``create_app`` imports it when first used.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
         try:
             from .app import create_app
         except ImportError as e:
-            if e.name in ("fastapi", "starlette", "anyio", "multipart", "python_multipart"):
+            if e.name in ("starlette", "uvicorn", "anyio", "multipart", "python_multipart"):
                 raise ImportError("serving needs: pip install 'convnets[serve]'") from e
             raise
         return create_app

@@ -1,6 +1,8 @@
 """The HTTP server around a run's exported model: routes, upload limits, errors, API key.
 
-``create_app(run_dir, ...)`` returns a FastAPI (ASGI) app. The model is the run's ``model.onnx`` on
+``create_app(run_dir, ...)`` returns a Starlette (ASGI) app. Starlette rather than FastAPI on top of it:
+five fixed routes need no request models, and FastAPI's import (pydantic models) alone took 0.4-0.5 s
+of the start-up budget on the 2-core test machine. The model is the run's ``model.onnx`` on
 ONNX Runtime (:class:`convnets.exported.ExportedModel`), so nothing here imports torch once the run
 has been exported. Requests are decoded in worker threads and their images run through one
 :class:`MicroBatcher`, so concurrent requests share batches and the event loop never runs inference.
@@ -27,12 +29,13 @@ from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
 
 from ..data.decode import ImageReadError
 from ..exported import ExportedModel
@@ -304,7 +307,7 @@ def create_app(
     api_key: str | None = None,
     threads: int | None = None,
     model: ExportedModel | None = None,
-) -> FastAPI:
+) -> Starlette:
     """An ASGI app serving the run in ``run_dir`` (mount it, or run it with uvicorn).
 
     The model loads (and, the first time, exports) in a worker thread when the app starts: ``/healthz``
@@ -320,73 +323,77 @@ def create_app(
     check_key = _key_check(api_key)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: Starlette):
         await served.start()
         try:
             yield
         finally:
             await served.stop()  # uvicorn has finished the requests in flight by now
 
-    app = FastAPI(
-        title=f"convnets: {served.config.model}",
-        lifespan=lifespan,
-        docs_url=None,  # the default docs page loads its script from a CDN; the server works offline
-        redoc_url=None,
-    )
-    app.state.served = served
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
-        return _error(e.status, e.message, e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_parameter(_request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()
-        )
-        return _error(400, f"bad parameter: {problems}")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
+    async def index(_request: Request) -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(_request: Request) -> JSONResponse:
         if served.ready.is_set():
             return JSONResponse({"status": "ready", "model": served.config.model, "backend": served.backend})
         if served.load_error is not None:
             return JSONResponse({"status": "failed", "error": served.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
 
-    @app.get("/v1/model")
-    async def model_info(request: Request) -> dict[str, Any]:
+    async def model_info(request: Request) -> JSONResponse:
         check_key(request)
         info = served.info().to_dict()
         info["batching"] = {"max_batch": options.max_batch, "wait_ms": options.batch_wait_ms}
         info["limits"] = {"max_upload_mb": options.max_upload_mb, "max_files": options.max_files}
-        return info
+        return JSONResponse(info)
 
-    @app.post("/v1/predict")
-    async def predict(
-        request: Request, top_k: int | None = Query(None, ge=1, description="classes per image")
-    ) -> JSONResponse:
+    async def predict(request: Request) -> JSONResponse:
         check_key(request)
+        k = _top_k_param(request, options.top_k)
         await served.wait_ready()
         with served.batcher.incoming():  # the batcher may wait (up to --batch-wait-ms) for these rows
             files = await read_uploads(request, options)
-            rows = await served.predict(files, top_k or options.top_k)
+            rows = await served.predict(files, k)
         body = {"model": served.config.model, "predictions": [row.to_dict() for row in rows]}
         if all(row.error is not None for row in rows):
             detail = rows[0].error if len(rows) == 1 else "none of the files is a usable image"
             return JSONResponse({"error": detail, **body}, status_code=400)
         return JSONResponse(body)
 
+    async def api_error(_request: Request, e: Exception) -> JSONResponse:
+        assert isinstance(e, ApiError)
+        return _error(e.status, e.message, e.headers)
+
+    async def http_error(_request: Request, e: Exception) -> JSONResponse:
+        assert isinstance(e, HTTPException)
+        return _error(e.status_code, str(e.detail), e.headers)
+
+    app = Starlette(
+        routes=[
+            Route("/", index, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/v1/model", model_info, methods=["GET"]),
+            Route("/v1/predict", predict, methods=["POST"]),
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.served = served
     return app
+
+
+def _top_k_param(request: Request, default: int) -> int:
+    raw = request.query_params.get("top_k")
+    if raw is None or raw == "":
+        return default
+    try:
+        k = int(raw)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ApiError(400, f"top_k must be a whole number of at least 1, got {raw!r}")
+    return k
