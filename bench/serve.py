@@ -196,11 +196,12 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> float
 
 def start(kind: str, run_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, int, float]:
     port = free_port()
-    if kind == "convnets":
+    if kind.startswith("convnets"):  # "convnets" (defaults) or "convnets --max-batch N"
         cmd = [sys.executable, "-m", "convnets", "serve", str(run_dir), "--port", str(port), "--no-access-log"]
+        cmd += kind.split()[1:]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", kind, "--run", str(run_dir), "--port", str(port)]
-    log = open(log_dir / f"{kind}.log", "ab")
+    log = open(log_dir / f"{kind.replace(' ', '_')}.log", "ab")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_for_child())
     wait_ready(port, proc)
@@ -287,10 +288,11 @@ def load(port: int, bodies, concurrency: int, max_requests: int, max_seconds: fl
 
 
 def bare_backend_ms(run_dir: Path, jpeg: bytes, n: int) -> float:
-    """Median ms of ExportedModel.predict on one JPEG in process (decode + resize + ORT + top-5)."""
-    from convnets.exported import ExportedModel
+    """Median ms of ExportedModel.predict on one JPEG in process (decode + resize + ORT + top-5), the
+    model opened as the server opens it."""
+    from convnets.serve.app import open_model
 
-    model = ExportedModel.open(run_dir)
+    model = open_model(run_dir)
     for _ in range(5):
         model.predict([("x.jpg", jpeg)], top=5)
     times = []
@@ -323,7 +325,8 @@ def run(quick: bool, reps: int, soak_n: int) -> dict:
     jpeg = test_jpeg()
     good = ("good", multipart("photo.jpg", jpeg))
     burst_requests, burst_seconds = (200, 2.0) if quick else (3000, 6.0)
-    peers = ["convnets", "onnxruntime", "eager"]
+    # "--max-batch 32": a fixed batch ceiling, against the default (auto: measured at start-up)
+    peers = ["convnets", "convnets --max-batch 32", "onnxruntime", "eager"]
     data: dict = {"cpu": cpu_line(), "load_before": os.getloadavg(), "quick": quick, "reps": reps}
     with tempfile.TemporaryDirectory(prefix="convnets-bench-serve-") as tmp:
         tmp = Path(tmp)

@@ -323,3 +323,21 @@ def test_cost_is_computed_in_a_child_process_when_missing(run_dir, tmp_path):
     assert cost is not None and cost.params > 0 and cost.macs > 0
     config.image_size = (64, 64)  # a different input size: the cached cost no longer applies
     assert read_cost(run, config) is None
+
+
+def test_batch_limit_grows_only_while_batches_are_cheaper_per_image():
+    from convnets.serve.batching import choose_batch_limit
+
+    overhead_bound = choose_batch_limit(lambda n: 1.0 + 0.01 * n, 32)  # per-call overhead dominates
+    assert overhead_bound[0] == 32 and sorted(overhead_bound[1]) == [1, 2, 4, 8, 16, 32]
+    cache_bound = choose_batch_limit(lambda n: 0.006 * n * (1 + 0.05 * n), 32)  # bigger is dearer
+    assert cache_bound == (1, {1: pytest.approx(0.0063), 2: pytest.approx(0.0066)})
+    assert choose_batch_limit(lambda n: 1.0, 12)[0] == 12  # the ceiling need not be a power of 2
+    assert choose_batch_limit(lambda n: 1.0, 1)[0] == 1
+
+
+def test_auto_batch_size_is_measured_and_reported(client):
+    client.post("/v1/predict", content=image_bytes(9), headers={"content-type": "image/png"})
+    batching = client.get("/v1/model").json()["batching"]
+    assert batching["chosen"] == "auto" and 1 <= batching["max_batch"] <= 32
+    assert "1" in batching["ms_per_image_by_batch"] and batching["engine_calls"] >= 1

@@ -31,7 +31,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--backend", default="auto", help="what runs the model: auto (default) or onnxruntime")
-    p.add_argument("--max-batch", type=int, default=32, help="most images run together (default 32)")
+    p.add_argument(
+        "--max-batch",
+        type=_max_batch,
+        default=None,
+        metavar="N|auto",
+        help="most images run together; auto (default): the largest batch up to 32 that is still cheaper "
+        "per image on this machine, measured at start-up",
+    )
     p.add_argument(
         "--batch-wait-ms",
         type=float,
@@ -49,6 +56,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--no-access-log", action="store_true", help="don't log one line per request")
     p.set_defaults(func=run)
+
+
+def _max_batch(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {value!r}")
+    return n
 
 
 def _is_loopback(host: str) -> bool:
@@ -93,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=api_key,
             threads=args.threads,
             model=model,
+            log=say,
         )
     except (RunFolderError, ValueError, ImportError, OSError) as e:
         raise CLIError(str(e)) from e
@@ -100,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(
         f"convnets serve: {config.model} ({config.num_classes} classes) from {args.run_dir} "
-        f"on {getattr(model, 'backend', args.backend)}, batches of up to {args.max_batch}"
+        f"on {getattr(model, 'backend', args.backend)}"
     )
     say(f"convnets serve: open http://{host}:{args.port}/  (API: POST /v1/predict, GET /v1/model)")
     if not _is_loopback(args.host) and api_key is None:

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,10 +42,10 @@ from ..data.decode import ImageReadError
 from ..exported import ExportedModel
 from ..predictions import Prediction, top_k
 from ..runs import RunConfig, weights_path
-from .batching import MicroBatcher
+from .batching import MicroBatcher, choose_batch_limit
 from .model_info import ModelInfo, read_cost, start_cost_job, write_cost
 
-log = logging.getLogger("convnets.serve")
+_log = logging.getLogger("convnets.serve")
 
 BACKENDS = ("auto", "onnxruntime")  # what ExportedModel.open runs before it takes a backend argument
 RAW_BODY_TYPES = ("application/octet-stream",)  # besides image/*
@@ -63,7 +64,7 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class ServeOptions:
     backend: str = "auto"
-    max_batch: int = 32
+    max_batch: int | None = None  # None: chosen at start-up by tune_batch (up to AUTO_BATCH_CEILING)
     batch_wait_ms: float = 5.0
     max_upload_mb: float = 20.0
     max_files: int = 64
@@ -73,7 +74,7 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_files", "top_k"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_upload_mb <= 0:
             raise ValueError(f"max_upload_mb must be positive, got {self.max_upload_mb}")
@@ -92,11 +93,17 @@ def open_model(
 ) -> ExportedModel:
     """The run's exported model on ``backend`` (exported first, with torch, if it never was)."""
     open_params = inspect.signature(ExportedModel.open).parameters
+    kwargs: dict[str, Any] = {"threads": threads, "log": log}
+    if "spin" in open_params:
+        kwargs["spin"] = False  # the server's own threads need the cores between operators
     if "backend" in open_params:
-        return ExportedModel.open(run_dir, backend=backend, threads=threads, log=log)
+        return ExportedModel.open(run_dir, backend=backend, **kwargs)
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
-    return ExportedModel.open(run_dir, threads=threads, log=log)
+    return ExportedModel.open(run_dir, **kwargs)
+
+
+AUTO_BATCH_CEILING = 32  # the most `--max-batch auto` tries
 
 
 def warm_up(model: ExportedModel, sizes: Sequence[int] = (1, 2)) -> None:
@@ -106,16 +113,38 @@ def warm_up(model: ExportedModel, sizes: Sequence[int] = (1, 2)) -> None:
         model.predict_views([np.zeros((h, w, c), np.uint8)] * n)
 
 
+def tune_batch(model: ExportedModel, ceiling: int = AUTO_BATCH_CEILING) -> tuple[int, dict[int, float]]:
+    """``--max-batch auto``: the largest batch that is still cheaper per image on this machine
+    (:func:`choose_batch_limit`; best of 3 timed calls per size, after one untimed call)."""
+    c, h, w = model.config.input_shape
+    view = np.zeros((h, w, c), np.uint8)
+
+    def seconds_for(n: int) -> float:
+        views = [view] * n
+        model.predict_views(views)  # the first call at a new shape sets up buffers
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            model.predict_views(views)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return choose_batch_limit(seconds_for, ceiling)
+
+
 class ServedModel:
     """The app's state: the run, the model once loaded, the batcher, and readiness."""
 
-    def __init__(self, run_dir: Path, options: ServeOptions, model: ExportedModel | None) -> None:
-        self.run_dir, self.options, self.model = run_dir, options, model
+    def __init__(
+        self, run_dir: Path, options: ServeOptions, model: ExportedModel | None, say: Callable[[str], None]
+    ) -> None:
+        self.run_dir, self.options, self.model, self.say = run_dir, options, model, say
         self.config = model.config if model is not None else RunConfig.read(run_dir)
         weights_path(run_dir)  # a clear error now, not on the first request
         self.batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
-            self._run_batch, max_batch=options.max_batch, wait_ms=options.batch_wait_ms
+            self._run_batch, max_batch=options.max_batch or 1, wait_ms=options.batch_wait_ms
         )
+        self.batch_timings: dict[int, float] = {}  # seconds per image by batch size (auto only)
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.cost = read_cost(run_dir, self.config)
@@ -131,13 +160,21 @@ class ServedModel:
     def load(self) -> None:
         """Open (exporting once if needed) and warm up the model; runs in a worker thread."""
         if self.model is None:
-            self.model = open_model(self.run_dir, self.options.backend, self.options.threads, log.info)
+            self.model = open_model(self.run_dir, self.options.backend, self.options.threads, self.say)
         warm_up(self.model)
+        if self.options.max_batch is None:
+            self.batcher.max_batch, self.batch_timings = tune_batch(self.model)
+            self.say(
+                f"convnets serve: batches of up to {self.batcher.max_batch} images, the largest that was "
+                "cheaper per image here (ms per image by batch size: "
+                + ", ".join(f"{n}: {1000 * t:.2f}" for n, t in self.batch_timings.items())
+                + "; --max-batch N sets it)"
+            )
         if self.cost is None and "torch" in sys.modules:  # exported just now: torch is loaded anyway
             try:
                 self.cost = write_cost(self.run_dir)
             except Exception as e:  # the cost is a description; serving goes on without it
-                log.warning("convnets serve: params/multiply-adds not computed: %s", e)
+                _log.warning("convnets serve: params/multiply-adds not computed: %s", e)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -145,7 +182,7 @@ class ServedModel:
             await anyio.to_thread.run_sync(self.load)
         except Exception as e:  # reported by /readyz and every /v1/predict, the process stays up
             self.load_error = f"{type(e).__name__}: {e}"
-            log.error("convnets serve: the model could not be loaded: %s", self.load_error)
+            _log.error("convnets serve: the model could not be loaded: %s", self.load_error)
             return
         self.ready.set()
         if self.cost is None:
@@ -299,7 +336,7 @@ def create_app(
     run_dir: str | os.PathLike,
     *,
     backend: str = "auto",
-    max_batch: int = 32,
+    max_batch: int | None = None,
     batch_wait_ms: float = 5.0,
     max_upload_mb: float = 20.0,
     max_files: int = 64,
@@ -307,18 +344,21 @@ def create_app(
     api_key: str | None = None,
     threads: int | None = None,
     model: ExportedModel | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Starlette:
     """An ASGI app serving the run in ``run_dir`` (mount it, or run it with uvicorn).
 
     The model loads (and, the first time, exports) in a worker thread when the app starts: ``/healthz``
     answers at once, ``/readyz`` once the model is warmed up, and ``/v1/predict`` waits for it.
-    Pass ``model`` (an opened :class:`ExportedModel`) to skip loading. Raises ``RunFolderError`` at
-    once for a folder that is not a run.
+    ``max_batch=None`` picks the batch size at start-up: the largest (up to 32) that is still cheaper
+    per image on this machine (:func:`tune_batch`). ``log`` gets the start-up messages (export, batch
+    size). Pass ``model`` (an opened :class:`ExportedModel`) to skip loading. Raises ``RunFolderError``
+    at once for a folder that is not a run.
     """
     options = ServeOptions(
         backend, max_batch, batch_wait_ms, max_upload_mb, max_files, top_k, api_key, threads
     )
-    served = ServedModel(Path(run_dir), options, model)
+    served = ServedModel(Path(run_dir), options, model, log or _log.info)
     page = index_html()
     check_key = _key_check(api_key)
 
@@ -346,7 +386,16 @@ def create_app(
     async def model_info(request: Request) -> JSONResponse:
         check_key(request)
         info = served.info().to_dict()
-        info["batching"] = {"max_batch": options.max_batch, "wait_ms": options.batch_wait_ms}
+        stats = served.batcher.stats
+        info["batching"] = {
+            "max_batch": served.batcher.max_batch,
+            "chosen": "auto" if options.max_batch is None else "--max-batch",
+            "ms_per_image_by_batch": {n: round(1000 * t, 3) for n, t in served.batch_timings.items()},
+            "wait_ms": options.batch_wait_ms,
+            "engine_calls": stats.calls,
+            "images": stats.rows,
+            "mean_batch": round(stats.mean_batch, 2),
+        }
         info["limits"] = {"max_upload_mb": options.max_upload_mb, "max_files": options.max_files}
         return JSONResponse(info)
 

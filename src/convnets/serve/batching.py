@@ -155,3 +155,25 @@ class MicroBatcher(Generic[Item, Row]):
         for (_, future), row in zip(live, rows):
             if not future.done():
                 future.set_result(row)
+
+
+def choose_batch_limit(
+    seconds_for: Callable[[int], float], ceiling: int, gain: float = 0.10
+) -> tuple[int, dict[int, float]]:
+    """The batch size worth gathering for an engine, from timings: ``(limit, seconds per row by size)``.
+
+    ``seconds_for(n)`` times one call on ``n`` rows. Starting from 1, the size doubles (up to
+    ``ceiling``) while the doubled batch costs at least ``gain`` less per row. Batching is not always
+    a saving on a CPU: for mobilenet_v2 @224 on the 2-core test machine ONNX Runtime needed *more* CPU
+    per image at batch 8 than at batch 1 (activations leave the cache), while for a tiny model the
+    per-call overhead dominates and batches of 32 pay (bench/RESULTS.md, Serving).
+    """
+    per_row = {1: seconds_for(1)}
+    limit = 1
+    while limit < ceiling:
+        size = min(2 * limit, ceiling)
+        per_row[size] = seconds_for(size) / size
+        if per_row[size] > (1 - gain) * per_row[limit]:
+            break
+        limit = size
+    return limit, per_row
