@@ -217,6 +217,12 @@ def rss_kib(pid: int) -> dict[str, int]:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
@@ -358,8 +364,14 @@ def run(quick: bool, reps: int, soak_n: int) -> dict:
             for _ in range(reps):
                 for c in (1, 8, 32):
                     for kind in peers:
-                        results[kind][c].append(load(servers[kind][1], lambda i: good, c, burst_requests, burst_seconds))
+                        proc, port, _ = servers[kind]
+                        cpu0 = cpu_seconds(proc.pid)
+                        r = load(port, lambda i: good, c, burst_requests, burst_seconds)
+                        r["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(proc.pid) - cpu0) / max(1, r["requests"])
+                        results[kind][c].append(r)
             data["load"] = results
+            with urllib.request.urlopen(f"http://127.0.0.1:{servers['convnets'][1]}/v1/model", timeout=10) as r:
+                data["convnets_batching"] = json.loads(r.read())["batching"]
 
             # Soak: 1% malformed uploads mixed in; every good one must be answered 200, no 5xx at all.
             proc, port, _ = servers["convnets"]
@@ -416,8 +428,8 @@ def markdown(data: dict) -> str:
     load = data["load"]
     peers = list(load)
     rows = [
-        "| peer | concurrency | requests/s | p50 ms | p99 ms | failed | requests |",
-        "|---|---|---|---|---|---|---|",
+        "| peer | concurrency | requests/s | p50 ms | p99 ms | server CPU ms / request | failed | requests |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary: dict = {}
     for c in (1, 8, 32):
@@ -427,7 +439,8 @@ def markdown(data: dict) -> str:
             summary[(kind, c)] = {"rps": rps, "p50": p50}
             rows.append(
                 f"| {kind} | {c} | {rps:.1f} ({min(r['rps'] for r in runs):.1f}-{max(r['rps'] for r in runs):.1f}) "
-                f"| {p50:.1f} | {p99:.1f} | {sum(r['failed'] for r in runs)} | {sum(r['requests'] for r in runs)} |"
+                f"| {p50:.1f} | {p99:.1f} | {_med(runs, 'server_cpu_ms_per_request'):.1f} "
+                f"| {sum(r['failed'] for r in runs)} | {sum(r['requests'] for r in runs)} |"
             )
     ours32, eager32, ort32 = (summary[(k, 32)]["rps"] for k in ("convnets", "eager", "onnxruntime"))
     reference = data["bare_backend_ms"] + data["http_ms"]
@@ -455,7 +468,12 @@ def markdown(data: dict) -> str:
             f"client threads in the benchmark process. {data['cpu']}; load average before {data['load_before'][0]:.2f}, "
             f"after {data['load_after'][0]:.2f} (shared machine: absolute figures describe this run; compare the ratios). "
             f"Median of {data['reps']} interleaved repetitions (min-max for requests/s); bursts bounded in requests and seconds. "
-            "Peers: `convnets serve` (ONNX Runtime + micro-batching, defaults); `eager` = FastAPI + torchvision "
+            "Peers: `convnets` = `convnets serve RUN` (defaults: ONNX Runtime, `--max-batch auto`, which chose "
+            f"{data['convnets_batching']['max_batch']} here from ms per image by batch size "
+            f"{data['convnets_batching']['ms_per_image_by_batch']}; mean batch over the run "
+            f"{data['convnets_batching']['mean_batch']}); `convnets --max-batch 32` = the same with batches of up to 32; "
+            "server CPU ms / request = the server process's CPU time over the burst / requests (less sensitive to "
+            "the machine's other load than requests/s); `eager` = FastAPI + torchvision "
             "model in eager mode, one image per call (what users write by hand); `onnxruntime` = the same FastAPI "
             "server on ONNX Runtime without batching. `bench/serve.py` explains the set-up.",
             "",

@@ -341,3 +341,32 @@ def test_auto_batch_size_is_measured_and_reported(client):
     batching = client.get("/v1/model").json()["batching"]
     assert batching["chosen"] == "auto" and 1 <= batching["max_batch"] <= 32
     assert "1" in batching["ms_per_image_by_batch"] and batching["engine_calls"] >= 1
+
+
+def test_batcher_waits_only_for_requests_on_their_way():
+    import time
+
+    from convnets.serve.batching import MicroBatcher
+
+    async def main():
+        batcher = MicroBatcher(lambda xs: [2 * x for x in xs], max_batch=8, wait_ms=2000)
+        await batcher.start()
+        start = time.perf_counter()
+        assert await batcher.submit([1]) == [2]  # nobody else coming: no waiting for company
+        alone = time.perf_counter() - start
+
+        async def late():
+            with batcher.incoming():  # announced, still being read
+                await asyncio.sleep(0.05)
+            return await batcher.submit([3])
+
+        task = asyncio.create_task(late())
+        await asyncio.sleep(0)
+        together = await asyncio.gather(batcher.submit([5, 7]), task)
+        await batcher.stop()
+        return alone, together, batcher.stats
+
+    alone, together, stats = asyncio.run(main())
+    assert alone < 1.0
+    assert together == [[10, 14], [6]]
+    assert stats.calls == 2 and stats.largest == 3  # the late request joined the waiting batch

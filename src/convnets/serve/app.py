@@ -209,24 +209,21 @@ class ServedModel:
         if self.load_error is not None:
             raise ApiError(503, f"the model could not be loaded: {self.load_error}")
 
-    def decode(self, files: Sequence[tuple[str, bytes]]) -> list[tuple[Prediction, np.ndarray | None]]:
+    def _decode(self, files: Sequence[tuple[str, bytes]]) -> list[tuple[Prediction, np.ndarray | None]]:
         out = []
         for name, data in files:
             try:
                 out.append((Prediction(name), self.model.read(data)))
             except ImageReadError as e:
-                out.append(
-                    (
-                        Prediction(
-                            name, error=_UNIDENTIFIED.sub("not an image format Pillow can read", str(e))
-                        ),
-                        None,
-                    )
-                )
+                error = _UNIDENTIFIED.sub("not an image format Pillow can read", str(e))
+                out.append((Prediction(name, error=error), None))
         return out
 
-    async def predict(self, files: Sequence[tuple[str, bytes]], k: int) -> list[Prediction]:
-        decoded = await anyio.to_thread.run_sync(self.decode, files)
+    async def decode(self, files: Sequence[tuple[str, bytes]]) -> list[tuple[Prediction, np.ndarray | None]]:
+        """Rows (with the error for an unusable file) and views, decoded in a worker thread."""
+        return await anyio.to_thread.run_sync(self._decode, files)
+
+    async def predict(self, decoded: list[tuple[Prediction, np.ndarray | None]], k: int) -> list[Prediction]:
         good = [(row, view) for row, view in decoded if view is not None]
         if good:
             probs = await self.batcher.submit([view for _, view in good])
@@ -403,9 +400,11 @@ def create_app(
         check_key(request)
         k = _top_k_param(request, options.top_k)
         await served.wait_ready()
-        with served.batcher.incoming():  # the batcher may wait (up to --batch-wait-ms) for these rows
+        # While this request is read and decoded, a batch being gathered may wait (--batch-wait-ms) for it.
+        with served.batcher.incoming():
             files = await read_uploads(request, options)
-            rows = await served.predict(files, k)
+            views = await served.decode(files)
+        rows = await served.predict(views, k)
         body = {"model": served.config.model, "predictions": [row.to_dict() for row in rows]}
         if all(row.error is not None for row in rows):
             detail = rows[0].error if len(rows) == 1 else "none of the files is a usable image"
