@@ -323,6 +323,55 @@ def http_ms(port: int, n: int) -> float:
     return statistics.median(times[5:])
 
 
+def engine_sweep(run_dir: Path, reps: int = 4) -> dict:
+    """ONNX Runtime alone on the run's model.onnx (2 threads): CPU and wall ms per image by batch size,
+    with its threads spinning between operators (ORT's default) and sleeping (what the server uses).
+    Interleaved: each repetition runs every (setting, batch) once, 32 images each."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sessions = {}
+    for spin in (True, False):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        sessions["spin" if spin else "no spin"] = ort.InferenceSession(
+            str(run_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+    name = sessions["spin"].get_inputs()[0].name
+    batches = (1, 2, 4, 8, 16, 32)
+    x = {n: np.random.default_rng(0).random((n, 3, 224, 224), dtype=np.float32) for n in batches}
+    for session in sessions.values():
+        for n in batches:
+            session.run(None, {name: x[n]})
+    raw: dict = {}
+    for _ in range(reps):
+        for setting, session in sessions.items():
+            for n in batches:
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                for _ in range(32 // n):
+                    session.run(None, {name: x[n]})
+                raw.setdefault(f"{setting}|{n}", []).append(
+                    (1000 * (time.process_time() - cpu0) / 32, 1000 * (time.perf_counter() - wall0) / 32)
+                )
+    return {
+        key: {"cpu_ms": statistics.median(c for c, _ in v), "wall_ms": statistics.median(w for _, w in v)}
+        for key, v in raw.items()
+    } | {"load": os.getloadavg(), "reps": reps}
+
+
+def engine_markdown(sweep: dict) -> str:
+    rows = ["| ORT threads between operators | " + " | ".join(f"batch {n}" for n in (1, 2, 4, 8, 16, 32)) + " |"]
+    rows.append("|---" * 7 + "|")
+    for setting in ("spin", "no spin"):
+        cells = [f"{sweep[f'{setting}|{n}']['cpu_ms']:.2f} / {sweep[f'{setting}|{n}']['wall_ms']:.2f}" for n in (1, 2, 4, 8, 16, 32)]
+        rows.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return (
+        f"ONNX Runtime alone on the same model.onnx, {os.cpu_count()} threads: CPU ms / wall ms per image by batch size "
+        f"(median of {sweep['reps']} interleaved repetitions of 32 images; load average {sweep['load'][0]:.2f}).\n\n" + "\n".join(rows)
+    )
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
@@ -351,6 +400,7 @@ def run(quick: bool, reps: int, soak_n: int) -> dict:
             "launches": launches,
         }
 
+        data["engine"] = engine_sweep(run_dir, reps=1 if quick else 4)
         servers = {kind: start(kind, run_dir, tmp) for kind in peers}
         try:
             for _, port, _ in servers.values():  # warm every peer up (thread pools, arenas)
@@ -464,6 +514,8 @@ def markdown(data: dict) -> str:
 
     return "\n".join(
         [
+            engine_markdown(data["engine"]) if "engine" in data else "",
+            "",
             f"mobilenet_v2 @224 (random weights), {data['image_bytes'] // 1024} kB 320x240 JPEG as multipart, loopback, "
             f"client threads in the benchmark process. {data['cpu']}; load average before {data['load_before'][0]:.2f}, "
             f"after {data['load_after'][0]:.2f} (shared machine: absolute figures describe this run; compare the ratios). "
@@ -504,12 +556,21 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 2, quick 1)")
     p.add_argument("--soak", type=int, default=None, help="soak requests (default 10,000, quick 1,000)")
     p.add_argument("--json", type=Path, default=None, help="write the raw figures here")
+    p.add_argument("--engine-only", action="store_true", help="only the ONNX Runtime batch/spin table")
     p.add_argument("--peer", choices=["eager", "onnxruntime"], help=argparse.SUPPRESS)
     p.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.peer:
         serve_peer(args.peer, args.run, args.port)
+        return 0
+    if args.engine_only:
+        sys.path.insert(0, str(ROOT / "src"))
+        with tempfile.TemporaryDirectory(prefix="convnets-bench-serve-") as tmp:
+            sweep = engine_sweep(make_run(Path(tmp)), reps=args.reps or 4)
+        if args.json:
+            args.json.write_text(json.dumps(sweep, indent=1) + "\n")
+        print(engine_markdown(sweep))
         return 0
     data = run(args.quick, args.reps or (1 if args.quick else 2), args.soak or (1000 if args.quick else 10_000))
     if args.json:
