@@ -17,7 +17,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("onnxruntime")
 
-from serve_helpers import image_bytes, make_run, start_server  # noqa: E402
+from serve_helpers import free_port, image_bytes, make_run, start_server  # noqa: E402
 
 from convnets.exported import ExportedModel  # noqa: E402
 
@@ -27,12 +27,6 @@ def run_dir(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("serve-live") / "run")
     ExportedModel.open(run)
     return run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _browser():
@@ -67,7 +61,7 @@ def test_page_in_a_headless_browser(run_dir, tmp_path):
     image = tmp_path / "owl.png"
     image.write_bytes(image_bytes(7))
     expected = ExportedModel.open(run_dir).predict([(image.name, image.read_bytes())], top=1)[0].label
-    port = _free_port()
+    port = free_port()
     server = start_server(run_dir, port, "--no-access-log", log=tmp_path / "server.log")
     try:
         browser.set_page_load_timeout(30)
@@ -110,7 +104,7 @@ def _slow_post(port: int, body: bytes, started: threading.Event, go: threading.E
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     server = start_server(run_dir, port, "--batch-wait-ms", "50", log=log)
     n = 6
