@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..serve import create_app
-        from ..serve.app import open_model, warm_up
+        from ..serve.app import open_model
     except ImportError as e:
         raise CLIError(f"serving needs: pip install 'convnets[serve]' ({e})") from e
     from ..runs import RunConfig, RunFolderError, weights_path
@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = RunConfig.read(args.run_dir)
         weights_path(args.run_dir)
-        model = open_model(args.run_dir, args.backend, args.threads, log=say)
-        warm_up(model)
+        model = open_model(args.run_dir, args.backend, args.threads, log=say)  # errors here, not later
         app = create_app(
             args.run_dir,
             backend=args.backend,
