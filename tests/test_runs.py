@@ -50,10 +50,12 @@ def test_pre_refactor_run_folder_reads_as_a_run_config():
     config = RunConfig.read(FIXTURE)
     assert "schema_version" not in json.loads((FIXTURE / "config.json").read_text())
     assert config.schema_version == SCHEMA_VERSION
-    assert (config.model, config.num_classes, config.in_chans, config.image_size) == ("lenet5", 10, 1, (32, 32))
+    assert (config.model, config.num_classes, config.in_chans) == ("lenet5", 10, 1)
+    assert config.image_size == (32, 32)
     assert config.class_names == [str(i) for i in range(10)] and config.resize == "resize"
     assert config.data.source == "digits" and config.best.epoch == 1
-    assert config.normalization() == ((pytest.approx(0.306445, abs=1e-6),), (pytest.approx(0.324019, abs=1e-6),))
+    (mean,), (std,) = config.normalization()
+    assert (mean, std) == (pytest.approx(0.306445, abs=1e-6), pytest.approx(0.324019, abs=1e-6))
 
 
 @pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime"])

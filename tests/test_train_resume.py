@@ -149,7 +149,8 @@ _KILL_MID_SAVE = """
 import os, signal, sys, torch
 import convnets.atomic
 import convnets.train.checkpoint as ckpt
-convnets.atomic.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die after writing, before the rename
+# die after writing, before the rename
+convnets.atomic.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
 ckpt.atomic_torch_save({"version": torch.full((1000,), 2.0)}, sys.argv[1])
 """
 

@@ -18,8 +18,8 @@ from convnets.weights import (
     CheckpointMismatchError,
     WeightsError,
     imagenet_weights_url,
-    load_weights_file,
     load_run,
+    load_weights_file,
     save_state_dict,
 )
 
