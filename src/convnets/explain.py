@@ -28,10 +28,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: the pictures and figure_png do without it
+    import torch
+    from torch import nn
 
 __all__ = [
     "Explanation",
@@ -57,6 +60,8 @@ _LAST_STAGE = {
 def target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     """The layer Grad-CAM reads: ``name`` (a dotted module name such as ``"layer3"``) when given,
     else the model's last conv stage (the module whose output is ``forward_features``)."""
+    from torch import nn
+
     if name:
         try:
             return model.get_submodule(name)
@@ -99,6 +104,9 @@ def grad_cam(
     Each map is upsampled bilinearly to (H, W) and scaled to [0, 1] by its own maximum (an all-zero
     map, no positive evidence anywhere, stays zero).
     """
+    import torch
+    from torch import nn
+
     try:
         from captum.attr import LayerAttribution, LayerGradCam
     except ImportError as e:
@@ -212,6 +220,8 @@ def explain_files(
 
     An unreadable file gets an :class:`Explanation` with ``error`` and the rest go on.
     """
+    import torch
+
     from .data.decode import ImageReadError
     from .data.images import expand_paths, read_image, to_input
     from .runs import RunConfig

@@ -37,6 +37,7 @@ CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "export.json"
+OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the OOD detector (convnets.ood)
 
 # The files whose presence means "a run is already here" (train refuses to overwrite them).
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
@@ -62,6 +63,19 @@ class BestEpoch:
 
 
 @dataclass
+class OODConfig:
+    """The out-of-distribution detector fitted for the run (``convnets.ood``); its arrays are in
+    ``file`` beside config.json."""
+
+    method: str = "mahalanobis"
+    threshold: float = 0.0  # scores above it are flagged
+    quantile: float = 0.95  # share of the validation images that pass
+    file: str = OOD_FILE
+    n_train: int = 0
+    n_val: int = 0
+
+
+@dataclass
 class RunConfig:
     """``RUN_DIR/config.json``: everything needed to rebuild, run and describe a trained model."""
 
@@ -84,6 +98,8 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     best: BestEpoch | None = None
+    temperature: float | None = None  # logits / T before softmax (``evaluate --calibrate``)
+    ood: OODConfig | None = None
     schema_version: int = SCHEMA_VERSION
     # Keys this version does not know (written by tools or later additions): kept on a rewrite.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +116,8 @@ class RunConfig:
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
             self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc")})
+        if isinstance(self.ood, dict):
+            self.ood = OODConfig(**self.ood)
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -123,6 +141,7 @@ class RunConfig:
         out["std"] = list(self.std) if self.std is not None else None
         out["data"] = asdict(self.data) if self.data is not None else None
         out["best"] = asdict(self.best) if self.best is not None else None
+        out["ood"] = asdict(self.ood) if self.ood is not None else None
         return {**out, **self.extra}
 
     @classmethod

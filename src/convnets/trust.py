@@ -1,0 +1,157 @@
+"""Fit what makes a run's answers trustworthy, on the run's own data: the temperature that calibrates
+its probabilities (``convnets.calibration``) and the detector that flags inputs unlike its training
+images (``convnets.ood``); both are stored in the run folder for ``predict``, ``evaluate`` and the
+report.
+
+When: the OOD detector is fitted at the end of ``convnets train`` (one extra forward pass over the
+training and validation images, no gradients), so a fresh run flags strange inputs out of the box;
+the temperature changes every probability the run reports, so it is fitted only when asked
+(``convnets evaluate RUN_DIR --calibrate``, which refits both).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .calibration import Calibration, plot_reliability
+from .ood import OODDetector
+from .runs import OODConfig, RunConfig
+
+__all__ = ["TrustFit", "calibrate_run", "split_features"]
+
+RELIABILITY_FILE = "reliability.png"
+
+
+@dataclass
+class TrustFit:
+    calibration: Calibration | None = None
+    ood: OODConfig | None = None
+    val_pass_rate: float | None = None  # share of validation images the OOD detector lets through
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        lines = []
+        if self.calibration is not None:
+            lines.append(self.calibration.summary())
+        if self.ood is not None:
+            lines.append(
+                f"OOD detector ({self.ood.method}, {self.ood.n_train} training images): threshold "
+                f"{self.ood.threshold:.2f}, passes {self.val_pass_rate:.1%} of "
+                f"{self.ood.n_val} validation images"
+            )
+        return lines
+
+
+@dataclass
+class SplitFeatures:
+    """Penultimate features, logits and labels of a run's training and validation images."""
+
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    val_features: np.ndarray
+    val_logits: np.ndarray
+    val_labels: np.ndarray
+
+
+def split_features(run_dir: str | os.PathLike, *, batch_size: int = 64, model=None) -> SplitFeatures:
+    """Run the model (eval mode, no augmentation) over the run's own training and validation split,
+    reproduced from config.json."""
+    import torch
+
+    from .data import load_data
+    from .ood import features_and_logits
+    from .weights import load_run
+
+    config = RunConfig.read(run_dir)
+    if model is None:
+        model, _ = load_run(run_dir)
+    if config.data is None:
+        raise ValueError(f"{run_dir}: config.json does not say which data the run was trained on")
+    mean, std = config.normalization()
+    splits = load_data(
+        config.data.source,
+        image_size=config.image_size,
+        in_chans=config.in_chans,
+        val_split=config.data.val_split,
+        seed=config.data.seed,
+        batch_size=batch_size,
+        augment="none",
+        normalize="auto",  # with mean and std given: exactly the run's statistics
+        mean=mean,
+        std=std,
+        num_workers=0,
+        data_root=config.options.get("data_root"),
+        resize=config.resize,
+        split=config.split,
+    )
+
+    def run(loader):
+        feats, logits, labels = [], [], []
+        if loader is None:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        with torch.no_grad():
+            for batch in loader:
+                z, f = features_and_logits(model, batch[0])
+                feats.append(f.numpy())
+                logits.append(z.numpy())
+                labels.append(batch[1].numpy())
+        return np.concatenate(feats), np.concatenate(logits), np.concatenate(labels).astype(np.int64)
+
+    model.eval()
+    train_f, _, train_y = run(splits.train)
+    val_f, val_z, val_y = run(splits.val)
+    return SplitFeatures(train_f, train_y, val_f, val_z, val_y)
+
+
+def calibrate_run(
+    run_dir: str | os.PathLike,
+    *,
+    temperature: bool = True,
+    ood: bool = True,
+    quantile: float = 0.95,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    model=None,
+    log: Callable[[str], None] | None = None,
+) -> TrustFit:
+    """Fit the temperature (on the validation split) and/or the OOD detector (centres on the training
+    split, threshold at ``quantile`` of the validation scores) and store them in ``run_dir``.
+
+    Writes ``reliability.png`` (before/after the temperature) into ``out`` (default: the run folder).
+    """
+    from .predictions import softmax
+
+    run_dir = Path(run_dir)
+    config = RunConfig.read(run_dir)
+    feats = split_features(run_dir, batch_size=batch_size, model=model)
+    fit = TrustFit()
+    if temperature:
+        if len(feats.val_labels) == 0:
+            raise ValueError(f"{run_dir}: the run has no validation split to fit a temperature on")
+        fit.calibration = Calibration.fit(softmax(feats.val_logits), feats.val_labels)
+        config.temperature = fit.calibration.temperature
+        path = plot_reliability(
+            Path(out or run_dir) / RELIABILITY_FILE,
+            {
+                "before": fit.calibration.before,
+                f"T = {fit.calibration.temperature:.2f}": fit.calibration.after,
+            },
+            title=f"reliability on the validation split (n = {fit.calibration.n})",
+        )
+        fit.files["reliability"] = str(path)
+    if ood:
+        detector = OODDetector.fit(feats.train_features, feats.train_labels, feats.val_features, quantile)
+        config.ood = detector.save(run_dir)
+        fit.ood = config.ood
+        held_out = feats.val_features if len(feats.val_features) else feats.train_features
+        fit.val_pass_rate = float((detector.score(held_out) <= detector.threshold).mean())
+    config.write(run_dir)
+    if log is not None:
+        for line in fit.summary():
+            log(line)
+    return fit

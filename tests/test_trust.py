@@ -1,0 +1,188 @@
+"""Calibration (temperature, ECE) and the out-of-distribution detector, on numbers and on a trained run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnets.calibration import (
+    Calibration,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability,
+)
+from convnets.ood import OODDetector
+from convnets.predictions import softmax
+
+
+def _overconfident(n: int = 2000, seed: int = 0):
+    """Logits of a 3-class model that is right ~70% of the time but says ~99%: the true class gets a
+    noisy margin, and everything is multiplied by 8."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), targets] += 1.2
+    return softmax(8 * logits), targets
+
+
+def test_temperature_lowers_nll_and_ece_of_an_overconfident_model():
+    probs, targets = _overconfident()
+    cal = Calibration.fit(probs, targets)
+    assert cal.temperature > 3  # it was multiplied by 8: the fit undoes most of it
+    assert cal.nll_after < 0.6 * cal.nll_before
+    assert cal.ece_after < 0.05 < 0.2 < cal.ece_before
+    after = apply_temperature(probs, cal.temperature)
+    assert np.array_equal(after.argmax(1), probs.argmax(1))  # predictions never change
+    # On fresh data from the same model the fitted temperature helps just as much.
+    probs2, targets2 = _overconfident(seed=1)
+    assert nll(probs2, targets2, cal.temperature) < 0.6 * nll(probs2, targets2)
+
+
+def test_temperature_on_probabilities_equals_temperature_on_logits():
+    logits = np.random.default_rng(0).normal(0, 3, (5, 4))
+    expected = softmax(logits / 2.5)
+    assert np.allclose(apply_temperature(softmax(logits), 2.5), expected, atol=1e-6)
+    assert apply_temperature(softmax(logits), None) is not None
+
+
+def test_ece_and_reliability_by_hand():
+    # Two bins used: 0.9-confident (4 images, 3 right) and 0.6-confident (2 images, 2 right).
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    targets = np.array([0, 0, 0, 1, 0, 0])
+    rel = reliability(probs, targets, bins=10)
+    expected = 4 / 6 * abs(0.75 - 0.9) + 2 / 6 * abs(1.0 - 0.6)
+    assert rel.ece == pytest.approx(expected)
+    assert expected_calibration_error(probs, targets, bins=10) == pytest.approx(expected)
+    assert sum(rel.counts) == 6 and rel.counts[8] == 4 and rel.counts[5] == 2
+
+
+def test_no_mistakes_leaves_the_temperature_at_one():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert fit_temperature(probs, np.array([0, 1])) == 1.0
+
+
+def test_ood_detector_on_gaussian_clusters(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0] * 16, [6.0] * 16])
+    y = rng.integers(0, 2, 400)
+    x = centres[y] + rng.normal(0, 1, (400, 16))
+    val = centres[rng.integers(0, 2, 200)] + rng.normal(0, 1, (200, 16))
+    det = OODDetector.fit(x, y, val)
+    assert (det.score(val) <= det.threshold).mean() == pytest.approx(0.95, abs=0.01)
+    far = rng.normal(0, 1, (100, 16)) + np.array([3.0, -3.0] * 8)  # between and off the axis
+    assert (det.score(far) > det.threshold).mean() > 0.95
+
+    from convnets.runs import RunConfig
+
+    det2 = OODDetector.load(tmp_path, det.save(tmp_path))
+    assert np.allclose(det2.score(far), det.score(far))
+    cfg = RunConfig(model="m", num_classes=2, class_names=["a", "b"], image_size=(8, 8), ood=det.config())
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).ood == det.config()
+
+
+# --- a trained run -----------------------------------------------------------------------------------
+
+
+def _write_patch_folder(root, n, seed):
+    from test_explain import _patch_images
+
+    images, labels, _ = _patch_images(n, seed=seed)
+    for i, (a, label) in enumerate(zip(images, labels)):
+        d = root / ("red", "blue")[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(d / f"{i}.png")
+    return root
+
+
+def _third_kind(root, n: int = 20, seed: int = 5):
+    """Images of neither class: stripes, noise and colour ramps."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            a = np.zeros((32, 32, 3), np.uint8)
+            a[(np.arange(32) // rng.integers(2, 6)) % 2 == 0] = rng.integers(100, 256, 3)
+        elif kind == 1:
+            a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        else:
+            a = (
+                (np.linspace(0, 1, 32)[None, :, None] * rng.integers(50, 256, 3))
+                .astype(np.uint8)
+                .repeat(32, 0)
+            )
+        paths.append(root / f"other{i}.png")
+        Image.fromarray(a).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory):
+    """A small CIFAR ResNet trained on "red patch" vs "blue patch" (about 10 s on one busy core)."""
+    from convnets.train import train
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("patch")
+    data = _write_patch_folder(base / "data", 120, seed=0)
+    try:
+        result = train(
+            str(data),
+            model="cifar_resnet",
+            out=base / "run",
+            epochs=6,
+            lr=3e-3,
+            workers=0,
+            quiet=True,
+            model_kwargs={"depth": 8, "widths": [8, 16, 32]},
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert result.best_val_acc >= 0.9
+    return base
+
+
+def test_ood_flags_a_third_kind_and_passes_the_runs_own_images(patch_run):
+    from convnets.data.images import read_image, to_input
+    from convnets.ood import features_and_logits
+    from convnets.runs import RunConfig
+    from convnets.trust import calibrate_run, split_features
+    from convnets.weights import load_run
+
+    run = patch_run / "run"
+    fit = calibrate_run(run, temperature=False)
+    assert fit.val_pass_rate >= 0.9
+    config = RunConfig.read(run)
+    assert config.ood is not None and (run / config.ood.file).is_file() and config.temperature is None
+    detector = OODDetector.load(run, config.ood)
+    model, _ = load_run(run)
+    feats = split_features(run, model=model)
+    assert (detector.score(feats.val_features) <= detector.threshold).mean() >= 0.9
+
+    def scores(paths):
+        views = np.stack([read_image(p, config.image_size, config.in_chans, config.resize) for p in paths])
+        logits, f = features_and_logits(model, torch.from_numpy(to_input(views, *config.normalization())))
+        return detector.score(f.numpy()), torch.softmax(logits, 1).max(1).values
+
+    others = _third_kind(patch_run / "others")
+    other_scores, other_conf = scores(others)
+    assert (other_scores > detector.threshold).mean() >= 0.9
+    fresh = _write_patch_folder(patch_run / "fresh", 40, seed=3)
+    fresh_scores, _ = scores(sorted(fresh.rglob("*.png")))
+    assert (fresh_scores <= detector.threshold).mean() >= 0.8  # new images of the two classes
+    # What the flag is for: softmax alone is confident on most of those other images.
+    assert float(other_conf.median()) > 0.9
+
+
+def _png_bytes(a):
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
