@@ -60,6 +60,7 @@ class DataSource:
 class BestEpoch:
     epoch: int | None = None
     val_acc: float | None = None
+    val_bal_acc: float | None = None  # set when classes are imbalanced: the best epoch is chosen by it
 
 
 @dataclass
@@ -115,7 +116,7 @@ class RunConfig:
         if isinstance(self.data, dict):
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
-            self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc")})
+            self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc", "val_bal_acc")})
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
 
