@@ -186,3 +186,20 @@ def _png_bytes(a):
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_error_analysis_by_hand():
+    from convnets.analysis import balanced_accuracy, macro_f1, most_confused, top_losses
+
+    # true a: 8 right, 2 called b; true b: 1 right, 1 called c; true c: 0 images; one b called c.
+    cm = [[8, 2, 0], [0, 1, 1], [0, 0, 0]]
+    assert balanced_accuracy(cm) == pytest.approx((0.8 + 0.5) / 2)
+    f1_a, f1_b, f1_c = 2 * 8 / (8 + 10), 2 * 1 / (3 + 2), 0.0
+    assert macro_f1(cm) == pytest.approx((f1_a + f1_b + f1_c) / 3)
+    pairs = most_confused(cm, ["a", "b", "c"])
+    assert [(p.true, p.predicted, p.count) for p in pairs] == [("a", "b", 2), ("b", "c", 1)]
+    assert pairs[1].share == 0.5
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    losses = top_losses(probs, np.array([0, 0, 1]), ["x", "y", "z"], ["p", "q"], k=2)
+    assert [(t.id, t.predicted, t.true) for t in losses] == [("y", "q", "p"), ("z", "p", "q")]
+    assert losses[0].loss == pytest.approx(-np.log(0.2)) and losses[0].prob == pytest.approx(0.8)
