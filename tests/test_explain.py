@@ -135,6 +135,35 @@ def test_grad_cam_peaks_on_the_deciding_patch(tmp_path, one_thread):
         explain_files(run, files[:1], tmp_path / "out3", class_name="green", model=model)
 
 
+def test_explain_cli(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from convnets.cli import main
+    from convnets.runs import RunConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = create_model("cifar_resnet", num_classes=2, depth=8, widths=(8, 16, 32))
+    save_file(model.state_dict(), str(run / "model.safetensors"))
+    RunConfig(
+        model="cifar_resnet", num_classes=2, class_names=["red", "blue"], image_size=(32, 32),
+        model_kwargs={"depth": 8, "widths": [8, 16, 32]},
+    ).write(run)
+    images, _, _ = _patch_images(2)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(tmp_path / f"img{i}.png")
+    rc = main(["explain", str(run), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
+               "--out", str(tmp_path / "maps"), "--class", "blue", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [r["explained"] for r in rows] == ["blue", "blue"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["img0.gradcam.png", "img1.gradcam.png"]
+    bad = ["explain", str(run), str(tmp_path / "img0.png"), "--out", str(tmp_path), "--class", "x"]
+    assert main(bad) == 2
+    assert "--class: 'x' is not one of the run's classes" in capsys.readouterr().err
+
+
 def test_overlay_keeps_shape_and_grey_images():
     grey = np.zeros((8, 8, 1), np.uint8)
     heat = np.zeros((8, 8), np.float32)

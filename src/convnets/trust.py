@@ -22,7 +22,7 @@ from .calibration import Calibration, plot_reliability
 from .ood import OODDetector
 from .runs import OODConfig, RunConfig
 
-__all__ = ["TrustFit", "calibrate_run", "split_features"]
+__all__ = ["UNKNOWN", "RunTrust", "TrustFit", "calibrate_run", "ood_warning", "split_features"]
 
 RELIABILITY_FILE = "reliability.png"
 
@@ -155,3 +155,50 @@ def calibrate_run(
         for line in fit.summary():
             log(line)
     return fit
+
+
+UNKNOWN = "unknown"  # the answer for a flagged input under --reject-ood
+
+
+@dataclass
+class RunTrust:
+    """What a run folder holds for trustworthy answers, ready to apply to predictions."""
+
+    temperature: float | None = None
+    detector: OODDetector | None = None
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike, config: RunConfig | None = None) -> RunTrust:
+        config = config or RunConfig.read(run_dir)
+        detector = OODDetector.load(run_dir, config.ood) if config.ood is not None else None
+        return cls(config.temperature, detector)
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities after the run's temperature (unchanged without one)."""
+        from .calibration import apply_temperature
+
+        return apply_temperature(probs, self.temperature)
+
+    def annotate(self, rows: list, features: np.ndarray, reject: bool = False) -> None:
+        """Add the ``ood`` field to prediction rows (``Prediction``, one per feature row); with
+        ``reject``, a flagged row answers ``unknown`` and keeps the model's classes in ``ood.model_top``."""
+        from .predictions import ClassProb
+
+        if self.detector is None:
+            return
+        for row, flag in zip(rows, self.detector.flags(features)):
+            row.extra["ood"] = flag
+            if reject and flag["flagged"]:
+                flag["model_top"] = [c.to_dict() for c in row.top]
+                row.top = [ClassProb(UNKNOWN, 1.0)]
+
+
+def ood_warning(rows: list) -> str | None:
+    """The text-output warning for rows flagged as unlike the training data (None when none are)."""
+    flagged = [r for r in rows if r.extra.get("ood", {}).get("flagged")]
+    if not flagged:
+        return None
+    return (
+        f"warning: {len(flagged)} of {len(rows)} image(s) look unlike the training data (marked [ood]); "
+        "their classes are guesses (--reject-ood answers 'unknown' for them)"
+    )
