@@ -203,3 +203,35 @@ def test_error_analysis_by_hand():
     losses = top_losses(probs, np.array([0, 0, 1]), ["x", "y", "z"], ["p", "q"], k=2)
     assert [(t.id, t.predicted, t.true) for t in losses] == [("y", "q", "p"), ("z", "p", "q")]
     assert losses[0].loss == pytest.approx(-np.log(0.2)) and losses[0].prob == pytest.approx(0.8)
+
+
+def test_exported_model_gives_the_same_features_and_flags(patch_run):
+    pytest.importorskip("onnxruntime")
+    from convnets.data.images import read_image, to_input
+    from convnets.exported import ensure_exported
+    from convnets.ood import FeatureSession, features_and_logits
+    from convnets.predictions import Prediction
+    from convnets.runs import RunConfig
+    from convnets.trust import annotate_exported, calibrate_run
+    from convnets.weights import load_run
+
+    run = patch_run / "run"
+    if RunConfig.read(run).ood is None:
+        calibrate_run(run, temperature=False)
+    config = RunConfig.read(run)
+    others = _third_kind(patch_run / "others_onnx", n=6)
+    files = [*others, *sorted((patch_run / "data" / "red").glob("*.png"))[:3]]
+    views = np.stack([read_image(f, config.image_size, config.in_chans, config.resize) for f in files])
+    model, _ = load_run(run)
+    logits_t, feats_t = features_and_logits(model, torch.from_numpy(to_input(views, *config.normalization())))
+    session = FeatureSession(ensure_exported(run))
+    logits_o, feats_o = session(views.astype(np.float32).transpose(0, 3, 1, 2) / 255)
+    assert np.allclose(feats_o, feats_t.numpy(), atol=1e-3)
+    assert np.allclose(logits_o, logits_t.numpy(), atol=1e-3)
+
+    rows = [Prediction(str(f), top=[]) for f in files] + [Prediction("broken.png", error="no such file")]
+    annotate_exported(run, rows, reject=True)
+    flagged = [r.extra["ood"]["flagged"] for r in rows[:-1]]
+    assert flagged == [True] * 6 + [False] * 3
+    assert rows[0].top[0].label == "unknown" and "model_top" in rows[0].extra["ood"]
+    assert "ood" not in rows[-1].extra

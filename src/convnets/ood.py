@@ -139,3 +139,49 @@ def features_and_logits(model, x) -> tuple[Any, Any]:
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model.get_classifier()(pre)
     return logits.float(), pre.float().flatten(1)
+
+
+# --- the exported model (torch-free) -------------------------------------------------------------
+
+
+def onnx_with_features(onnx_path: str | os.PathLike) -> bytes:
+    """The run's ``model.onnx`` with the penultimate features as a second graph output ("features").
+
+    The logits come from the final Linear: a ``Gemm`` (or ``MatMul`` + ``Add``) whose data input is
+    the pooled feature vector; that tensor becomes an output too, so one ONNX Runtime pass gives
+    both, without torch. Raises ValueError when the graph does not end that way.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(graph.output[0].name)
+    if node is not None and node.op_type == "Add":  # MatMul + bias
+        node = next(
+            (producers[i] for i in node.input if i in producers and producers[i].op_type == "MatMul"), None
+        )
+    if node is None or node.op_type not in ("Gemm", "MatMul"):
+        raise ValueError(f"{onnx_path}: the logits do not come from a final Linear layer")
+    value = onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)
+    value.name = node.input[0]
+    graph.output.append(value)
+    return model.SerializeToString()
+
+
+class FeatureSession:
+    """ONNX Runtime on :func:`onnx_with_features`: [0, 1] pixels in, (logits, features) out."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        self.session = ort.InferenceSession(
+            onnx_with_features(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, np.float32)})
+        return logits, features.reshape(len(features), -1)

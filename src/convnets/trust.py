@@ -202,3 +202,26 @@ def ood_warning(rows: list) -> str | None:
         f"warning: {len(flagged)} of {len(rows)} image(s) look unlike the training data (marked [ood]); "
         "their classes are guesses (--reject-ood answers 'unknown' for them)"
     )
+
+
+def annotate_exported(run_dir: str | os.PathLike, rows: list, reject: bool = False) -> RunTrust:
+    """The ``ood`` field for rows ``predict`` made with the exported model, without torch: the images
+    are read again and run through ``model.onnx`` with its features as a second output
+    (:class:`convnets.ood.FeatureSession`). Rows with an error are left alone."""
+    from .data.images import read_image
+    from .ood import FeatureSession
+    from .runs import ONNX_FILE
+
+    config = RunConfig.read(run_dir)
+    trust = RunTrust.read(run_dir, config)
+    good = [r for r in rows if r.error is None]
+    if trust.detector is None or not good:
+        return trust
+    session = FeatureSession(Path(run_dir) / ONNX_FILE)
+    for start in range(0, len(good), 32):
+        chunk = good[start : start + 32]
+        views = [read_image(r.file, config.image_size, config.in_chans, config.resize) for r in chunk]
+        pixels = np.stack(views).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+        _, features = session(pixels)
+        trust.annotate(chunk, features, reject)
+    return trust
