@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from convnets import create_model
-from convnets.explain import explain_files, grad_cam, overlay, target_layer
+from convnets.explain import explain_files, grad_cam, overlay, overlays, target_layer
 
 pytest.importorskip("captum")
 
@@ -105,6 +105,9 @@ def test_grad_cam_peaks_on_the_deciding_patch(tmp_path, one_thread):
         pr, pc = np.unravel_index(heat.argmax(), heat.shape)
         hits += (r <= pr < r + 8) and (c <= pc < c + 8)  # the peak lies on the 8x8 patch
     assert hits / len(corners) >= 0.9, f"peak on the patch for {hits}/{len(corners)} images"
+    pictures = overlays(model, x[:2], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert [p.shape for p in pictures] == [(3, 32, 32)] * 2
+    assert 0 <= pictures[0].min() <= pictures[0].max() <= 1
 
     # The same through a run folder's files: one overlay PNG per image.
     run = tmp_path / "run"

@@ -42,6 +42,7 @@ __all__ = [
     "explain_files",
     "grad_cam",
     "overlay",
+    "overlays",
     "save_overlay",
     "target_layer",
 ]
@@ -183,6 +184,24 @@ def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
+
+
+def overlays(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    target_class: int | Sequence[int] | None = None,
+) -> list[np.ndarray]:
+    """Grad-CAM overlays of images in [0, 1] (N, C, H, W), as (3, H, W) float arrays in [0, 1] (the
+    layout the report's image grid takes); the model sees them normalised with ``mean``/``std``."""
+    import torch
+
+    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    cam = grad_cam(model, (images - m) / s, target_class)
+    pictures = (images.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return [overlay(p, h).transpose(2, 0, 1).astype(np.float32) / 255 for p, h in zip(pictures, cam.heatmaps)]
 
 
 # --- run folders and files ---------------------------------------------------------------------------
