@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Confusion", "TopLoss", "balanced_accuracy", "macro_f1", "most_confused", "top_losses"]
+__all__ = [
+    "Confusion",
+    "ErrorAnalysis",
+    "TopLoss",
+    "balanced_accuracy",
+    "macro_f1",
+    "most_confused",
+    "top_losses",
+]
 
 
 def balanced_accuracy(cm: Sequence[Sequence[int]]) -> float:
@@ -96,3 +104,47 @@ def top_losses(
         )
         for i in order
     ]
+
+
+@dataclass
+class ErrorAnalysis:
+    """Everything ``evaluate`` and the report show about where a model goes wrong."""
+
+    balanced_accuracy: float
+    macro_f1: float
+    most_confused: list[Confusion]
+    top_losses: list[TopLoss]
+    ece: float  # expected calibration error of the reported probabilities
+    reliability: dict  # convnets.calibration.Reliability.to_dict()
+
+    @classmethod
+    def of(
+        cls,
+        probs: np.ndarray,
+        targets: np.ndarray,
+        ids: Sequence[str],
+        class_names: Sequence[str],
+        cm: Sequence[Sequence[int]],
+        k: int = 16,
+    ) -> ErrorAnalysis:
+        from .calibration import reliability
+
+        rel = reliability(probs, targets)
+        return cls(
+            balanced_accuracy(cm),
+            macro_f1(cm),
+            most_confused(cm, class_names, k=10),
+            top_losses(probs, targets, ids, class_names, k=k),
+            rel.ece,
+            rel.to_dict(),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
+            "most_confused": [c.to_dict() for c in self.most_confused],
+            "top_losses": [t.to_dict() for t in self.top_losses],
+            "ece": self.ece,
+            "reliability": self.reliability,
+        }
