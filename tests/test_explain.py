@@ -53,6 +53,10 @@ def test_target_layer_is_the_last_conv_stage(name, one_thread):
     cam = grad_cam(model, x, target_class=1)
     assert cam.heatmaps.shape == (2, size, size)
     assert cam.classes == [1, 1] and np.all((cam.heatmaps >= 0) & (cam.heatmaps <= 1))
+    # The one-forward computation at the default layer is Captum's LayerGradCam at target_layer.
+    by_captum = grad_cam(model, x, target_class=1, layer=target_layer(model))
+    assert np.allclose(cam.heatmaps, by_captum.heatmaps, atol=1e-4)
+    assert np.allclose(cam.probs, by_captum.probs, atol=1e-5)
 
 
 def test_named_layer_and_bad_names():

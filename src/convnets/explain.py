@@ -1,9 +1,11 @@
 """Why did the model decide that: Grad-CAM heat maps (Selvaraju et al. 2017) for every model family.
 
 Grad-CAM weights the channels of a late feature map by the gradient of the class score, sums them
-and keeps the positive part: where in the image the evidence for that class is. The attribution is
-Captum's :class:`captum.attr.LayerGradCam` (the ``explain`` extra); this module chooses the layer,
-feeds the model its input and turns the maps into pictures.
+and keeps the positive part: where in the image the evidence for that class is. At the default
+layer the maps are computed here through the ``ConvNet`` contract (one forward; Captum would need a
+second one to learn the predicted class first, 1.9x the time in ``bench/explain.py``); at any other
+layer (``--layer``) they are Captum's :class:`captum.attr.LayerGradCam` (the ``explain`` extra).
+The test suite checks that both give the same maps at the default layer.
 
 The layer is the **last convolutional stage**: the module whose output is the model's
 ``forward_features(x)`` (the ``ConvNet`` contract in ``models/base.py``), per family:
@@ -100,24 +102,58 @@ def grad_cam(
     layer: nn.Module | str | None = None,
 ) -> GradCamResult:
     """Grad-CAM maps of a normalised batch ``images`` (N, C, H, W) for ``target_class`` (one class
-    for all, one per image, or ``None``: each image's predicted class).
+    for all, one per image, or ``None``: each image's predicted class), read at ``layer`` (default:
+    the last conv stage).
 
     Each map is upsampled bilinearly to (H, W) and scaled to [0, 1] by its own maximum (an all-zero
     map, no positive evidence anywhere, stays zero).
     """
     import torch
-    from torch import nn
-
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError as e:
-        raise ImportError("Grad-CAM needs Captum: pip install 'convnets[explain]'") from e
+    import torch.nn.functional as F
 
     model = model.eval()
-    module = layer if isinstance(layer, nn.Module) else target_layer(model, layer)
-    with torch.no_grad():
-        logits = model(images).float()
-    probs = torch.softmax(logits, 1)
+    size = tuple(images.shape[-2:])
+    # Gradients even when the caller is inside torch.inference_mode / no_grad.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images.detach().clone()
+        if layer is None:
+            # The last conv stage is the ConvNet contract's forward_features output, so one forward
+            # gives the activations, the logits and (before any backward) the predicted class.
+            # Captum's LayerGradCam needs the target class before its own forward: for "explain the
+            # prediction" that is a second forward, 1.9x the time in bench/explain.py.
+            with torch.no_grad():
+                activations = model.forward_features(x)
+            activations.requires_grad_(True)
+            logits = model.forward_head(activations).float()
+            probs, classes, predicted = _targets(logits, target_class)
+            score = logits.gather(1, torch.tensor(classes).view(-1, 1)).sum()
+            (grads,) = torch.autograd.grad(score, activations)
+            cam = (grads.mean((2, 3), keepdim=True) * activations).sum(1, keepdim=True).clamp_min(0)
+            cam = F.interpolate(cam.detach().float(), size=size, mode="bilinear", align_corners=False)
+        else:
+            try:
+                from captum.attr import LayerAttribution, LayerGradCam
+            except ImportError as e:
+                raise ImportError(
+                    "Grad-CAM at a chosen layer needs Captum: pip install 'convnets[explain]'"
+                ) from e
+            module = layer if isinstance(layer, torch.nn.Module) else target_layer(model, layer)
+            with torch.no_grad():
+                probs, classes, predicted = _targets(model(x).float(), target_class)
+            cam = LayerGradCam(model, module).attribute(
+                x.requires_grad_(True), target=classes, relu_attributions=True
+            )
+            cam = LayerAttribution.interpolate(cam.detach(), size, interpolate_mode="bilinear")
+    maps = cam.sum(1).float().clamp_min(0)  # (N, H, W); one channel already, the sum drops it
+    peak = maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return GradCamResult((maps / peak).cpu().numpy(), classes, predicted, probs.detach().cpu().numpy())
+
+
+def _targets(logits: torch.Tensor, target_class: int | Sequence[int] | None):
+    """(softmax probabilities, the class each map explains, the predicted classes)."""
+    import torch
+
+    probs = torch.softmax(logits.detach(), 1)
     predicted = probs.argmax(1).tolist()
     n, num_classes = probs.shape
     if target_class is None:
@@ -128,15 +164,7 @@ def grad_cam(
         classes = [int(c) for c in target_class]
     if len(classes) != n or not all(0 <= c < num_classes for c in classes):
         raise ValueError(f"target_class: need {n} class indices in [0, {num_classes})")
-    # Captum needs gradients even when the caller is inside torch.inference_mode / no_grad.
-    with torch.inference_mode(False), torch.enable_grad():
-        x = images.detach().clone().requires_grad_(True)
-        cam = LayerGradCam(model, module).attribute(x, target=classes, relu_attributions=True)
-        size = tuple(images.shape[-2:])
-        cam = LayerAttribution.interpolate(cam.detach(), size, interpolate_mode="bilinear")
-    maps = cam.sum(1).float().clamp_min(0)  # (N, H, W); one channel already, the sum drops it
-    peak = maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-    return GradCamResult((maps / peak).cpu().numpy(), classes, predicted, probs.cpu().numpy())
+    return probs, classes, predicted
 
 
 # --- pictures --------------------------------------------------------------------------------------
