@@ -181,7 +181,7 @@ def plot_reliability(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     first = next(iter(curves.values()))
     centres = [(a + b) / 2 for a, b in zip(first.edges[:-1], first.edges[1:])]
     total = max(sum(first.counts), 1)
