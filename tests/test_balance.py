@@ -51,14 +51,6 @@ def _grey_folder(root, counts, seed):
     return root
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_balance_raises_the_minority_recall_on_a_10_to_1_set(tmp_path, one_thread, capsys):
     from convnets.evaluate import evaluate
     from convnets.train import train

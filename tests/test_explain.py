@@ -28,15 +28,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    # A shared, busy CPU: one thread trains these tiny models fastest (12x faster than 2 under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_target_layer_is_the_last_conv_stage(name, one_thread):
     spec = dict(FAMILIES[name])
