@@ -235,3 +235,50 @@ def test_exported_model_gives_the_same_features_and_flags(patch_run):
     assert flagged == [True] * 6 + [False] * 3
     assert rows[0].top[0].label == "unknown" and "model_top" in rows[0].extra["ood"]
     assert "ood" not in rows[-1].extra
+
+
+def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
+    """End to end through the CLI: train fitted the detector; predict flags a third kind (torch and
+    exported paths), --reject-ood answers unknown, evaluate --calibrate stores a temperature that
+    predict then applies."""
+    from convnets.cli import main
+    from convnets.runs import RunConfig
+
+    run = patch_run / "run"
+    others = _third_kind(patch_run / "others_cli", n=3)
+    own = sorted((patch_run / "data" / "blue").glob("*.png"))[:2]
+    files = [str(f) for f in (*others, *own)]
+    for backend in ("eager", "auto"):
+        assert main(["predict", str(run), *files, "--json", "--backend", backend]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["ood"]["flagged"] for r in rows] == [True, True, True, False, False], backend
+        assert rows[3]["top"][0]["class"] == "blue"
+    assert main(["predict", str(run), *files, "--reject-ood"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert all(": unknown" in line for line in lines[:3]) and "blue" in lines[3]
+    assert "3 of 5 image(s) look unlike the training data" in out.err
+
+    one = ["predict", str(run), files[3], "--json", "--backend", "eager"]
+    before = json.loads(_run_cli(main, capsys, one))
+    ev = patch_run / "ev"
+    assert main(["evaluate", str(run), str(patch_run / "data"), "--calibrate", "--out", str(ev)]) == 0
+    text = capsys.readouterr().out
+    assert "temperature" in text and "ECE" in text and "balanced accuracy" in text
+    config = RunConfig.read(run)
+    assert config.temperature is not None
+    metrics = json.loads((ev / "metrics.json").read_text())
+    keys = {"balanced_accuracy", "macro_f1", "most_confused", "top_losses", "calibration", "ood"}
+    assert keys <= set(metrics)
+    assert (ev / "reliability.png").is_file()
+    after = json.loads(_run_cli(main, capsys, one))
+    from convnets.calibration import apply_temperature
+
+    p = before[0]["top"][0]["prob"]
+    expected = apply_temperature(np.array([[p, 1 - p]]), config.temperature)[0, 0]
+    assert after[0]["top"][0]["prob"] == pytest.approx(float(expected), abs=1e-4)
+
+
+def _run_cli(main, capsys, argv):
+    assert main(argv) == 0
+    return capsys.readouterr().out
