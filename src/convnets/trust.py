@@ -193,6 +193,27 @@ class RunTrust:
                 row.top = [ClassProb(UNKNOWN, 1.0)]
 
 
+    def annotate_torch(self, model, x, rows: list, reject: bool = False) -> None:
+        """:meth:`annotate` with the features of the normalised batch ``x`` from the eager model."""
+        from .ood import features_and_logits
+
+        if self.detector is not None and rows:
+            self.annotate(rows, features_and_logits(model, x)[1].numpy(), reject)
+
+    def ood_summary(self, features: np.ndarray) -> dict | None:
+        """How many of an evaluated set's images the detector flags (None without a detector)."""
+        if self.detector is None or len(features) == 0:
+            return None
+        flagged = self.detector.score(features) > self.detector.threshold
+        return {
+            "flagged": int(flagged.sum()),
+            "n": len(flagged),
+            "share": float(flagged.mean()),
+            "threshold": self.detector.threshold,
+            "flagged_index": [int(i) for i in np.flatnonzero(flagged)],
+        }
+
+
 def ood_warning(rows: list) -> str | None:
     """The text-output warning for rows flagged as unlike the training data (None when none are)."""
     flagged = [r for r in rows if r.extra.get("ood", {}).get("flagged")]
