@@ -192,7 +192,6 @@ class RunTrust:
                 flag["model_top"] = [c.to_dict() for c in row.top]
                 row.top = [ClassProb(UNKNOWN, 1.0)]
 
-
     def annotate_torch(self, model, x, rows: list, reject: bool = False) -> None:
         """:meth:`annotate` with the features of the normalised batch ``x`` from the eager model."""
         from .ood import features_and_logits
