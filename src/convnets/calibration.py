@@ -164,13 +164,9 @@ def plot_reliability(
 ) -> Path:
     """Accuracy against confidence per bin for each named curve (e.g. before/after temperature),
     the diagonal (perfect calibration), and the share of images per bin below."""
-    from matplotlib.figure import Figure
+    from .plots import pyplot, save_figure
 
-    from .atomic import atomic_write_bytes
-    from .explain import figure_png
-
-    fig = Figure(figsize=(5.2, 5.6))
-    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, hist) = pyplot().subplots(2, 1, figsize=(5.2, 5.6), sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     for (name, rel), marker in zip(curves.items(), "os^D"):
         pts = [(c, a) for c, a in zip(rel.confidence, rel.accuracy) if c is not None]
@@ -189,4 +185,4 @@ def plot_reliability(
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("share")
     fig.tight_layout()
-    return atomic_write_bytes(Path(path), figure_png(fig))
+    return Path(save_figure(fig, path))

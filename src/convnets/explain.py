@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where it is used: the pictures and figure_png do without it
+if TYPE_CHECKING:  # torch is imported where it is used: the pictures do without it
     import torch
     from torch import nn
 
@@ -189,29 +189,17 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, caption: str = "") -> Path:
     """The image and its overlay side by side, with ``caption`` above (a PNG, written atomically)."""
-    from matplotlib.figure import Figure
+    from .plots import pyplot, save_figure
 
-    from .atomic import atomic_write_bytes
-
-    fig = Figure(figsize=(6.4, 3.6))
-    for i, (arr, title) in enumerate(((image, "input"), (overlay(image, heatmap), "Grad-CAM"))):
-        ax = fig.add_subplot(1, 2, i + 1)
+    fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.6))
+    for ax, arr, title in zip(axes, (image, overlay(image, heatmap)), ("input", "Grad-CAM")):
         ax.imshow(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr, cmap="gray")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     if caption:
         fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
-    return atomic_write_bytes(Path(path), figure_png(fig))
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib Figure as PNG bytes (no pyplot: safe outside the main thread)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return Path(save_figure(fig, path))
 
 
 def overlays(

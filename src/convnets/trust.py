@@ -24,7 +24,7 @@ from .runs import OODConfig, RunConfig
 
 __all__ = ["UNKNOWN", "RunTrust", "TrustFit", "calibrate_run", "ood_warning", "split_features"]
 
-RELIABILITY_FILE = "reliability.png"
+CALIBRATION_FILE = "calibration.png"  # reliability before/after the fitted temperature
 
 
 @dataclass
@@ -122,7 +122,8 @@ def calibrate_run(
     """Fit the temperature (on the validation split) and/or the OOD detector (centres on the training
     split, threshold at ``quantile`` of the validation scores) and store them in ``run_dir``.
 
-    Writes ``reliability.png`` (before/after the temperature) into ``out`` (default: the run folder).
+    Writes ``calibration.png`` (reliability before/after the temperature) into ``out`` (default:
+    the run folder).
     """
     from .predictions import softmax
 
@@ -136,14 +137,14 @@ def calibrate_run(
         fit.calibration = Calibration.fit(softmax(feats.val_logits), feats.val_labels)
         config.temperature = fit.calibration.temperature
         path = plot_reliability(
-            Path(out or run_dir) / RELIABILITY_FILE,
+            Path(out or run_dir) / CALIBRATION_FILE,
             {
                 "before": fit.calibration.before,
                 f"T = {fit.calibration.temperature:.2f}": fit.calibration.after,
             },
             title=f"reliability on the validation split (n = {fit.calibration.n})",
         )
-        fit.files["reliability"] = str(path)
+        fit.files["calibration"] = str(path)
     if ood:
         detector = OODDetector.fit(feats.train_features, feats.train_labels, feats.val_features, quantile)
         config.ood = detector.save(run_dir)
@@ -218,10 +219,10 @@ def ood_warning(rows: list) -> str | None:
     flagged = [r for r in rows if r.extra.get("ood", {}).get("flagged")]
     if not flagged:
         return None
-    return (
-        f"warning: {len(flagged)} of {len(rows)} image(s) look unlike the training data (marked [ood]); "
-        "their classes are guesses (--reject-ood answers 'unknown' for them)"
-    )
+    what = f"warning: {len(flagged)} of {len(rows)} image(s) look unlike the training data"
+    if all(r.top and r.top[0].label == UNKNOWN for r in flagged):
+        return f"{what}: answered {UNKNOWN}"
+    return f"{what} (marked [ood]): their classes are guesses (--reject-ood answers {UNKNOWN} for them)"
 
 
 def annotate_exported(run_dir: str | os.PathLike, rows: list, reject: bool = False) -> RunTrust:
