@@ -145,7 +145,8 @@ class RunConfig:
         out["mean"] = list(self.mean) if self.mean is not None else None
         out["std"] = list(self.std) if self.std is not None else None
         out["data"] = asdict(self.data) if self.data is not None else None
-        out["best"] = asdict(self.best) if self.best is not None else None
+        if self.best is not None:  # val_bal_acc only where classes were imbalanced
+            out["best"] = {k: v for k, v in asdict(self.best).items() if k != "val_bal_acc" or v is not None}
         out["ood"] = asdict(self.ood) if self.ood is not None else None
         return {**out, **self.extra}
 
