@@ -282,3 +282,20 @@ def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
 def _run_cli(main, capsys, argv):
     assert main(argv) == 0
     return capsys.readouterr().out
+
+
+def test_report_shows_heat_maps_of_mistakes_calibration_and_ood(patch_run):
+    import shutil
+
+    from convnets.report import report
+
+    # A folder where two images sit under the wrong class: two sure mistakes to explain.
+    data = _write_patch_folder(patch_run / "swapped", 12, seed=7)
+    red, blue = sorted((data / "red").glob("*.png")), sorted((data / "blue").glob("*.png"))
+    shutil.move(red[0], data / "blue" / "moved-red.png")
+    shutil.move(blue[0], data / "red" / "moved-blue.png")
+    page = report(patch_run / "run", patch_run / "report.html", data=data, backend="eager").read_text()
+    for heading in ("Why: the worst mistakes with their heat maps", "Error analysis", "Calibration",
+                    "Unlike the training data", "balanced accuracy", "top losses"):
+        assert heading in page, heading
+    assert "moved-red.png" in page and "moved-blue.png" in page  # the top losses name the files

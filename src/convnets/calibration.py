@@ -15,9 +15,7 @@ the logits by a constant per row, and softmax ignores such constants, so
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -159,11 +157,10 @@ class Calibration:
         return {**out, "reliability_before": self.before.to_dict(), "reliability_after": self.after.to_dict()}
 
 
-def plot_reliability(
-    path: str | os.PathLike, curves: dict[str, Reliability], title: str = "reliability diagram"
-) -> Path:
+def plot_reliability(path, curves: dict[str, Reliability], title: str = "reliability diagram"):
     """Accuracy against confidence per bin for each named curve (e.g. before/after temperature),
-    the diagonal (perfect calibration), and the share of images per bin below."""
+    the diagonal (perfect calibration), and the share of images per bin below. ``path``: a file path
+    (written atomically) or a binary file object; returned."""
     from .plots import pyplot, save_figure
 
     fig, (ax, hist) = pyplot().subplots(2, 1, figsize=(5.2, 5.6), sharex=True, height_ratios=[3, 1])
@@ -185,4 +182,4 @@ def plot_reliability(
     hist.set_xlabel("confidence (top-1 probability)")
     hist.set_ylabel("share")
     fig.tight_layout()
-    return Path(save_figure(fig, path))
+    return save_figure(fig, path)
