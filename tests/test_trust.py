@@ -271,6 +271,9 @@ def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
     keys = {"balanced_accuracy", "macro_f1", "most_confused", "top_losses", "calibration", "ood"}
     assert keys <= set(metrics)
     assert (ev / "reliability.png").is_file()
+    from pathlib import Path
+
+    assert metrics["top_losses"] and all(Path(t["id"]).is_file() for t in metrics["top_losses"])
     after = json.loads(_run_cli(main, capsys, one))
     from convnets.calibration import apply_temperature
 

@@ -180,11 +180,15 @@ def _eval_batches(
     if loader is None:
         raise ValueError(f"{data}: no validation subset to evaluate on")
 
+    # The validation loader keeps its order: its file names name the images (top losses, mistakes).
+    names = [str(n) for n in getattr(loader, "file_paths", None) or []]
+
     def loader_iter() -> Iterator[_Batch]:
         seen = 0
         for batch in loader:
             x, y = batch[0], batch[1]
-            yield _Batch(x, y.long(), [f"{data}[val {seen + i}]" for i in range(len(y))])
+            at = range(seen, seen + len(y))
+            yield _Batch(x, y.long(), [names[i] if i < len(names) else f"{data}[val {i}]" for i in at])
             seen += len(y)
 
     what = "the run's validation subset" if own_source else "the validation subset"
