@@ -70,13 +70,13 @@ def test_no_mistakes_leaves_the_temperature_at_one():
 
 def test_ood_detector_on_gaussian_clusters(tmp_path):
     rng = np.random.default_rng(0)
-    centres = np.array([[0.0] * 16, [6.0] * 16])
+    centres = np.array([[4.0] * 16, [4.0, -4.0] * 8])  # two directions (the detector sees directions)
     y = rng.integers(0, 2, 400)
     x = centres[y] + rng.normal(0, 1, (400, 16))
     val = centres[rng.integers(0, 2, 200)] + rng.normal(0, 1, (200, 16))
     det = OODDetector.fit(x, y, val)
     assert (det.score(val) <= det.threshold).mean() == pytest.approx(0.95, abs=0.01)
-    far = rng.normal(0, 1, (100, 16)) + np.array([3.0, -3.0] * 8)  # between and off the axis
+    far = rng.normal(0, 1, (100, 16)) + np.array([-4.0] * 16)  # the opposite direction
     assert (det.score(far) > det.threshold).mean() > 0.95
 
     from convnets.runs import RunConfig

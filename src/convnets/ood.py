@@ -2,11 +2,11 @@
 
 A classifier always answers with one of its classes: a flower model shown a hot dog says "roses 0.91".
 Softmax confidence is a poor alarm (it is high far from the data too), so the detector looks at the
-penultimate features instead (the pooled vector entering the last Linear): the Mahalanobis distance
-to the nearest training class centre under one shared covariance (Lee et al. 2018, "A simple unified
-framework for detecting out-of-distribution samples"). The covariance is Ledoit-Wolf shrunk
-(scikit-learn): a run has far fewer training images than feature dimensions, and the plain estimate
-would be singular.
+penultimate features instead (the pooled vector entering the last Linear), scaled to unit length:
+the Mahalanobis distance to the nearest training class centre under one shared covariance (Lee et
+al. 2018, "A simple unified framework for detecting out-of-distribution samples"). The covariance
+is Ledoit-Wolf shrunk (scikit-learn): a run has far fewer training images than feature dimensions,
+and the plain estimate would be singular.
 
 The threshold is the ``quantile`` (0.95) of the validation images' scores, so about 95% of images
 like the training data pass; anything further than that is flagged ``ood``.
@@ -28,7 +28,16 @@ from .runs import OOD_FILE, OODConfig
 
 __all__ = ["OODDetector", "features_and_logits", "ood_field"]
 
-METHOD = "mahalanobis"
+METHOD = "mahalanobis-l2"
+
+
+def _unit(features: np.ndarray) -> np.ndarray:
+    """Features scaled to unit length: the direction, not the size, of the activation pattern.
+    Measured on the alpaca run (mobilenet_v2): noise and chart images have smaller features than
+    photos and sat *closer* to the class centres than the threshold without this (0.94x of it); with
+    it they score 1.14-1.19x the threshold and are flagged."""
+    f = np.asarray(features, dtype=np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -52,7 +61,7 @@ class OODDetector:
         ``quantile`` of the validation scores (or of the training scores when there is no validation)."""
         from sklearn.covariance import LedoitWolf
 
-        x = np.asarray(train_features, dtype=np.float64)
+        x = _unit(train_features)
         y = np.asarray(train_labels, dtype=np.int64)
         if len(x) < 2:
             raise ValueError("fitting the OOD detector needs at least two training images")
@@ -72,7 +81,7 @@ class OODDetector:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance to the nearest class centre (in units of the training spread): (N,)."""
-        f = np.asarray(features, dtype=np.float64)
+        f = _unit(features)
         best = np.full(len(f), np.inf)
         p = self.precision.astype(np.float64)
         for centre in self.centres.astype(np.float64):

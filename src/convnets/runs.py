@@ -68,7 +68,7 @@ class OODConfig:
     """The out-of-distribution detector fitted for the run (``convnets.ood``); its arrays are in
     ``file`` beside config.json."""
 
-    method: str = "mahalanobis"
+    method: str = "mahalanobis-l2"
     threshold: float = 0.0  # scores above it are flagged
     quantile: float = 0.95  # share of the validation images that pass
     file: str = OOD_FILE
