@@ -23,6 +23,7 @@ from .inference import backend_of
 from .ood import features_and_logits
 from .plots import plot_confusion_matrix, plot_image_grid
 from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
+from .runs import RunConfig
 
 __all__ = [
     "ClassMismatchError",
@@ -100,6 +101,37 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
 # --- evaluation data ---------------------------------------------------------------------------
 
 
+def load_run_splits(
+    config: RunConfig, data: str | Path | None = None, *, batch_size: int = 64, own_source: bool = True
+):
+    """``data`` (default: the run's own source) as train/validation loaders without augmentation,
+    normalised with the run's statistics; with ``own_source`` the run's own split, reproduced from
+    config.json (evaluate and the trust fits both read a run's data this way)."""
+    from .data import load_data
+
+    if data is None:
+        if config.data is None:
+            raise ValueError("config.json does not say which data the run was trained on")
+        data = config.data.source
+    mean, std = config.normalization()
+    return load_data(
+        str(data),
+        image_size=config.image_size,
+        in_chans=config.in_chans,
+        val_split=config.data.val_split if config.data is not None else 0.2,
+        seed=config.data.seed if config.data is not None else 0,
+        batch_size=batch_size,
+        augment="none",
+        normalize="auto",  # with mean and std given: exactly the run's statistics
+        mean=mean,
+        std=std,
+        num_workers=0,
+        data_root=config.options.get("data_root"),
+        resize=config.resize if own_source else None,  # None: that dataset's own default
+        split=config.split if own_source else None,
+    )
+
+
 @dataclass
 class _Batch:
     x: torch.Tensor  # normalised: at the model's size, or the base size for ten-crop
@@ -156,25 +188,7 @@ def _eval_batches(
 
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path}: DATA must be a folder of class folders or a dataset name")
-    from .data import load_data
-
-    mean, std = config.normalization()
-    splits = load_data(
-        str(data),
-        image_size=clf.image_size,
-        in_chans=clf.in_chans,
-        val_split=config.data.val_split if config.data is not None else 0.2,
-        seed=config.data.seed if config.data is not None else 0,
-        batch_size=batch_size,
-        augment="none",
-        normalize="auto",  # with mean and std given: exactly the run's statistics
-        mean=mean,
-        std=std,
-        num_workers=0,
-        data_root=config.options.get("data_root"),
-        resize=config.resize if own_source else None,  # None: that dataset's own default
-        split=split if own_source else None,
-    )
+    splits = load_run_splits(config, data, batch_size=batch_size, own_source=own_source)
     check_class_names(clf.class_names, splits.class_names, str(data))
     loader = splits.val
     if loader is None:

@@ -63,32 +63,17 @@ def split_features(run_dir: str | os.PathLike, *, batch_size: int = 64, model=No
     reproduced from config.json."""
     import torch
 
-    from .data import load_data
+    from .evaluate import load_run_splits
     from .ood import features_and_logits
     from .weights import load_run
 
     config = RunConfig.read(run_dir)
     if model is None:
         model, _ = load_run(run_dir)
-    if config.data is None:
-        raise ValueError(f"{run_dir}: config.json does not say which data the run was trained on")
-    mean, std = config.normalization()
-    splits = load_data(
-        config.data.source,
-        image_size=config.image_size,
-        in_chans=config.in_chans,
-        val_split=config.data.val_split,
-        seed=config.data.seed,
-        batch_size=batch_size,
-        augment="none",
-        normalize="auto",  # with mean and std given: exactly the run's statistics
-        mean=mean,
-        std=std,
-        num_workers=0,
-        data_root=config.options.get("data_root"),
-        resize=config.resize,
-        split=config.split,
-    )
+    try:
+        splits = load_run_splits(config, batch_size=batch_size)
+    except ValueError as e:
+        raise ValueError(f"{run_dir}: {e}") from e
 
     def run(loader):
         feats, logits, labels = [], [], []
