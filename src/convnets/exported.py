@@ -135,7 +135,7 @@ class ExportedModel:
     def predict_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, C) views at the run's image size -> probabilities (N, K)."""
         x = np.stack(views).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
-        return softmax(self.logits(x))
+        return softmax(self.logits(x) / (self.config.temperature or 1.0))  # evaluate --calibrate
 
     def read(self, source: ImageSource) -> np.ndarray:
         c = self.config

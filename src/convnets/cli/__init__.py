@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "predict",
+    "explain",
     "ensemble",
     "export",
     "serve",
