@@ -190,6 +190,9 @@ def _build_trainer(
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
+    from ..doctor.duplicates import warn_split_duplicates  # doctor's cheap pre-check (exact copies)
+
+    warn_split_duplicates(splits.split)
     class_names = list(splits.class_names)
     num_classes = len(class_names)
     if num_classes < 2:
