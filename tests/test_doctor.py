@@ -105,6 +105,7 @@ def test_class_counts_imbalance_and_odd_images(tmp_path):
 
 
 def test_label_flips_rank_at_the_top(tmp_path):
+    pytest.importorskip("cleanlab", reason="the label check needs the doctor extra (cleanlab)")
     k = 4
     data = make_planted(
         tmp_path / "flips", classes=3, per_class=30, test_per_class=0, copies_per_kind=0, conflicts=0, flips=k

@@ -97,6 +97,9 @@ def diagnose(
             "near_similarity": near_threshold,
             "phash_candidate_bits": dup.CANDIDATE_BITS,
             "max_crop": dup.MAX_CROP,
+            "screen_ncc_8x8": dup.SCREEN_NCC,
+            "colour_limit": dup.COLOUR_LIMIT,
+            "worst_block_limit": dup.WORST_BLOCK_LIMIT,
             "tiny_side": TINY_SIDE,
             "aspect_limit": ASPECT_LIMIT,
         },
@@ -127,7 +130,7 @@ def _duplicates(scan: ScanResult, near: bool, threshold: float) -> tuple[list[Du
     representatives = [r for r in range(len(images)) if r not in in_group]
     groups = [DuplicateGroup("exact", [_ref(images[i]) for i in g]) for g in exact]
     if near and len(representatives) > 1:
-        matches = dup.near_duplicates(scan.grey[representatives], threshold)
+        matches = dup.near_duplicates(scan.grey[representatives], scan.rgb[representatives], threshold)
         weakest: dict[int, float] = {}
         comps = dup.components(len(representatives), [(m.a, m.b) for m in matches])
         root_of = {member: min(c) for c in comps for member in c}

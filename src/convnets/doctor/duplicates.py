@@ -11,16 +11,25 @@ Near duplicates (re-encoded, resized, slightly cropped copies) in two steps:
    computed here with numpy/scipy on the stacked thumbnails the decode pass kept, because hashing
    10,000 thumbnails in one array call is much faster than 10,000 PIL -> imagehash calls, and every
    pair's Hamming distance is one XOR + popcount over a block of rows. A pair is a candidate within
-   ``CANDIDATE_BITS`` bits (22 of 64: on 1,191 real photos a 5% crop from one corner moved the hash
-   by at most 22 bits; re-encoding and resizing by at most 6).
+   ``CANDIDATE_BITS`` bits (18 of 64). Measured on 1,191 real photos (alpaca + SIGNS train): JPEG
+   re-encoding moved the hash by at most 8 bits, resizing by 2, a 5% crop split between opposite
+   edges by at most 18 (none missed), 5% cut from one corner on both axes by more than 18 in 5 of
+   1,191 (0.4% missed). Two unrelated pictures land within 18 bits with probability ~4e-4 (random
+   bits); pictures sharing a colour gradient land there more often (95,000 candidate pairs among
+   10,000 synthetic gradients-and-shapes pictures), so a plain NCC of 8x8 thumbnails >= ``SCREEN_NCC``
+   (0.6) screens them first: at 8x8 a 5% crop moves the content by under half a pixel (copies
+   measured >= 0.67), and most gradient-sharing pairs fall below it.
 2. **Verification**, so that similar-looking distinct images are not flagged: the normalised
-   cross-correlation (NCC) of the two 32x32 grey thumbnails after *registration*: one image is
-   cropped by up to 12% per axis (in 2% steps, the crop estimated separately per axis from row and
-   column intensity profiles) and resampled onto the other, both directions tried. A pair is a near
-   duplicate at NCC >= ``NEAR_THRESHOLD``. Measured on 1,191 real photos (alpaca + SIGNS, see
-   ``bench/doctor.py --calibrate``): re-encoded (JPEG q40), half-size and 5% cropped copies score above it,
-   and distinct photos below it except consecutive burst shots of the same scene, which are near
-   duplicates in the sense that matters here (one in train and one in val inflates validation).
+   cross-correlation (NCC) of the two grey thumbnails after *registration*: one image is
+   cropped by up to 12% per axis (1% steps; the crop estimated per axis from row and column
+   intensity profiles) and resampled onto the other, both directions tried. A pair is a near
+   duplicate at NCC >= ``NEAR_THRESHOLD`` (0.95) at 64x64 with no 1/8 x 1/8 block differing by more
+   than ``WORST_BLOCK_LIMIT``. Measured on 1,191 real photos (alpaca + SIGNS train; ``python
+   bench/doctor.py --calibrate``): JPEG q40, half-size and 5%/10% cropped copies scored at least
+   0.955. Distinct photos score below it except near-identical shots of one scene taken seconds
+   apart (SIGNS has many: the same hand, a finger moved): those are near duplicates in the sense that
+   matters here (one in train and its twin in val inflates the validation score), and the worst-block
+   limit drops the ones where something visibly moved.
 """
 
 from __future__ import annotations
@@ -34,11 +43,13 @@ from functools import lru_cache
 
 import numpy as np
 
-CANDIDATE_BITS = 22  # pHash Hamming distance (of 64) for a pair to be verified
+CANDIDATE_BITS = 18  # pHash Hamming distance (of 64) for a pair to be verified
 NEAR_THRESHOLD = 0.95  # registered NCC of 64x64 grey thumbnails for a verified near duplicate
 WORST_BLOCK_LIMIT = 0.8  # ... and the largest standardised squared difference in any 1/8 x 1/8 block
 MAX_CROP = 0.12  # largest crop per axis the registration tries (fraction of the side)
 CROP_STEP = 0.01
+SCREEN_NCC = 0.6  # plain NCC of 8x8 thumbnails a candidate needs before registration
+COLOUR_LIMIT = 20.0  # mean absolute difference of 4x4 RGB thumbnails (0..255) a candidate may have
 VERIFY_SIZE = 64  # thumbnail side for the final score
 PREFILTER_SIZE = 32
 PREFILTER_THRESHOLD = 0.9  # at 32x32: below this a pair is not scored at VERIFY_SIZE
@@ -225,16 +236,45 @@ def similarity(grey: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndar
     return out, worst
 
 
+def _screen(grey: np.ndarray, pairs: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
+    """Cheap tests a candidate pair must pass before registration:
+
+    * plain NCC of 8x8 grey thumbnails >= ``SCREEN_NCC``: at 8x8 a 5% crop moves the content by
+      under half a pixel, so copies pass (the lowest measured: 0.67, 5% off one corner), while most
+      pairs that merely share a colour gradient do not;
+    * with ``rgb`` (N, S, S, 3) thumbnails: mean absolute difference of 4x4 RGB thumbnails <=
+      ``COLOUR_LIMIT`` (0..255). The grey checks cannot tell a red picture from a blue one with the
+      same layout; copies measured at most 16 (5% off one corner), distinct look-alikes from 25 up.
+    """
+    tiny = _znorm(_pool(grey, 8).reshape(len(grey), 64))
+    colour = None
+    if rgb is not None:
+        n, s = rgb.shape[:2]
+        colour = rgb.astype(np.float32).reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4)).reshape(n, 48)
+    keep = np.empty(len(pairs), bool)
+    step = 65536
+    for s in range(0, len(pairs), step):
+        a, b = pairs[s : s + step, 0], pairs[s : s + step, 1]
+        ok = np.einsum("pi,pi->p", tiny[a], tiny[b]) >= SCREEN_NCC
+        if colour is not None:
+            ok &= np.abs(colour[a] - colour[b]).mean(axis=1) <= COLOUR_LIMIT
+        keep[s : s + step] = ok
+    return keep
+
+
 def near_duplicates(
     grey: np.ndarray,
+    rgb: np.ndarray | None = None,
     threshold: float = NEAR_THRESHOLD,
     candidate_bits: int = CANDIDATE_BITS,
     hashes: np.ndarray | None = None,
 ) -> list[Match]:
-    """Verified near-duplicate pairs among (N, S, S) grey thumbnails (pass one row per exact group)."""
+    """Verified near-duplicate pairs among (N, S, S) grey thumbnails (pass one row per exact group;
+    ``rgb``, the same rows' colour thumbnails, adds the colour screen)."""
     if hashes is None:
         hashes = phash(grey)
     pairs = hamming_candidates(hashes, candidate_bits)
+    pairs = pairs[_screen(grey, pairs, rgb)]
     if len(pairs) == 0:
         return []
     sims, worst = similarity(grey, pairs)
