@@ -176,10 +176,8 @@ def speed(args) -> str:
 
 
 def calibrate(args) -> str:
-    from PIL import Image
-
     from convnets.doctor import duplicates as d
-    from convnets.doctor.scan import GREY_SIZE, decode_rgb
+    from convnets.doctor.scan import decode_rgb, thumbnails
     from convnets.doctor.synthetic import make_copy
 
     files = sorted((SHARED / "alpaca").glob("*/*.jpg")) + sorted((SHARED / "signs" / "train").glob("*/*.jpg"))
@@ -187,56 +185,56 @@ def calibrate(args) -> str:
         raise SystemExit(f"no photos under {SHARED}: --calibrate needs ../shared/data")
     rng = np.random.default_rng(0)
 
-    def grey(im) -> np.ndarray:
-        return np.asarray(im.resize((GREY_SIZE, GREY_SIZE), Image.BILINEAR, reducing_gap=2.0).convert("L"))
-
     def corner(im):
         w, h = im.size
         return im.crop((int(0.05 * w), int(0.05 * h), w, h))
 
-    orig, copies = [], {"jpeg": [], "resized": [], "cropped 5%": [], "cropped 5% one corner": []}
+    kinds = {
+        "JPEG q40-70": lambda im: make_copy(im, "jpeg", rng)[0],
+        "resized x0.5-1.5": lambda im: make_copy(im, "resized", rng)[0],
+        "5% cropped (split between edges)": lambda im: make_copy(im, "cropped", rng)[0],
+        "5% cropped from one corner": corner,
+    }
+    orig = [thumbnails(decode_rgb(str(f))[1]) for f in files]
+    n = len(orig)
+    copies = {kind: [] for kind in kinds}
     for f in files:
         im = decode_rgb(str(f))[1]
-        orig.append(grey(im))
-        copies["jpeg"].append(grey(make_copy(im, "jpeg", rng)[0]))
-        copies["resized"].append(grey(make_copy(im, "resized", rng)[0]))
-        copies["cropped 5%"].append(grey(make_copy(im, "cropped", rng)[0]))
-        copies["cropped 5% one corner"].append(grey(corner(im)))
-    orig = np.stack(orig)
-    n = len(orig)
-    hashes = d.phash(orig)
+        for kind, make in kinds.items():
+            copies[kind].append(thumbnails(make(im)))
+    grey, rgb = np.stack([g for g, _ in orig]), np.stack([c for _, c in orig])
+    hashes = d.phash(grey)
     rows = [
         f"Near-duplicate calibration on {n} real photos (alpaca + SIGNS train, `python bench/doctor.py "
-        f"--calibrate`): each photo against its copy; thresholds pHash <= {d.CANDIDATE_BITS} bits, "
-        f"similarity >= {d.NEAR_THRESHOLD}, worst block <= {d.WORST_BLOCK_LIMIT}.",
+        f"--calibrate`): each photo against a copy of it, through every test doctor applies (pHash <= "
+        f"{d.CANDIDATE_BITS} bits, 8x8 NCC >= {d.SCREEN_NCC}, 4x4 colour difference <= {d.COLOUR_LIMIT}, "
+        f"registered similarity >= {d.NEAR_THRESHOLD}, worst block <= {d.WORST_BLOCK_LIMIT}).",
         "",
         "| copy | pHash bits p99 / max | similarity min / p1 | worst block p99 / max | found |",
         "|---|---|---|---|---|",
     ]
-    for kind, g in copies.items():
-        g = np.stack(g)
-        bits = np.bitwise_count(hashes ^ d.phash(g))
-        sim, worst = d.similarity(
-            np.concatenate([orig, g]), np.stack([np.arange(n), np.arange(n) + n], axis=1)
-        )
-        ok = (bits <= d.CANDIDATE_BITS) & (sim >= d.NEAR_THRESHOLD) & (worst <= d.WORST_BLOCK_LIMIT)
+    pairs = np.stack([np.arange(n), np.arange(n) + n], axis=1)
+    for kind, thumbs in copies.items():
+        g2, c2 = np.stack([g for g, _ in thumbs]), np.stack([c for _, c in thumbs])
+        both_g, both_c = np.concatenate([grey, g2]), np.concatenate([rgb, c2])
+        bits = np.bitwise_count(hashes ^ d.phash(g2))
+        sim, worst = d.similarity(both_g, pairs)
+        ok = (bits <= d.CANDIDATE_BITS) & d._screen(both_g, pairs, both_c)
+        ok &= (sim >= d.NEAR_THRESHOLD) & (worst <= d.WORST_BLOCK_LIMIT)
         rows.append(
             f"| {kind} | {np.percentile(bits, 99):.0f} / {bits.max()} | {sim.min():.3f} / "
             f"{np.percentile(sim, 1):.3f} | {np.percentile(worst, 99):.2f} / {worst.max():.2f} | "
             f"{ok.sum()}/{n} ({ok.mean():.1%}) |"
         )
     t = time.perf_counter()
-    pairs = d.hamming_candidates(hashes)
-    sim, worst = d.similarity(orig, pairs)
+    matches = d.near_duplicates(grey, rgb)
     seconds = time.perf_counter() - t
-    exact = sim > 0.9999
-    flagged = (sim >= d.NEAR_THRESHOLD) & (worst <= d.WORST_BLOCK_LIMIT) & ~exact
+    exact = sum(m.similarity > 0.9999 for m in matches)
     rows += [
         "",
-        f"Distinct photos: {len(pairs):,} candidate pairs (of {n * (n - 1) // 2:,}; {exact.sum()} exact "
-        f"copies among them), verified in {seconds:.1f} s; {flagged.sum()} pairs flagged as near "
-        f"duplicates, {(sim >= d.NEAR_THRESHOLD).sum() - exact.sum()} before the worst-block limit "
-        "(SIGNS holds many shots of one hand seconds apart).",
+        f"Distinct photos: {len(d.hamming_candidates(hashes)):,} pHash candidate pairs of "
+        f"{n * (n - 1) // 2:,}; `near_duplicates` took {seconds:.1f} s and flagged {len(matches) - exact} "
+        f"pairs besides {exact} exact copies (SIGNS holds many shots of one hand seconds apart).",
     ]
     return "\n".join(rows)
 

@@ -213,11 +213,15 @@ def inspect_image(path: str) -> tuple[dict, np.ndarray, np.ndarray]:
     """One full decode: header facts, decoded-pixel hash and the two thumbnails."""
     facts, rgb = decode_rgb(path)
     facts["pixel_hash"] = pixel_hash(rgb)
-    # Shrink once to the grey size (Pillow reduces big images by box filter first), derive the rest.
+    return (facts, *thumbnails(rgb))
+
+
+def thumbnails(rgb: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(GREY_SIZE² grey, RGB_SIZE² colour) uint8 thumbnails of an RGB image, squashed to squares:
+    one resize to the grey size (Pillow reduces big images by box filter first), the rest from it."""
     small = rgb.resize((GREY_SIZE, GREY_SIZE), Image.BILINEAR, reducing_gap=2.0)
     grey = np.asarray(small.convert("L"), dtype=np.uint8)
-    colour = np.asarray(small.resize((RGB_SIZE, RGB_SIZE), Image.BOX), dtype=np.uint8)
-    return facts, grey, colour
+    return grey, np.asarray(small.resize((RGB_SIZE, RGB_SIZE), Image.BOX), dtype=np.uint8)
 
 
 def _progress(total: int, desc: str):
