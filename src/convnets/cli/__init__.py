@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "explain",
+    "doctor",
     "ensemble",
     "export",
     "serve",

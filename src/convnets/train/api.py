@@ -267,6 +267,9 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
+    from ..doctor.duplicates import warn_split_duplicates  # doctor's cheap pre-check (exact copies)
+
+    warn_split_duplicates(splits.split)
     if len(splits.class_names) < 2:
         raise TrainConfigError(
             f"DATA {data}: found {len(splits.class_names)} class; classification needs at least 2"
