@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+# Option lists shared with the CLI, defined where importing them costs nothing (`--help` skips numpy).
+# BACKENDS: what runs the PyTorch model; "auto" picks the fastest that works here (convnets.inference).
+from .backends import TORCH_PATH_CHOICES as BACKENDS  # noqa: F401
+from .backends import TTA_COST, TTA_MODES  # noqa: F401
+
 
 @dataclass(frozen=True)
 class ClassProb:

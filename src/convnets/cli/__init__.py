@@ -10,14 +10,19 @@ import argparse
 import importlib
 import sys
 
+from ..backends import BACKEND_CHOICES, TORCH_PATH_CHOICES, TTA_MODES  # imports nothing: --help stays fast
+
 # Order is the order shown by `convnets --help`.
 COMMAND_MODULES = [
     "demo",
     "train",
     "evaluate",
     "predict",
+    "explain",
+    "doctor",
     "ensemble",
     "export",
+    "serve",
     "report",
     "compare",
     "pick",
@@ -25,6 +30,7 @@ COMMAND_MODULES = [
     "cost_cmd",
     "augment_preview",
     "experiment",
+    "shard",
 ]
 
 
@@ -35,14 +41,6 @@ class CLIError(Exception):
 def add_backend_argument(p: argparse.ArgumentParser, exported: bool = False) -> None:
     """``--backend`` for the commands that run a trained model (predict, evaluate, ensemble, report);
     ``exported``: the command can run the run's exported model on OpenVINO / int8 too (predict)."""
-    from ..backends import BACKEND_CHOICES, TORCH_PATH_CHOICES  # imports nothing: --help stays fast
-
-    more = (
-        "; openvino = OpenVINO (bf16 on CPUs with AMX/AVX512-BF16); int8 = RUN_DIR/model.int8.onnx "
-        "(written by `convnets export RUN --int8`)"
-        if exported
-        else ""
-    )
     p.add_argument(
         "--backend",
         choices=BACKEND_CHOICES if exported else TORCH_PATH_CHOICES,
@@ -51,8 +49,18 @@ def add_backend_argument(p: argparse.ArgumentParser, exported: bool = False) -> 
         "(ONNX Runtime on CPU when installed"
         + (", OpenVINO bf16 or int8 on AMX CPUs" if exported else "")
         + "), else TorchScript with BatchNorm folded; eager = the plain PyTorch model"
-        + more,
+        + (
+            "; openvino = OpenVINO (bf16 on CPUs with AMX/AVX512-BF16); int8 = RUN_DIR/model.int8.onnx "
+            "(written by `convnets export RUN --int8`)"
+            if exported
+            else ""
+        ),
     )
+
+
+def add_tta_argument(p: argparse.ArgumentParser, help: str = "test-time augmentation") -> None:
+    """``--tta`` for the commands that can average over augmented views (predict, evaluate)."""
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,14 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"convnets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:  # a command not written yet
-            if e.name != f"{__package__}.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name in COMMAND_MODULES:  # a missing module is a bug (a typo here): fail loudly
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return parser
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, add_tta_argument
 
 
 def add_parser(subparsers) -> None:
@@ -18,23 +19,31 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--tta", choices=["none", "flip", "10crop"], default="none", help="test-time augmentation")
+    add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
     )
+    p.add_argument(
+        "--reject-ood",
+        action="store_true",
+        help="answer 'unknown' for images unlike the training data (default: answer, flag them [ood])",
+    )
+    p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution check")
+    p.add_argument("--explain", metavar="DIR", default=None, help="also save Grad-CAM heat maps into DIR")
     add_backend_argument(p, exported=True)
     p.set_defaults(func=run)
 
 
-def predict_exported(args: argparse.Namespace) -> list[dict] | None:
+def predict_exported(args: argparse.Namespace) -> list | None:
     """The fast path: the run's exported model without torch (exported once, with torch, on the
     first call). None when ``--backend auto`` cannot use it (ONNX Runtime missing, export failed)."""
     import importlib.util
-    import sys
+    from pathlib import Path
 
     from ..data.images import expand_paths
     from ..exported import EngineError, ExportedModel
+    from ..runs import OOD_FILE
 
     if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
         return None
@@ -49,53 +58,81 @@ def predict_exported(args: argparse.Namespace) -> list[dict] | None:
         if args.backend == "auto":
             return None
         raise CLIError(str(e)) from e
-    except ValueError as e:  # RunFolderError, or an export that failed its parity check
+    except (ValueError, RuntimeError) as e:  # RunFolderError, or an export that failed its parity check
         if args.backend == "auto" and type(e).__name__ == "ExportError":
             print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
             return None
         raise CLIError(str(e)) from e
     rows = model.predict([(f, f) for f in files], args.top_k, args.batch_size, tta=args.tta)
-    return [r.to_dict() for r in rows]
+    if not args.no_ood and (Path(args.run_dir) / OOD_FILE).is_file():
+        from ..trust import annotate_exported
+
+        annotate_exported(args.run_dir, rows, reject=args.reject_ood)
+    return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..backends import EXPORTED_BACKENDS
-
-    if args.top_k < 1:
-        raise CLIError("--top-k must be at least 1")
-    results = None
-    if args.backend in ("auto", *EXPORTED_BACKENDS):
-        results = predict_exported(args)
-    if results is None:
-        results = predict_torch(args)
-    return print_results(results, args)
-
-
-def predict_torch(args: argparse.Namespace) -> list[dict]:
-    from ..evaluate import predict
+def predict_torch(args: argparse.Namespace) -> list:
+    from ..predictor import predict
 
     try:
-        return predict(
+        results = predict(
             args.run_dir,
             args.paths,
             top_k=args.top_k,
             tta=args.tta,
             batch_size=args.batch_size,
             backend=args.backend,
+            ood=not args.no_ood,
+            reject_ood=args.reject_ood,
         )
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        if args.explain:
+            from ..explain import explain_files
+
+            explain_files(args.run_dir, [r.file for r in results if r.error is None], args.explain)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         raise CLIError(str(e).strip("'\"")) from e
+    return results
 
 
-def print_results(results: list[dict], args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from ..backends import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
+
+    if args.top_k < 1:
+        raise CLIError("--top-k must be at least 1")
+    results = None
+    if args.backend in ("auto", *EXPORTED_BACKENDS) and not args.explain:
+        results = predict_exported(args)  # no torch (Grad-CAM, --explain, needs it)
+    elif args.backend not in TORCH_PATH_CHOICES:
+        raise CLIError(f"--explain runs the PyTorch model: use --backend {', '.join(TORCH_PATH_CHOICES)}")
+    if results is None:
+        results = predict_torch(args)
+    return print_results(results, args)
+
+
+def print_results(results: list, args: argparse.Namespace) -> int:
     if not results:
         raise CLIError(f"no image files found in {', '.join(args.paths)}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for r in results:
-            if "error" in r:
-                print(f"{r['file']}: ERROR {r['error']}")
+            if r.error is not None:
+                print(f"{r.file}: ERROR {r.error}")
+            elif "model_top" in r.extra.get("ood", {}):  # --reject-ood answered "unknown"
+                guess = r.extra["ood"]["model_top"][0]
+                print(
+                    f"{r.file}: {r.top[0].label} (unlike the training images; the model would say "
+                    f"{guess['class']} {guess['prob']:.3f})"
+                )
             else:
-                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
-    return 1 if any("error" in r for r in results) else 0
+                flag = "  [ood]" if r.extra.get("ood", {}).get("flagged") else ""
+                print(f"{r.file}: " + ", ".join(f"{c.label} {c.prob:.3f}" for c in r.top) + flag)
+        if any("ood" in r.extra for r in results):
+            from ..trust import ood_warning
+
+            warning = ood_warning(results)
+            if warning:
+                print(warning, file=sys.stderr)
+    if args.explain:
+        print(f"Grad-CAM heat maps in {args.explain}", file=sys.stderr)
+    return 1 if any(r.error is not None for r in results) else 0

@@ -27,16 +27,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_text
 from ..models.base import AuxOutputs
-from . import distributed as ddp
-from .checkpoint import (
+from ..runs import (
+    CONFUSION_FILE,
+    CURVES_FILE,
     LAST_CHECKPOINT,
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    rng_state,
-    set_rng_state,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    BestEpoch,
+    RunConfig,
 )
+from . import distributed as ddp
+from .balance import balanced_accuracy, dataset_labels, resolve_balance
+from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
@@ -174,7 +178,8 @@ class Trainer:
 
     ``train_set``/``val_set`` are datasets yielding ``(image_tensor, label)``; the trainer builds its
     own loaders so that shuffling is a pure function of (seed, epoch) - which makes ``--resume``
-    exact and DDP sharding uniform. ``config`` is the run's ``config.json`` (``best`` is filled in here).
+    exact and DDP sharding uniform. ``config`` is the run's :class:`~convnets.runs.RunConfig`, written
+to ``config.json`` (``best`` is filled in here).
     """
 
     def __init__(
@@ -188,7 +193,7 @@ class Trainer:
         run_dir: str | Path,
         *,
         device: torch.device,
-        config: dict[str, Any],
+        config: RunConfig,
         dist: ddp.DistInfo | None = None,
         collate_fn: Callable | None = None,
         num_workers: int = 0,
@@ -223,7 +228,11 @@ class Trainer:
         self.channels_last = bool(opts.channels_last)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        # --balance (balance.py): class weights in the loss, or class-balanced epochs.
+        self._labels = dataset_labels(train_set)
+        self.balance = resolve_balance(opts.balance, self._labels, len(self.class_names))
+        weight = self.balance.class_weights().to(device) if self.balance.mode == "loss" else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=opts.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss()
 
         # Progress through the run (all saved in last.pt).
@@ -256,6 +265,9 @@ class Trainer:
             if self.main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._write_config()
+            balance_note = self.balance.message(self.class_names)
+            if balance_note:
+                self.log(balance_note)
             while self.phase_index < len(self.phases):
                 phase = self.phases[self.phase_index]
                 if self.epoch_in_phase < phase.epochs:
@@ -374,6 +386,11 @@ class Trainer:
         )
         sampler.set_epoch(epoch)
         positions = list(sampler)
+        if shuffle and self.balance.mode == "sampler":
+            world = self.dist.world_size
+            drawn = self.balance.draw(self._labels, self.opts.seed, epoch)
+            drawn += drawn[: (-len(drawn)) % world]  # every rank gets as many, like DistributedSampler
+            positions = drawn[self.dist.rank :: world]
         if not self.seeded:
             return positions
         g = torch.Generator().manual_seed(self.opts.seed * 1_000_003 + epoch)
@@ -395,6 +412,8 @@ class Trainer:
             fx, fy = self.features["train"]
             g = torch.Generator().manual_seed(self.opts.seed * 100_003 + epoch)
             order = torch.randperm(len(fx), generator=g)
+            if self.balance.mode == "sampler":
+                order = torch.tensor(self.balance.draw(fy, self.opts.seed, epoch))
             bs = self.opts.batch_size
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             return ((fx[b], fy[b]) for b in batches[start:]), len(batches)
@@ -526,23 +545,27 @@ class Trainer:
         """Validation loss and accuracy (summed over all ranks' shards)."""
         if self.val_set is None:
             return None
-        loss_sum = correct = seen = 0.0
+        k = len(self.class_names)
+        loss_sum = 0.0
+        per_class = torch.zeros(2, k, dtype=torch.float64)  # right, seen per true class
         if phase.cached:
             head = self.model.get_classifier()
             vx, vy = self.features["val"]
-            for i in range(0, len(vx), 1024):
-                logits = head(vx[i : i + 1024].to(self.device))
-                y = vy[i : i + 1024].to(self.device)
-                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
+            batches = (
+                (head(vx[i : i + 1024].to(self.device)), vy[i : i + 1024].to(self.device))
+                for i in range(0, len(vx), 1024)
+            )
         else:
-            for logits, y in self._predict_batches(ddp.shard(list(range(len(self.val_set))), self.dist)):
-                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-        loss_sum, correct, seen = ddp.all_reduce_sum([loss_sum, correct, seen], self.dist, self.device)
-        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+            batches = self._predict_batches(ddp.shard(list(range(len(self.val_set))), self.dist))
+        for logits, y in batches:
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            right = logits.argmax(1) == y
+            per_class[0] += torch.bincount(y[right].cpu(), minlength=k).double()
+            per_class[1] += torch.bincount(y.cpu(), minlength=k).double()
+        totals = ddp.all_reduce_sum([loss_sum, *per_class.flatten().tolist()], self.dist, self.device)
+        loss_sum, right, seen = totals[0], totals[1 : 1 + k], totals[1 + k :]
+        n = max(sum(seen), 1)
+        return {"loss": loss_sum / n, "acc": sum(right) / n, "bal_acc": balanced_accuracy(right, seen)}
 
     def _predict_batches(self, indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.model.eval()
@@ -580,19 +603,25 @@ class Trainer:
             "train_acc": train["acc"],
             "val_loss": val["loss"] if val else None,
             "val_acc": val["acc"] if val else None,
+            "val_bal_acc": val["bal_acc"] if val else None,
             "lr": train["lr"],
             "seconds": round(train["seconds"], 3),
         }
         self.history.append(record)
-        score = val["acc"] if val else train["acc"]  # without a validation split, the last epoch wins
-        improved = self.best["val_acc"] is None or score > self.best["val_acc"] or val is None
+        # Without a validation split, the last epoch wins; with imbalanced classes the balanced accuracy
+        # decides (plain accuracy would reward ignoring the small classes).
+        key = "val_bal_acc" if self.balance.imbalanced else "val_acc"
+        score = record[key] if val else train["acc"]
+        improved = self.best.get(key) is None or score > self.best[key] or val is None
         if improved:
-            self.best = {"epoch": self.epochs_done, "val_acc": score if val else None}
+            self.best = {"epoch": self.epochs_done, "val_acc": record["val_acc"]}
+            if self.balance.imbalanced:
+                self.best["val_bal_acc"] = record["val_bal_acc"]
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         stop = False
         if self.opts.early_stopping and val is not None:
-            if val["acc"] > self.early["best"]:
-                self.early = {"best": val["acc"], "bad_epochs": 0}
+            if score > self.early["best"]:
+                self.early = {"best": score, "bad_epochs": 0}
             else:
                 self.early["bad_epochs"] += 1
                 stop = self.early["bad_epochs"] >= self.opts.early_stopping
@@ -602,12 +631,12 @@ class Trainer:
 
         if self.main:
             atomic_write_text(
-                self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history)
+                self.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in self.history)
             )
             if improved:
                 from ..weights import save_state_dict
 
-                save_state_dict(self.model, self.run_dir / "model.safetensors")
+                save_state_dict(self.model, self.run_dir / WEIGHTS_FILE)
                 self._write_config()
             self._save_last()
             self._epoch_summary(record, train, improved and val is not None)
@@ -625,6 +654,8 @@ class Trainer:
             if record["val_acc"] is not None
             else ""
         )
+        if record["val_acc"] is not None and self.balance.imbalanced:
+            val += f" bal acc {record['val_bal_acc']:.4f}"
         self.log(
             f"epoch {record['epoch']:>3}/{self._total_epochs()} [{record['phase']}] train loss "
             f"{record['train_loss']:.4f} acc {record['train_acc']:.4f}{val} | lr {record['lr']:.2e} | "
@@ -653,8 +684,8 @@ class Trainer:
             "best": dict(self.best),
             "history": list(self.history),
             # JSON round trip: only plain types, which torch.load(weights_only=True) accepts.
-            "options": json.loads(json.dumps(self.config["options"])),
-            "config": json.loads(json.dumps(self.config)),
+            "options": json.loads(json.dumps(self.config.options)),
+            "config": json.loads(json.dumps(self.config.to_dict())),
         }
 
     def _save_last(self) -> None:
@@ -669,7 +700,7 @@ class Trainer:
         self.epoch_in_phase = int(state["epoch_in_phase"])
         self.early = dict(state["early_stopping"])
         self.partial = state["partial"]
-        best_file = self.run_dir / "model.safetensors"
+        best_file = self.run_dir / WEIGHTS_FILE
         if best_file.is_file():
             from safetensors.torch import load_file
 
@@ -696,11 +727,11 @@ class Trainer:
         if not self.main:
             ddp.barrier(self.dist)
             return
-        from .plots import plot_confusion_matrix, plot_curves
+        from ..plots import confusion_counts, plot_confusion_matrix, plot_curves
 
-        name = self.config.get("model", "")
+        name = self.config.model
         if self.history:
-            plot_curves(self.history, self.run_dir / "curves.png", title=f"{name} - {self.run_dir.name}")
+            plot_curves(self.history, self.run_dir / CURVES_FILE, title=f"{name} - {self.run_dir.name}")
         if self.val_set is not None and len(self.val_set):
             y_true, y_pred = [], []
             if self.features is not None and self.features["val"] is not None and not self.dist.enabled:
@@ -715,18 +746,17 @@ class Trainer:
                     y_pred += logits.argmax(1).tolist()
                     y_true += y.tolist()
             plot_confusion_matrix(
-                y_true,
-                y_pred,
+                confusion_counts(y_true, y_pred, len(self.class_names)),
                 self.class_names,
-                self.run_dir / "confusion_matrix.png",
+                self.run_dir / CONFUSION_FILE,
                 title=f"{name} validation (best epoch {self.best['epoch']})",
             )
         self._write_config()
         ddp.barrier(self.dist)
 
     def _write_config(self) -> None:
-        self.config["best"] = dict(self.best) if self.best["epoch"] is not None else None
-        atomic_write_json(self.run_dir / "config.json", self.config)
+        self.config.best = BestEpoch(**self.best) if self.best["epoch"] is not None else None
+        self.config.write(self.run_dir)
 
     # --- signals, logging, tensorboard ------------------------------------------------------------
 
