@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "cost_cmd",
     "augment_preview",
     "experiment",
+    "shard",
 ]
 
 
