@@ -73,6 +73,7 @@ def test_fine_tune_last_stage_frozen_part_identical_onnx_matches(name, shapes, t
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == name and config["head"] == "transfer"
     assert [p["name"] for p in config["phases"]] == ["head", "finetune"]
+    assert config["phases"][0]["cached"]  # the head trained on cached base features
 
     model, _ = load_run(run)
     start = create_model(name, num_classes=3, weights=weights).state_dict()

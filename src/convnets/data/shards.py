@@ -40,6 +40,7 @@ from torch.utils.data import IterableDataset
 INDEX_FILE = "index.json"
 DEFAULT_SHARD_SIZE = "512MB"
 SHUFFLE_BUFFER = 1000  # samples held per worker for shuffling (base images: ~12 MB at 64 px)
+SHUFFLE_START = 64  # samples in the buffer before the first one leaves it
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -369,7 +370,7 @@ class ShardStream(IterableDataset):
         # A sample that fails to decode is replaced by a repeat of a good one, as the folder pipeline
         # replaces a bad file with the next: every worker and rank keeps its planned count, so the
         # ranks still step together.
-        owed, previous = 0, None
+        owed, previous, added = 0, None, 0
         for shard, first, end in _runs(positions[a:b]):
             url = self.shards[shard][0]
             for offset, sample in enumerate(_read_shard(url, first, end)):
@@ -392,8 +393,13 @@ class ShardStream(IterableDataset):
                     owed = 0
                 for item in items:
                     if self.shuffle_buffer:
+                        # As webdataset's shuffle: start after a few samples and let the buffer grow by
+                        # one for every sample out, so the first batch does not wait for a full buffer.
                         buffer.append(item)
-                        if len(buffer) < self.shuffle_buffer:
+                        added += 1
+                        if len(buffer) < min(SHUFFLE_START, self.shuffle_buffer) or (
+                            len(buffer) < self.shuffle_buffer and added % 2
+                        ):
                             continue
                         k = rng.randrange(len(buffer))
                         buffer[k], buffer[-1] = buffer[-1], buffer[k]
