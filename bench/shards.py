@@ -120,22 +120,26 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in pipelines}
     for rep in range(args.reps):
         for name, (source, cache) in pipelines.items():
-            results[name].append(measure(source, cache, args))
-            print(f"rep {rep + 1} {name}: start-up {results[name][-1][0]:.2f} s, {results[name][-1][1]:.0f} img/s",
-                  file=sys.stderr)
+            startup, rate = measure(source, cache, args)
+            results[name].append((startup, rate))
+            print(f"rep {rep + 1} {name}: start-up {startup:.2f} s, {rate:.0f} img/s", file=sys.stderr)
 
     def cell(values: list[float], fmt: str) -> str:
         return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
 
     base = statistics.median(r for _, r in results["folder, cache=memory"])
-    print(f"\n{args.images} JPEGs {args.size}px -> {args.image_size}x{args.image_size}, augment light, "
-          f"batch {args.batch_size}, {args.workers} workers, {args.limit} images timed, {args.reps} reps; "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"\n{args.images} JPEGs {args.size}px -> {args.image_size}x{args.image_size}, augment light, "
+        f"batch {args.batch_size}, {args.workers} workers, {args.limit} images timed, {args.reps} reps; "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
     print("| pipeline | start-up s | img/s | vs folder cache=memory |\n|---|---|---|---|")
     for name, rows in results.items():
         starts, rates = [s for s, _ in rows], [r for _, r in rows]
-        print(f"| {name} | {cell(starts, '.2f')} | {cell(rates, '.0f')} | "
-              f"{statistics.median(rates) / base:.2f}x |")
+        print(
+            f"| {name} | {cell(starts, '.2f')} | {cell(rates, '.0f')} | "
+            f"{statistics.median(rates) / base:.2f}x |"
+        )
     if args.keep is None:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

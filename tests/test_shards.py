@@ -175,11 +175,18 @@ def test_corrupt_sample_reported_and_skipped_then_resume(tmp_path):
     assert config["data"]["source"] == str(folder.resolve()) and config["class_names"] == index.class_names
 
 
-def test_index_round_trip_and_errors(tmp_path):
+def test_index_round_trip_and_errors(tmp_path, capsys):
+    from convnets.cli import main
+
     shapes = make_shapes(tmp_path / "shapes", per_class=4, size=16)
-    index = write_shards(shapes, tmp_path / "sh", shard_size="1MB", val_split=None, progress=False, resize=16)
+    assert (
+        main(["shard", str(shapes), "--out", str(tmp_path / "sh"), "--val-split", "0", "--resize", "16"]) == 0
+    )
+    assert "wrote 1 training shard(s) (12 images)" in capsys.readouterr().out
+    index = ShardIndex.read(tmp_path / "sh" / "index.json")
     assert index.stored == "resized" and not index.val and sum(index.counts.values()) == 12
     assert ShardIndex.read(tmp_path / "sh") == index
+    assert main(["shard", str(shapes), "--out", str(tmp_path / "sh")]) == 2  # refuses to mix shard sets
     with pytest.raises(ValueError, match="already holds shards"):
         write_shards(shapes, tmp_path / "sh", progress=False)
     with pytest.raises(ValueError, match="512MB"):
