@@ -109,9 +109,9 @@ def test_library_file_loads_exactly(name, tmp_path):
         import torchvision
 
         ref = torchvision.models.get_model(arch, weights=None)
-    from convnets.weights import load_checkpoint
+    from convnets.weights import load_weights_file
 
-    ref.load_state_dict(load_checkpoint(weights)[0])
+    ref.load_state_dict(load_weights_file(weights)[0])
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), ref.eval()(x), atol=1e-5)
