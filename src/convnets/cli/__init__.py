@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "cost_cmd",
     "augment_preview",
     "experiment",
+    "shard",
 ]
 
 
