@@ -94,8 +94,8 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
     for a, b in zip(ort, ov.predict([(f, f) for f in files], top=2)):
         assert abs(a.top[0].prob - dict((c.label, c.prob) for c in b.top)[a.label]) < 0.05
     # batch sizes 1 and 3 (each a static graph) give the same rows
-    one = ov.predict_views([ov.read(files[0])[0]])
-    three = ov.predict_views([ov.read(f)[0] for f in files[:3]])
+    one = ov.predict_views([ov.read(files[0])])
+    three = ov.predict_views([ov.read(f) for f in files[:3]])
     np.testing.assert_allclose(one[0], three[0], atol=1e-5)
     from convnets.exported import check_engine
 
@@ -124,7 +124,7 @@ def test_tta_views_match_torchvision(run):
     m = ExportedModel.open(run_dir, "onnxruntime")
     f = str(data / "cat" / "0.png")
     for tta, views in (("none", 1), ("flip", 2), ("10crop", 10)):
-        assert len(m.read(f, tta)) == views
+        assert len(m.read_views(f, tta)) == views
         (row,) = m.predict([(f, f)], top=2, tta=tta)
         assert row.error is None and abs(sum(c.prob for c in row.top) - 1) < 1e-5
 

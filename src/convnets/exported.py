@@ -559,12 +559,17 @@ class ExportedModel:
             self.logits(pixels_of(views)) / (self.config.temperature or 1.0)
         )  # evaluate --calibrate
 
-    def read(self, source: ImageSource, tta: str = "none") -> list[np.ndarray]:
+    def read(self, source: ImageSource) -> np.ndarray:
+        """One image as the model's uint8 (H, W, C) view (what ``predict_views`` takes)."""
+        c = self.config
+        return read_image(source, c.image_size, c.in_chans, c.resize)
+
+    def read_views(self, source: ImageSource, tta: str = "none") -> list[np.ndarray]:
         """The views of one image that ``tta`` averages over (one view without TTA)."""
         c = self.config
         if tta == "10crop":
             return ten_crop(read_image(source, c.image_size, c.in_chans, c.resize, base=True), c.image_size)
-        view = read_image(source, c.image_size, c.in_chans, c.resize)
+        view = self.read(source)
         return [view, view[:, ::-1]] if tta == "flip" else [view]
 
     def predict(
@@ -584,7 +589,7 @@ class ExportedModel:
             views, slots = [], []
             for name, source in chunk:
                 try:
-                    views.append(self.read(source, tta))
+                    views.append(self.read_views(source, tta))
                     slots.append(Prediction(name))
                 except ImageReadError as e:
                     slots.append(Prediction(name, error=str(e)))
