@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from .data.decode import CROP_RATIO, ImageReadError
 from .data.images import expand_paths, read_images, to_input
@@ -54,6 +53,9 @@ def tta_views(x: torch.Tensor, tta: str, crop_size: tuple[int, int]) -> list[tor
     """
     check_tta(tta)
     h, w = crop_size
+    if tta == "10crop" or tuple(x.shape[-2:]) != (h, w):
+        # Only when a crop is needed: importing torchvision costs 1.5-2 s (its ops pull in torch._dynamo).
+        from torchvision.transforms.v2 import functional as TF
     if tta == "10crop":
         if tuple(x.shape[-2:]) == (h, w):
             x = TF.resize(x, [round(h / CROP_RATIO), round(w / CROP_RATIO)], antialias=True)
