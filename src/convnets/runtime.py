@@ -21,6 +21,21 @@ _TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory instead of returni
 
 _malloc_tuned: bool | None = None
 
+# The flags that decide the speed of training and inference, recorded with every benchmark figure.
+_RECORDED_FLAGS = frozenset(
+    {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    }
+)
+
 
 def _preloaded_allocator() -> str | None:
     preload = os.environ.get("LD_PRELOAD", "")
@@ -56,15 +71,57 @@ def tune_malloc() -> bool:
     return ok
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty off Linux); torch-free, read once."""
+    global _cpu_flags
+    if _cpu_flags is None:
+        flags: frozenset[str] = frozenset()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith(("flags", "Features")):
+                        flags = frozenset(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        _cpu_flags = flags
+    return _cpu_flags
+
+
+_cpu_flags: frozenset[str] | None = None
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 autocast is
     emulated and measured 5-10x *slower* than fp32 on this project's machine."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when the CPU has AMX tiles with bf16 (Intel Xeon 4th generation and later): oneDNN then runs
+    bf16 convolutions and matmuls on its AMX kernels, measured 10x fp32's matmul rate here."""
+    return bool({"amx_bf16", "amx_tile"} <= cpu_flags())
+
+
+def auto_precision(device_type: str) -> tuple[str, str]:
+    """What ``--precision auto`` trains in on ``device_type``, and why (for the run's log line).
+
+    bf16 only where it was measured faster than fp32 and keeps accuracy (bench/RESULTS.md,
+    "Training precision"): CPUs with AMX, and CUDA GPUs with native bf16 (Ampere and later). A CPU
+    with AVX512-BF16 but no AMX (AMD EPYC Zen 4) trained mobilenet_v2 1.15x *slower* in bf16, and
+    CPUs without either emulate it, so they stay in fp32; so do Apple's MPS and older GPUs.
+    """
+    if device_type == "cpu":
+        if cpu_has_amx_bf16():
+            return "bf16", "this CPU has AMX bf16 tiles"
+        return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
+    if device_type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", "this GPU has native bf16"
+        return "fp32", "this GPU has no native bf16"
+    return "fp32", f"bf16 autocast is not measured on {device_type}"
 
 
 def describe_cpu() -> dict:
@@ -93,6 +150,8 @@ def describe_cpu() -> dict:
         "torch": torch.__version__,
         "capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": cpu_has_native_bf16(),
+        "amx_bf16": cpu_has_amx_bf16(),
+        "flags": sorted(cpu_flags() & _RECORDED_FLAGS),
         "malloc_tuned": bool(_malloc_tuned),
     }
 

@@ -25,7 +25,9 @@ from .options import (
     TrainOptions,
     check_options,
     default_image_size,
+    resolve_augment,
     resolve_device,
+    resolve_precision,
 )
 from .trainer import RunResult, Trainer
 from .transfer import plan_phases
@@ -147,6 +149,7 @@ def _build_trainer(
         raise TrainConfigError(f"--model: {e.args[0]}") from None
     image_size = default_image_size(data, model_cfg, opts.image_size)
     in_chans = opts.in_chans or (3 if opts.weights else int(model_cfg.input_size[0]))
+    opts.augment = resolve_augment(opts)
     try:
         parse_ops(opts.augment)
     except ValueError as e:
@@ -219,6 +222,7 @@ def _build_trainer(
         opts.lr = DEFAULT_LR[opts.optimizer]
     if opts.weight_decay is None:
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
+    opts.precision, precision_why = resolve_precision(opts.precision, device)
     if opts.channels_last is None:
         # CPU: NHWC for depthwise-convolution networks, and for all on AVX-512 CPUs (measured; see
         # prefers_channels_last).
@@ -267,7 +271,8 @@ def _build_trainer(
         say(
             f"{model_name}: {num_classes} classes, {len(train_set):,} training / "
             f"{len(val_set) if val_set is not None else 0:,} validation images at {image_size}x{image_size}, "
-            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}"
+            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}, "
+            f"{opts.precision} ({precision_why})"
         )
     augmenting = bool(parse_ops(opts.augment))
     return Trainer(

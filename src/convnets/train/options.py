@@ -17,7 +17,7 @@ import torch
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE_REGIMES = ("none", "base", "auto")
 
@@ -53,6 +53,11 @@ RESUME_OVERRIDABLE = {
 }
 
 
+# What ``--augment auto`` trains with, per regime: chosen by validation accuracy on the shared sets
+# (bench/train_recipes.py; bench/RESULTS.md, "Augmentation defaults").
+AUTO_AUGMENT = {"scratch": "light", "transfer": "light"}
+
+
 class TrainConfigError(ValueError):
     """An invalid option or combination of options; the message names the option."""
 
@@ -67,7 +72,7 @@ class TrainOptions:
     val_split: float = 0.2
     seed: int = 0
     batch_size: int = 32
-    augment: str = "none"
+    augment: str = "auto"  # resolved per regime (resolve_augment)
     normalize: str | None = None
     workers: int | None = None
     data_root: str | None = None
@@ -99,7 +104,7 @@ class TrainOptions:
     device: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved to fp32/bf16 for the hardware (resolve_precision)
     # run
     resume: bool = False
     overwrite: bool = False
@@ -201,6 +206,24 @@ def check_options(opts: TrainOptions) -> None:
                 )
     if opts.compile and not hasattr(torch, "compile"):
         raise bad("compile", "this PyTorch has no torch.compile")
+
+
+def resolve_augment(opts: TrainOptions) -> str:
+    """``auto`` -> the preset measured best for the run's regime: from scratch, or from ``--weights``
+    (head on cached features, then fine-tuning); other specs pass through."""
+    if opts.augment != "auto":
+        return opts.augment
+    return AUTO_AUGMENT["scratch" if opts.weights is None else "transfer"]
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``auto`` -> bf16 or fp32 for ``device`` (``runtime.auto_precision``: bf16 where it was measured
+    faster and as accurate), with the reason for the run's log line; other values pass through."""
+    if precision != "auto":
+        return precision, "requested"
+    from ..runtime import auto_precision
+
+    return auto_precision(device.type)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -166,6 +166,16 @@ class _BatchList(Sampler):
         return len(self.batches) - self.start
 
 
+def progress_bars_wanted(stream=None) -> bool:
+    """Redrawn progress bars only on a terminal (or in a notebook); in CI, under ``nohup`` or into a
+    log file every redraw would be a carriage-return frame, so the run prints one line per epoch."""
+    stream = stream if stream is not None else sys.stdout
+    if "ipykernel" in sys.modules:  # tqdm.auto draws a widget there
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 # --- the trainer ----------------------------------------------------------------------------
 
 
@@ -218,6 +228,7 @@ class Trainer:
         self._train_loader: DataLoader | None = None
         self._val_loader: DataLoader | None = None
         self.main = self.dist.is_main
+        self.bars = self.main and not opts.quiet and progress_bars_wanted()
         self._log = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
 
         self.channels_last = bool(opts.channels_last)
@@ -340,7 +351,7 @@ class Trainer:
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             on_skipped=self.on_skipped,
-            progress=self.main and not self.opts.quiet,
+            progress=self.bars,
         )
         t0 = time.perf_counter()
         fx, fy = extract_features(
@@ -429,7 +440,7 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{self._total_epochs()} [{phase.name}]",
             leave=False,
             unit="batch",
-            disable=not self.main or self.opts.quiet,
+            disable=not self.bars,
             dynamic_ncols=True,
             file=sys.stdout,
         )
