@@ -14,6 +14,7 @@ import torch
 from train_shapes import make_shapes
 
 from convnets import runtime
+from convnets.models import create_model
 from convnets.train import train
 
 AMX = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
@@ -42,6 +43,9 @@ def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     precision, why = runtime.auto_precision("cpu")
     assert precision == expected and why
+    assert runtime.auto_precision("cpu", create_model("resnet18", num_classes=2))[0] == expected
+    # Depthwise convolutions were measured slower in bf16 even with AMX.
+    assert runtime.auto_precision("cpu", create_model("mobilenet_v2", num_classes=2))[0] == "fp32"
     assert runtime.auto_precision("mps")[0] == "fp32"
 
 

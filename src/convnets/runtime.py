@@ -103,18 +103,31 @@ def cpu_has_amx_bf16() -> bool:
     return bool({"amx_bf16", "amx_tile"} <= cpu_flags())
 
 
-def auto_precision(device_type: str) -> tuple[str, str]:
-    """What ``--precision auto`` trains in on ``device_type``, and why (for the run's log line).
+def has_grouped_convolutions(model) -> bool:
+    """Depthwise/grouped convolutions (MobileNet, EfficientNet): memory-bound layers whose speed
+    follows the memory format and precision differently from dense convolutions."""
+    from torch import nn  # not at module level: tune_malloc must be callable before torch loads
 
-    bf16 only where it was measured faster than fp32 and keeps accuracy (bench/RESULTS.md,
-    "Training precision"): CPUs with AMX, and CUDA GPUs with native bf16 (Ampere and later). A CPU
-    with AVX512-BF16 but no AMX (AMD EPYC Zen 4) trained mobilenet_v2 1.15x *slower* in bf16, and
-    CPUs without either emulate it, so they stay in fp32; so do Apple's MPS and older GPUs.
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def auto_precision(device_type: str, model=None) -> tuple[str, str]:
+    """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
+
+    bf16 only where it was measured faster than fp32 and as accurate (bench/RESULTS.md, "Training
+    precision"): CUDA GPUs with native bf16 (Ampere and later), and CPUs with AMX for dense-convolution
+    networks (ResNet, VGG). On the AMX CPU, bf16 autocast trained mobilenet_v2 *slower* than fp32:
+    its depthwise convolutions are memory-bound and gain nothing from AMX's matrix units while the
+    casts cost, so networks with grouped convolutions stay fp32. A CPU with AVX512-BF16 but no AMX
+    (AMD EPYC Zen 4) trained mobilenet_v2 1.15x slower in bf16, and CPUs without either emulate it:
+    fp32. So do Apple's MPS and older GPUs.
     """
     if device_type == "cpu":
-        if cpu_has_amx_bf16():
-            return "bf16", "this CPU has AMX bf16 tiles"
-        return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
+        if not cpu_has_amx_bf16():
+            return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
+        if model is not None and has_grouped_convolutions(model):
+            return "fp32", "AMX CPU, but depthwise convolutions measured slower in bf16"
+        return "bf16", "this CPU has AMX bf16 tiles"
     if device_type == "cuda":
         import torch
 
@@ -167,8 +180,7 @@ def prefers_channels_last(model) -> bool:
     faster in NHWC. So: grouped convolutions, or a CPU whose torch kernels use AVX-512.
     """
     import torch
-    from torch import nn  # not at module level: tune_malloc must be callable before torch loads
 
-    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+    if has_grouped_convolutions(model):
         return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")

@@ -222,7 +222,7 @@ def _build_trainer(
         opts.lr = DEFAULT_LR[opts.optimizer]
     if opts.weight_decay is None:
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
-    opts.precision, precision_why = resolve_precision(opts.precision, device)
+    opts.precision, precision_why = resolve_precision(opts.precision, device, model)
     if opts.channels_last is None:
         # CPU: NHWC for depthwise-convolution networks, and for all on AVX-512 CPUs (measured; see
         # prefers_channels_last).

@@ -216,14 +216,15 @@ def resolve_augment(opts: TrainOptions) -> str:
     return AUTO_AUGMENT["scratch" if opts.weights is None else "transfer"]
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """``auto`` -> bf16 or fp32 for ``device`` (``runtime.auto_precision``: bf16 where it was measured
-    faster and as accurate), with the reason for the run's log line; other values pass through."""
+def resolve_precision(precision: str, device: torch.device, model=None) -> tuple[str, str]:
+    """``auto`` -> bf16 or fp32 for ``model`` on ``device`` (``runtime.auto_precision``: bf16 where it
+    was measured faster and as accurate), with the reason for the run's log line; other values pass
+    through."""
     if precision != "auto":
         return precision, "requested"
     from ..runtime import auto_precision
 
-    return auto_precision(device.type)
+    return auto_precision(device.type, model)
 
 
 def resolve_device(name: str) -> torch.device:
