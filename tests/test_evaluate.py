@@ -15,15 +15,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convnets.evaluate import (
-    Classifier,
-    ClassMismatchError,
-    classification_metrics,
-    evaluate,
-    evaluate_ensemble,
-    predict,
-    tta_views,
-)
+from convnets.evaluate import ClassMismatchError, classification_metrics, evaluate, evaluate_ensemble
+from convnets.predictor import Classifier, predict, tta_views
+from convnets.runs import RunConfig
 
 
 class LeftHalfMean(nn.Module):
@@ -55,15 +49,18 @@ class ConstantLogits(nn.Module):
         return x.new_zeros(x.shape[0], len(self.logits)) + self.logits
 
 
-def _config(class_names, size, in_chans=1):
-    return {
-        "class_names": class_names,
-        "image_size": [size, size],
-        "in_chans": in_chans,
-        "mean": [0.0] * in_chans,
-        "std": [1.0] * in_chans,
-        "normalize": True,
-    }
+def _config(class_names, size, in_chans=1, **more):
+    return RunConfig(
+        model="test",
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_size=(size, size),
+        in_chans=in_chans,
+        mean=[0.0] * in_chans,
+        std=[1.0] * in_chans,
+        normalize=True,
+        **more,
+    )
 
 
 def _gradient_png(path, size=16):
@@ -188,7 +185,7 @@ def test_ensemble_is_the_exact_average_with_per_member_preprocessing(tmp_path):
 
 def test_resize_mode_follows_the_runs_data():
     # A digits run stretches its 8x8 images (resize "resize"); a photo folder's run centre-crops.
-    assert Classifier(LeftHalfMean(), {**_config(["a", "b"], 8), "resize": "resize"}).resize_mode == "resize"
+    assert Classifier(LeftHalfMean(), _config(["a", "b"], 8, resize="resize")).resize_mode == "resize"
     assert Classifier(LeftHalfMean(), _config(["a", "b"], 8)).resize_mode == "center-crop"
 
 
@@ -199,7 +196,7 @@ def test_predict_reports_broken_files_and_goes_on(tmp_path):
     Image.new("L", (10, 10), 0).save(folder / "sub" / "black.png")
     (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
     clf = Classifier(LeftHalfMean(), _config(["bright", "dark"], 8))
-    results = predict(clf, [folder], top_k=1)
+    results = [p.to_dict() for p in predict(clf, [folder], top_k=1)]
     by_name = {r["file"].rsplit("/", 1)[-1]: r for r in results}
     assert set(by_name) == {"white.png", "black.png", "broken.jpg"}
     assert "error" in by_name["broken.jpg"] and "top" not in by_name["broken.jpg"]

@@ -116,13 +116,13 @@ def test_saved_model_reproduces_recorded_accuracy(trained):
     _, run_dir = trained
     model, config = load_run(run_dir)
     splits = load_data(
-        config["data"]["source"],
-        image_size=config["image_size"],
-        in_chans=config["in_chans"],
-        mean=config["mean"],
-        std=config["std"],
+        config.data.source,
+        image_size=config.image_size,
+        in_chans=config.in_chans,
+        mean=config.mean,
+        std=config.std,
         normalize="auto",
-        split=config["split"],
+        split=config.split,
         augment="none",
         num_workers=0,
     )
@@ -132,7 +132,7 @@ def test_saved_model_reproduces_recorded_accuracy(trained):
             correct += (model(x).argmax(1) == y).sum().item()
             seen += len(y)
     assert seen == 24
-    assert math.isclose(correct / seen, config["best"]["val_acc"], abs_tol=1e-9)
+    assert math.isclose(correct / seen, config.best.val_acc, abs_tol=1e-9)
 
 
 def test_quiet_prints_only_the_summary(shapes, tmp_path, capsys):

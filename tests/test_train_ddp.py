@@ -42,12 +42,12 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # Validation metrics are all-reduced over both ranks' shards: the saved best model, evaluated
     # on the whole validation set in one process, gives the recorded accuracy.
     model, config = load_run(run)
-    splits = load_data(config["data"]["source"], image_size=config["image_size"], in_chans=config["in_chans"],
-                       mean=config["mean"], std=config["std"], split=config["split"], augment="none",
+    splits = load_data(config.data.source, image_size=config.image_size, in_chans=config.in_chans,
+                       mean=config.mean, std=config.std, split=config.split, augment="none",
                        num_workers=0)
     correct = seen = 0
     with torch.no_grad():
         for x, y in splits.val:
             correct += (model(x).argmax(1) == y).sum().item()
             seen += len(y)
-    assert correct / seen == pytest.approx(config["best"]["val_acc"], abs=1e-9)
+    assert correct / seen == pytest.approx(config.best.val_acc, abs=1e-9)

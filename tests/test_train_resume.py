@@ -147,8 +147,10 @@ def test_sigterm_exits_143_and_kill9_resumes_from_last_epoch(shapes, tmp_path):
 
 _KILL_MID_SAVE = """
 import os, signal, sys, torch
+import convnets.atomic
 import convnets.train.checkpoint as ckpt
-ckpt.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die after writing, before the rename
+# die after writing, before the rename
+convnets.atomic.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
 ckpt.atomic_torch_save({"version": torch.full((1000,), 2.0)}, sys.argv[1])
 """
 
@@ -164,7 +166,7 @@ def test_atomic_checkpoint_survives_a_kill_mid_save(tmp_path):
 
 
 def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
-    import convnets.train.checkpoint as ckpt
+    import convnets.atomic
 
     path = tmp_path / "last.pt"
     atomic_torch_save({"v": 1}, path)
@@ -172,7 +174,7 @@ def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
     def broken(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "replace", broken)
+    monkeypatch.setattr(convnets.atomic.os, "replace", broken)
     with pytest.raises(OSError):
         atomic_torch_save({"v": 2}, path)
     assert torch.load(path, weights_only=True) == {"v": 1}

@@ -174,12 +174,12 @@ def test_cached_head_is_the_saved_model(pretrained, tmp_path):
     )
     model, config = load_run(run)
     splits = load_data(
-        config["data"]["source"],
-        image_size=config["image_size"],
+        config.data.source,
+        image_size=config.image_size,
         in_chans=3,
-        mean=config["mean"],
-        std=config["std"],
-        split=config["split"],
+        mean=config.mean,
+        std=config.std,
+        split=config.split,
         augment="none",
         num_workers=0,
     )
@@ -188,7 +188,7 @@ def test_cached_head_is_the_saved_model(pretrained, tmp_path):
         for x, y in splits.val:
             correct += (model(x).argmax(1) == y).sum().item()
             seen += len(y)
-    assert correct / seen == pytest.approx(config["best"]["val_acc"], abs=1e-9)
+    assert correct / seen == pytest.approx(config.best.val_acc, abs=1e-9)
 
 
 def test_fast_feature_extraction_matches_the_eager_base():

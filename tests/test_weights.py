@@ -18,8 +18,8 @@ from convnets.weights import (
     CheckpointMismatchError,
     WeightsError,
     imagenet_weights_url,
-    load_checkpoint,
     load_run,
+    load_weights_file,
     save_state_dict,
 )
 
@@ -60,7 +60,7 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "extra": _Payload(marker)}, evil)
     with pytest.raises(WeightsError, match="refused to load"):
-        load_checkpoint(evil)
+        load_weights_file(evil)
     with pytest.raises(WeightsError, match="refused to load"):
         create_model("resnet18", weights=str(evil))
     assert not marker.exists()
@@ -235,7 +235,7 @@ def test_load_run_round_trip(tmp_path):
     _write_run(tmp_path / "run", trained)
 
     model, config = load_run(tmp_path / "run")
-    assert not model.training and config["class_names"] == ["a", "b", "c"]
+    assert not model.training and config.class_names == ["a", "b", "c"]
     assert model.pretrained_cfg["mean"] == [0.5] and model.pretrained_cfg["input_size"] == [1, 32, 32]
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():

@@ -58,12 +58,9 @@ def _markdown(rows: list[dict], data: str, epochs: int, same_split: bool) -> str
 
 def plot_accuracy_vs_cost(rows: Sequence[dict], path: str | Path) -> Path:
     """Validation accuracy against multiply-adds (log scale); marker area ~ parameters, labelled."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     max_params = max((r["params"] for r in rows), default=1) or 1
     for r in rows:
@@ -83,12 +80,7 @@ def plot_accuracy_vs_cost(rows: Sequence[dict], path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.3, y=0.15)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def compare(
@@ -107,9 +99,9 @@ def compare(
     ``train_options`` are passed to every ``convnets.train`` call (``batch_size``, ``lr``, ...).
     """
     from .cost import model_cost
-    from .evaluate import Classifier
-    from .evaluate import measure_latency as latency_of
     from .inference import backend_of
+    from .predictor import Classifier
+    from .predictor import measure_latency as latency_of
     from .train import train
 
     if not models:
@@ -133,7 +125,7 @@ def compare(
         )
         clf = Classifier.from_run(result.run_dir)
         cost = model_cost(clf.model, image_size=clf.image_size, in_chans=clf.in_chans)
-        splits.append(clf.config.get("split"))
+        splits.append(clf.config.split)
         rows.append(
             {
                 "model": name,

@@ -408,12 +408,9 @@ def compare_cost(
 
 def plot_compare(rows: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
     """Bar charts of params, multiply-adds and latency side by side, written to a PNG."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     names = [r["model"] for r in rows]
     panels = [("params", "parameters (M)", 1e6), ("macs", "multiply-adds (G)", 1e9)]
     if any(r.get("latency_ms") is not None for r in rows):
@@ -432,9 +429,4 @@ def plot_compare(rows: Sequence[dict], path: str | Path, title: str | None = Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -1,62 +1,34 @@
-"""After training: metrics, multi-crop test-time augmentation (TTA), ensembles and prediction.
+"""After training: metrics, evaluation on a folder or a run's validation subset, and ensembles.
 
-Everything works from a run folder alone (``config.json`` gives the class names, image size,
-channels and normalisation; ``weights.load_run`` rebuilds the model) or from a :class:`Classifier`
-built around any ``nn.Module`` (what the tests do with models whose outputs they control).
-
-Preprocessing of image files is the data layer's (``data.decode.load_base``): the "base" image is
-the picture scaled to cover ``size / 0.875`` and centre-cropped to that; the plain evaluation view
-is its central ``size`` crop (torchvision's ImageNet protocol, e.g. 256 -> 224).
-
-Test-time augmentation, as in the AlexNet/GoogLeNet case studies:
-
-* ``flip``: the view and its mirror image, softmax probabilities averaged (2x the compute);
-* ``10crop``: the four corner crops and the centre crop of the base image, each also mirrored
-  (``torchvision.transforms.v2.functional.ten_crop``), probabilities averaged (10x the compute).
-  A batch that arrives already at the model's size (a built-in dataset's loader) is first resized
-  up to ``size / 0.875`` so the ten crops have somewhere to move.
+Running the model (the :class:`~convnets.predictor.Classifier`, test-time augmentation, ``predict``)
+is ``convnets.predictor``; this module measures it: :func:`evaluate` (accuracy, per-class metrics,
+confusion matrix, worst mistakes, what TTA gains for its cost) and :func:`evaluate_ensemble`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
-from .inference import BACKENDS, backend_of, inference_module, predict_batch
+from .data.images import expand_paths
+from .inference import backend_of
+from .plots import plot_confusion_matrix, plot_image_grid
+from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
 
 __all__ = [
-    "TTA_COST",
-    "TTA_MODES",
-    "Classifier",
     "ClassMismatchError",
     "EnsembleResult",
     "EvalResult",
+    "check_class_names",
     "classification_metrics",
     "evaluate",
     "evaluate_ensemble",
-    "find_images",
-    "measure_latency",
-    "plot_confusion_matrix",
-    "plot_mistakes",
-    "predict",
-    "run_normalization",
-    "tta_views",
 ]
-
-TTA_MODES = ("none", "flip", "10crop")
-TTA_COST = {"none": 1, "flip": 2, "10crop": 10}  # forward passes per image
-CROP_RATIO = 0.875
 
 
 class ClassMismatchError(ValueError):
@@ -77,157 +49,6 @@ def check_class_names(expected: Sequence[str], found: Sequence[str], where: str)
     if not parts:
         parts.append(f"same classes in a different order: {list(found)} vs the model's {list(expected)}")
     raise ClassMismatchError(f"{where}: class names do not match the model's ({'; '.join(parts)})")
-
-
-def run_normalization(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std a run's inputs are normalised with (identity when it trained unnormalised)."""
-    in_chans = int(config.get("in_chans", 3))
-    if config.get("normalize", True) is False or config.get("mean") is None:
-        return (0.0,) * in_chans, (1.0,) * in_chans
-    mean, std = tuple(float(m) for m in config["mean"]), tuple(float(s) for s in config["std"])
-    if len(mean) == 1 and in_chans > 1:  # a grey statistic applied to every channel
-        mean, std = mean * in_chans, std * in_chans
-    return mean, std
-
-
-# --- the model and its preprocessing ---------------------------------------------------------
-
-
-def tta_views(x: torch.Tensor, tta: str, crop_size: tuple[int, int]) -> list[torch.Tensor]:
-    """The views TTA averages over, each ``(N, C, *crop_size)``.
-
-    ``x`` is either the base image batch (larger than ``crop_size``: the plain view is its centre)
-    or a batch already at ``crop_size`` (then ``10crop`` first resizes it up by 1 / 0.875).
-    """
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
-    h, w = crop_size
-    if tta == "10crop":
-        if tuple(x.shape[-2:]) == (h, w):
-            x = TF.resize(x, [round(h / CROP_RATIO), round(w / CROP_RATIO)], antialias=True)
-        return list(TF.ten_crop(x, [h, w]))  # corners + centre, then the same mirrored
-    view = TF.center_crop(x, [h, w]) if tuple(x.shape[-2:]) != (h, w) else x
-    return [view, view.flip(-1)] if tta == "flip" else [view]
-
-
-@dataclass
-class Classifier:
-    """A model plus what it must be fed: ``Classifier.from_run(run_dir)`` or ``Classifier(model, config)``.
-
-    ``config`` needs ``class_names``, ``image_size`` ([H, W]) and optionally ``in_chans``, ``mean``,
-    ``std``, ``normalize`` (the run folder's config.json keys). ``model`` stays the eager model (for
-    cost and inspection); predictions run on :attr:`runner`, the model on ``backend`` (see
-    :func:`convnets.inference.inference_module`), built on first use.
-    """
-
-    model: nn.Module
-    config: dict
-    name: str = "model"
-    device: str | torch.device = "cpu"
-    backend: str = "auto"
-    _runner: nn.Module | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
-        self.model = self.model.to(self.device).eval()
-
-    @classmethod
-    def from_run(
-        cls, run_dir: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
-    ) -> Classifier:
-        from .weights import load_run
-
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
-        model, config = load_run(run_dir, device=device)
-        return cls(model, config, name=run_dir.name, device=device, backend=backend)
-
-    @property
-    def runner(self) -> nn.Module:
-        """The model prepared for prediction on :attr:`backend` (``backend_of(runner)`` names it)."""
-        if self._runner is None:
-            example = torch.randn(1, self.in_chans, *self.image_size, device=self.device)
-            self._runner = inference_module(self.model, example, backend=self.backend)
-        return self._runner
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config["class_names"])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        size = self.config["image_size"]
-        return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.config.get("in_chans", 3))
-
-    @property
-    def base_size(self) -> tuple[int, int]:
-        h, w = self.image_size
-        return round(h / CROP_RATIO), round(w / CROP_RATIO)
-
-    @property
-    def resize_mode(self) -> str:
-        # The mode the run's data used (recorded since config "resize"), else the explicit option.
-        return self.config.get("resize") or (self.config.get("options") or {}).get("resize") or "center-crop"
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] float images (N, C, H, W) -> the model's normalised input."""
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        mean, std = run_normalization(self.config)
-        mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean_t) / std_t
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`normalize`, clamped to [0, 1] (for showing images)."""
-        mean, std = run_normalization(self.config)
-        mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x.cpu() * std_t + mean_t).clamp(0, 1)
-
-    def proba_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Softmax probabilities of each view (normalised input tensors)."""
-        return [F.softmax(predict_batch(self.runner, v.to(self.device)).float(), dim=1).cpu() for v in views]
-
-    def predict_proba(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-        """Class probabilities (N, K) of a normalised batch, averaged over the TTA views."""
-        probs = self.proba_views(tta_views(x, tta, self.image_size))
-        return torch.stack(probs).mean(0)
-
-    def load_files(self, paths: Sequence[str | Path], base: bool = False) -> tuple[torch.Tensor | None, dict]:
-        """Decode image files with the data layer -> (normalised batch, {index: error message}).
-
-        ``base=True`` returns the base images (size / 0.875, for ten-crop); otherwise the plain view.
-        """
-        from .data.decode import ImageReadError, base_size, load_base
-
-        mode = self.resize_mode
-        size = base_size(self.image_size, mode)
-
-        def read(path):
-            try:
-                return load_base(path, size, in_chans=self.in_chans, resize=mode)
-            except ImageReadError as e:
-                return e
-            except OSError as e:  # missing file, permission denied, a directory
-                return ImageReadError(f"cannot read: {e.strerror or e}")
-
-        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL releases the GIL while decoding
-            arrays = list(pool.map(read, paths))
-        errors = {i: str(a) for i, a in enumerate(arrays) if isinstance(a, Exception)}
-        good = [torch.tensor(a).permute(2, 0, 1) for a in arrays if not isinstance(a, Exception)]
-        if not good:
-            return None, errors
-        x = self.normalize(torch.stack(good))
-        if not base and tuple(x.shape[-2:]) != self.image_size:
-            x = TF.center_crop(x, list(self.image_size))
-        return x, errors
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -275,19 +96,6 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
 # --- evaluation data ---------------------------------------------------------------------------
 
 
-def find_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for image files (sorted)."""
-    from .data.decode import is_image_file
-
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)))
-        else:
-            found.append(p)  # a missing or unreadable file is reported by the loader, per file
-    return found
-
-
 @dataclass
 class _Batch:
     x: torch.Tensor  # normalised: at the model's size, or the base size for ten-crop
@@ -316,17 +124,17 @@ def _eval_batches(
     A folder of class sub-folders: every image in it. The run's own data source (folder or
     built-in name): the run's validation subset, reproduced from the split saved in config.json.
     """
-    cfg_data = clf.config.get("data") or {}
-    source = cfg_data.get("source")
-    split = clf.config.get("split")
+    config = clf.config
+    source = config.data.source if config.data is not None else None
+    split = config.split
     split_root = split.get("root") if isinstance(split, dict) else None
     path = Path(data)
     own_source = str(data) == str(source) or _same_path(data, source) or _same_path(data, split_root)
 
     if path.is_dir() and not own_source:
         check_class_names(clf.class_names, _folder_classes(path), str(path))
-        files = [f for c in clf.class_names for f in find_images([path / c])]
-        labels = [clf.class_names.index(f.relative_to(path).parts[0]) for f in files]
+        files = [f for c in clf.class_names for f in expand_paths(path / c)]
+        labels = [clf.class_names.index(Path(f).relative_to(path).parts[0]) for f in files]
         if not files:
             raise FileNotFoundError(f"{path}: no image files in the class folders")
 
@@ -335,11 +143,11 @@ def _eval_batches(
                 chunk = files[start : start + batch_size]
                 x, errors = clf.load_files(chunk, base=base)
                 for i, msg in errors.items():
-                    skipped.append({"file": str(chunk[i]), "error": msg})
+                    skipped.append({"file": chunk[i], "error": msg})
                 keep = [i for i in range(len(chunk)) if i not in errors]
                 if x is not None:
                     yield _Batch(
-                        x, torch.tensor([labels[start + i] for i in keep]), [str(chunk[i]) for i in keep]
+                        x, torch.tensor([labels[start + i] for i in keep]), [chunk[i] for i in keep]
                     )
 
         return folder_iter(), len(files), f"all {len(files)} images in {path}"
@@ -348,22 +156,21 @@ def _eval_batches(
         raise NotADirectoryError(f"{path}: DATA must be a folder of class folders or a dataset name")
     from .data import load_data
 
-    mean, std = run_normalization(clf.config)
-    options = clf.config.get("options") or {}
+    mean, std = config.normalization()
     splits = load_data(
         str(data),
         image_size=clf.image_size,
         in_chans=clf.in_chans,
-        val_split=cfg_data.get("val_split", 0.2),
-        seed=cfg_data.get("seed", 0),
+        val_split=config.data.val_split if config.data is not None else 0.2,
+        seed=config.data.seed if config.data is not None else 0,
         batch_size=batch_size,
         augment="none",
         normalize="auto",  # with mean and std given: exactly the run's statistics
         mean=mean,
         std=std,
         num_workers=0,
-        data_root=options.get("data_root"),
-        resize=options.get("resize"),
+        data_root=config.options.get("data_root"),
+        resize=config.resize if own_source else None,  # None: that dataset's own default
         split=split if own_source else None,
     )
     check_class_names(clf.class_names, splits.class_names, str(data))
@@ -440,8 +247,7 @@ def evaluate(
     Writes ``confusion_matrix.png``, ``mistakes.png`` (highest-confidence wrong predictions) and
     ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.inference.inference_module`.
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
+    check_tta(tta)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
     skipped: list[dict] = []
     batches, _, description = _eval_batches(clf, data, batch_size, base=(tta == "10crop"), skipped=skipped)
@@ -517,11 +323,12 @@ def evaluate(
         cm_path = plot_confusion_matrix(
             metrics["confusion_matrix"], clf.class_names, out / "confusion_matrix.png"
         )
-        mistakes_path = plot_mistakes(
+        mistakes_path = plot_image_grid(
             [w[4] for w in worst],
             [f"true: {clf.class_names[w[2]]}\npred: {clf.class_names[w[3]]} ({w[0]:.0%})" for w in worst],
             out / "mistakes.png",
             title=f"{len(worst)} most confident mistakes",
+            empty="no mistakes",
         )
         result.files = {"confusion_matrix": str(cm_path), "mistakes": str(mistakes_path)}
         result.files["metrics"] = str(out / "metrics.json")
@@ -530,14 +337,6 @@ def evaluate(
 
 
 # --- ensembles ----------------------------------------------------------------------------------
-
-
-def measure_latency(clf: Classifier, runs: int = 5, warmup: int = 2) -> float:
-    """Median milliseconds per image at batch 1 on this machine (random input of the model's size)."""
-    from .cost import latency_ms
-
-    x = torch.randn(1, clf.in_chans, *clf.image_size, device=clf.device)
-    return latency_ms(clf.runner, x, warmup=warmup, runs=runs)
 
 
 @dataclass
@@ -611,7 +410,7 @@ def evaluate_ensemble(
         members.append(
             {
                 "name": clf.name,
-                "model": clf.config.get("model", type(clf.model).__name__),
+                "model": clf.config.model,
                 "image_size": list(clf.image_size),
                 "accuracy": result.metrics["accuracy"],
                 "params": cost.params,
@@ -637,127 +436,3 @@ def evaluate_ensemble(
         targets=reference.targets,
         metrics=metrics,
     )
-
-
-# --- predict ------------------------------------------------------------------------------------
-
-
-def predict(
-    run: str | Path | Classifier,
-    paths: Sequence[str | Path],
-    *,
-    top_k: int = 5,
-    tta: str = "none",
-    batch_size: int = 32,
-    device: str = "cpu",
-    backend: str = "auto",
-) -> list[dict]:
-    """Top-k classes per image: ``[{"file", "top": [{"class", "prob"}]}]``; a file that cannot be
-    read gets ``{"file", "error"}`` instead and the rest go on. Folders are searched recursively."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
-    clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
-    files = find_images(paths)
-    k = max(1, min(top_k, len(clf.class_names)))
-    results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        x, errors = clf.load_files(chunk, base=(tta == "10crop"))
-        probs = clf.predict_proba(x, tta) if x is not None else None
-        row = 0
-        for i, f in enumerate(chunk):
-            if i in errors:
-                results.append({"file": str(f), "error": errors[i]})
-                continue
-            top = probs[row].topk(k)
-            results.append(
-                {
-                    "file": str(f),
-                    "top": [
-                        {"class": clf.class_names[c], "prob": float(p)}
-                        for p, c in zip(top.values, top.indices)
-                    ],
-                }
-            )
-            row += 1
-    return results
-
-
-# --- plots ---------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path):
-    """Save a figure as PNG to a path (parents created) or a binary file object; close it."""
-    plt = _pyplot()
-    try:
-        if hasattr(path, "write"):
-            fig.savefig(path, format="png", dpi=100)
-            return path
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        return path
-    finally:
-        plt.close(fig)
-
-
-def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> Path:
-    """Counts with row-normalised colours (recall on the diagonal); labels shown up to 40 classes."""
-    plt = _pyplot()
-    cm_arr = np.asarray(cm, dtype=np.int64)
-    k = len(class_names)
-    rows = cm_arr.sum(1, keepdims=True).clip(min=1)
-    size = min(4 + 0.45 * k, 16)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    image = ax.imshow(cm_arr / rows, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if k <= 40:
-        ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45, ha="right")
-        ax.set_yticks(range(k), [str(c) for c in class_names])
-        if k <= 20:
-            for i in range(k):
-                for j in range(k):
-                    color = "white" if cm_arr[i, j] / rows[i, 0] > 0.5 else "black"
-                    ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center", color=color, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (n = {int(cm_arr.sum())})")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_mistakes(
-    images: Sequence[torch.Tensor], captions: Sequence[str], path: str | Path, title: str = ""
-) -> Path:
-    """A grid of images in [0, 1] (C, H, W) with a caption under each."""
-    plt = _pyplot()
-    n = len(images)
-    cols = min(max(n, 1), 4)
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, caption in zip(axes.flat, images, captions):
-        arr = img.permute(1, 2, 0).numpy()
-        ax.imshow(
-            arr[:, :, 0] if arr.shape[2] == 1 else arr,
-            cmap="gray" if arr.shape[2] == 1 else None,
-            vmin=0,
-            vmax=1,
-        )
-        ax.set_title(caption, fontsize=8)
-    if n == 0:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)

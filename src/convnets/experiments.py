@@ -16,7 +16,6 @@ Each writes its figure(s), a JSON file with every number, and a Markdown table i
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 import time
@@ -28,6 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .atomic import atomic_write_json, atomic_write_text
+from .plots import pyplot, save_figure
+from .runs import RunConfig
 
 __all__ = [
     "DepthResult",
@@ -87,35 +90,8 @@ def _load(source, *, image_size, in_chans, seed, batch_size, val_split, data_roo
     )
 
 
-def _write_json(path: Path, obj: Any) -> Path:
-    from .train.checkpoint import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> Path:
-    from .train.checkpoint import atomic_write_text
-
-    return atomic_write_text(path, text)
-
-
 def _save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from .train.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    return save_figure(fig, path, dpi=110)
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -207,7 +183,7 @@ def depth_experiment(
             val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
             curves[name] = {"epoch": [h["epoch"] for h in history], "train_error": train_err,
                             "val_error": val_err}
-            num_classes = json.loads((Path(result.run_dir) / "config.json").read_text())["num_classes"]
+            num_classes = RunConfig.read(result.run_dir).num_classes
             built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
             rows.append({
                 "family": family, "depth": depth, "model": name,
@@ -222,9 +198,9 @@ def depth_experiment(
               "in_chans": in_chans, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
               "optimizer": optimizer, "seed": seed, "tolerance": tolerance, **_jsonable(train_options)}
     files = [
-        _write_json(out / "depth.json",
+        atomic_write_json(out / "depth.json",
                     {"config": config, "rows": rows, "curves": curves, "verdict": verdict}),
-        _write_text(out / "depth.md", _depth_markdown(rows, verdict, config)),
+        atomic_write_text(out / "depth.md", _depth_markdown(rows, verdict, config)),
         _plot_depth(curves, depths, out / "depth.png", f"{data}, {epochs} epochs, {image_size}x{image_size}"),
     ]
     if not quiet:
@@ -297,7 +273,7 @@ def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
 
 
 def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = plt.get_cmap("viridis")(torch.linspace(0, 0.9, len(depths)).tolist())
     for ax, family in zip(axes, DEPTH_FAMILIES):
@@ -429,9 +405,9 @@ def gradient_experiment(
                    "in_chans": in_chans, "seed": seed, "plot_steps": plot_steps},
         "models": results,
     }
-    _write_json(out / "gradients.json", report)
+    atomic_write_json(out / "gradients.json", report)
     _plot_gradients(results, plot_steps, out / "gradients.png", str(data))
-    _write_text(out / "gradients.md", _gradients_markdown(results, plot_steps))
+    atomic_write_text(out / "gradients.md", _gradients_markdown(results, plot_steps))
     return report
 
 
@@ -459,7 +435,7 @@ def _gradients_markdown(results: dict, plot_steps: Sequence[int]) -> str:
 
 
 def _plot_gradients(results: dict, plot_steps: Sequence[int], path: Path, subtitle: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), sharey=True, squeeze=False)
     colors = plt.get_cmap("plasma")(torch.linspace(0, 0.85, len(plot_steps)).tolist())
     for ax, (name, r) in zip(axes[0], results.items()):
@@ -634,9 +610,9 @@ def identity_experiment(
         "summary": summary,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    _write_json(out / "identity.json", report)
+    atomic_write_json(out / "identity.json", report)
     markdown = _identity_markdown(report)
-    _write_text(out / "identity.md", markdown)
+    atomic_write_text(out / "identity.md", markdown)
     log(markdown)
     return report
 

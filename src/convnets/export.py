@@ -18,7 +18,6 @@ the logits must be within ``atol``.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import tempfile
@@ -29,6 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .inference import count_batchnorm, write_onnx
+from .inference import fold_batchnorm as fold_in_place
+
 __all__ = [
     "EXPORT_FORMATS",
     "ExportError",
@@ -37,6 +39,7 @@ __all__ = [
     "export_model",
     "export_run",
     "fold_batchnorm",
+    "write_onnx",
 ]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -68,9 +71,6 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict]:
     ``torch.nn.utils.fusion.fuse_conv_bn_eval``). The info dict has ``method``,
     ``batchnorm_before`` and ``batchnorm_after`` (BN layers left, e.g. one not preceded by a conv).
     """
-    from .inference import count_batchnorm
-    from .inference import fold_batchnorm as fold_in_place
-
     folded = copy.deepcopy(model).eval()
     before = count_batchnorm(folded)
     fold_in_place(folded)
@@ -106,28 +106,6 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(out)
-
-
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path | io.BytesIO, opset: int) -> None:
-    """ONNX with a dynamic batch axis to ``path`` (a file, or a buffer for an in-memory session)."""
-    try:
-        import onnx  # noqa: F401 - the exporter needs it; fail with our message, not deep inside torch
-    except ImportError as e:
-        raise ExportError("ONNX export needs the onnx package: pip install 'convnets[export]'") from e
-    # torch >= 2.9 defaults to the torch.export-based exporter, which needs the extra `onnxscript`
-    # package; the TorchScript-based exporter (dynamo=False) covers these CNNs and needs only onnx.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            path if isinstance(path, io.BytesIO) else str(path),
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-        )
 
 
 def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -185,7 +163,10 @@ def export_model(
     try:
         with torch.no_grad():
             if format == "onnx":
-                _write_onnx(deployed, example, tmp, opset)
+                try:
+                    write_onnx(deployed, example, tmp, opset)
+                except ImportError as e:  # the export extra is not installed
+                    raise ExportError(str(e)) from e
             else:
                 _write_torchscript(deployed, example, tmp)
         os.replace(tmp, out)
@@ -238,22 +219,21 @@ def export_run(
     opset: int = 17,
 ) -> ExportResult:
     """Export a run folder (``convnets export``); ``out`` defaults to ``RUN_DIR/model.onnx|.pt``."""
-    from .evaluate import run_normalization
     from .weights import load_run
 
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
-    mean, std = run_normalization(config)
+    mean, std = config.normalization()
     out = Path(out) if out is not None else run_dir / f"model{_SUFFIX[format]}"
     return export_model(
         model,
         out,
         format=format,
-        image_size=tuple(config["image_size"]),
-        in_chans=int(config.get("in_chans", 3)),
+        image_size=config.image_size,
+        in_chans=config.in_chans,
         mean=mean,
         std=std,
-        class_names=list(config["class_names"]),
+        class_names=list(config.class_names),
         atol=atol,
         opset=opset,
     )

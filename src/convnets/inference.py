@@ -40,10 +40,13 @@ import contextlib
 import copy
 import io
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .predictions import BACKENDS  # defined torch-free, for the CLI's --backend choices
 
 __all__ = [
     "BACKENDS",
@@ -52,12 +55,11 @@ __all__ = [
     "count_batchnorm",
     "fold_batchnorm",
     "inference_module",
+    "write_onnx",
     "predict_batch",
     "prepare_for_inference",
 ]
 
-#: Inference backends, fastest first on CPU ("auto" picks the first that works here).
-BACKENDS = ("auto", "onnxruntime", "torchscript", "eager")
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -227,6 +229,28 @@ def backend_of(module: nn.Module) -> str:
     return getattr(module, "_convnets_backend", "eager")
 
 
+def write_onnx(module: nn.Module, example: torch.Tensor, path: Path | io.BytesIO, opset: int) -> None:
+    """ONNX with a dynamic batch axis to ``path`` (a file, or a buffer for an in-memory session)."""
+    try:
+        import onnx  # noqa: F401 - the exporter needs it; fail with our message, not deep inside torch
+    except ImportError as e:
+        raise ImportError("ONNX export needs the onnx package: pip install 'convnets[export]'") from e
+    # torch >= 2.9 defaults to the torch.export-based exporter, which needs the extra `onnxscript`
+    # package; the TorchScript-based exporter (dynamo=False) covers these CNNs and needs only onnx.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            path if isinstance(path, io.BytesIO) else str(path),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+        )
+
+
 class OnnxRuntimeModule(nn.Module):
     """A model exported to ONNX and run by an ONNX Runtime CPU session, behind ``nn.Module``'s call.
 
@@ -254,12 +278,10 @@ class OnnxRuntimeModule(nn.Module):
         key = tuple(x.shape[1:])
         if key in self._sessions:
             return self._sessions[key]
-        from .export import _write_onnx  # the exporter `convnets export` uses, to a buffer here
-
         buf = io.BytesIO()
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's constant-folding notices
-            _write_onnx(self._source, x[:1].clone(), buf, self.opset)
+            write_onnx(self._source, x[:1].clone(), buf, self.opset)
             expected = self._source(x[:1].clone())
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["plot_curves", "report"]
+from .atomic import atomic_write_text
+from .plots import plot_confusion_matrix, plot_curves, plot_image_grid
+from .predictor import Classifier
+from .runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
+
+__all__ = ["report"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -55,12 +60,6 @@ def _png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
 def _thumbnail_png(image: torch.Tensor, size: int = 96) -> bytes:
     """(C, H, W) in [0, 1] -> PNG bytes, upscaled with nearest neighbour when small (crisp digits)."""
     from PIL import Image
@@ -75,42 +74,8 @@ def _thumbnail_png(image: torch.Tensor, size: int = 96) -> bytes:
     return buf.getvalue()
 
 
-def plot_curves(history: list[dict]) -> bytes | None:
-    """Loss and accuracy per epoch (train and validation) from metrics.jsonl rows, as PNG bytes."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, ax, label in (
-        ("train_loss", ax_loss, "train"),
-        ("val_loss", ax_loss, "validation"),
-        ("train_acc", ax_acc, "train"),
-        ("val_acc", ax_acc, "validation"),
-    ):
-        points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=label)
-    ax_loss.set_title("loss")
-    ax_acc.set_title("accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    try:
-        return _figure_png(fig)
-    finally:
-        plt.close(fig)
-
-
 def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
     rows = []
@@ -149,35 +114,37 @@ def report(
 ) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
     from .cost import format_count, model_cost
-    from .evaluate import Classifier, evaluate, plot_confusion_matrix, plot_mistakes
+    from .evaluate import evaluate
 
     run_dir = Path(run_dir)
     clf = Classifier.from_run(run_dir, backend=backend)
     config = clf.config
     out = Path(out) if out is not None else run_dir / "report.html"
-    data = data if data is not None else (config.get("data") or {}).get("source")
+    if data is None and config.data is not None:
+        data = config.data.source
     parts: list[str] = []
 
-    best = config.get("best") or {}
-    title = f"{config.get('model', 'model')} on {data}" if data else str(config.get("model"))
+    title = f"{config.model} on {data}" if data else config.model
     parts.append(f"<h1>{html.escape(title)}</h1>")
     summary = [
         f"run folder <code>{html.escape(str(run_dir))}</code>",
         f"{len(clf.class_names)} classes",
         f"input {clf.in_chans}x{clf.image_size[0]}x{clf.image_size[1]}",
     ]
-    if best.get("val_acc") is not None:
-        summary.append(f"best validation accuracy <b>{best['val_acc']:.4f}</b> (epoch {best.get('epoch')})")
+    best = config.best
+    if best is not None and best.val_acc is not None:
+        summary.append(f"best validation accuracy <b>{best.val_acc:.4f}</b> (epoch {best.epoch})")
     parts.append(f"<p class='muted'>{' &middot; '.join(summary)}</p>")
 
     # Training curves.
     parts.append("<h2>Training curves</h2>")
     history = _read_history(run_dir)
-    curves = plot_curves(history)
-    if curves is not None:
-        parts.append(_img(_png_data_uri(curves), "training curves"))
-    elif (run_dir / "curves.png").is_file():
-        parts.append(_img(_png_data_uri((run_dir / "curves.png").read_bytes()), "training curves"))
+    if history:
+        buf = io.BytesIO()
+        plot_curves(history, buf)
+        parts.append(_img(_png_data_uri(buf.getvalue()), "training curves"))
+    elif (run_dir / CURVES_FILE).is_file():
+        parts.append(_img(_png_data_uri((run_dir / CURVES_FILE).read_bytes()), "training curves"))
     else:
         parts.append("<p class='muted'>no metrics.jsonl in the run folder</p>")
 
@@ -218,7 +185,7 @@ def report(
             captions = [
                 f"true: {w['true']}\npred: {w['pred']} ({w['confidence']:.0%})" for w in result.mistakes
             ]
-            plot_mistakes(result.mistake_images, captions, buf, title="most confident mistakes")
+            plot_image_grid(result.mistake_images, captions, buf, title="most confident mistakes")
             parts.append("<h3>Most confident mistakes</h3>" + _img(_png_data_uri(buf.getvalue()), "mistakes"))
 
         rows = [
@@ -228,8 +195,8 @@ def report(
         parts.append(
             "<h3>Per-class metrics</h3>" + _table(["class", "precision", "recall", "F1", "support"], rows)
         )
-    elif (run_dir / "confusion_matrix.png").is_file():
-        uri = _png_data_uri((run_dir / "confusion_matrix.png").read_bytes())
+    elif (run_dir / CONFUSION_FILE).is_file():
+        uri = _png_data_uri((run_dir / CONFUSION_FILE).read_bytes())
         parts.append("<p class='muted'>the trainer's confusion matrix:</p>" + _img(uri, "confusion matrix"))
 
     # Cost.
@@ -258,9 +225,8 @@ def report(
 
     # Options.
     parts.append("<h2>Options</h2>")
-    options = config.get("options") or {}
-    parts.append(_table(["option", "value"], [[k, json.dumps(v)] for k, v in options.items()]))
-    shown = {k: v for k, v in config.items() if k not in ("options", "split", "class_names")}
+    parts.append(_table(["option", "value"], [[k, json.dumps(v)] for k, v in config.options.items()]))
+    shown = {k: v for k, v in config.to_dict().items() if k not in ("options", "split", "class_names")}
     parts.append("<details><summary>config.json (without the split)</summary><pre>")
     parts.append(html.escape(json.dumps(shown, indent=2)) + "</pre></details>")
 
@@ -269,8 +235,4 @@ def report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
         f"<body>{''.join(parts)}</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out.with_name(out.name + ".tmp")
-    tmp_path.write_text(page, encoding="utf-8")
-    tmp_path.replace(out)
-    return out
+    return atomic_write_text(out, page)

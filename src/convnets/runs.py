@@ -100,6 +100,10 @@ class RunConfig:
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
             self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc")})
+        from .data.decode import RESIZE_MODES  # numpy/Pillow only: still torch-free
+
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -140,6 +144,9 @@ class RunConfig:
         values = {k: v for k, v in raw.items() if k in known and v is not None}
         values.setdefault("class_names", [str(i) for i in range(int(raw["num_classes"]))])
         values.setdefault("image_size", (224, 224))
+        # Runs written before "resize" was a top-level key recorded it only among the options.
+        if "resize" not in values and isinstance(raw.get("options"), dict) and raw["options"].get("resize"):
+            values["resize"] = raw["options"]["resize"]
         values["schema_version"] = SCHEMA_VERSION
         extra = {k: v for k, v in raw.items() if k not in known}
         try:

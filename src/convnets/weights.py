@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import socket
-import tempfile
 import urllib.error
 import warnings
 from collections.abc import Mapping
@@ -33,15 +32,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from .runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, RunFolderError
 
 __all__ = [
     "CheckpointMismatchError",
     "WeightsError",
     "create_pretrained",
     "imagenet_weights_url",
-    "load_checkpoint",
     "load_run",
+    "load_weights_file",
     "load_state_dict_into",
     "save_state_dict",
 ]
@@ -54,6 +55,11 @@ _PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be found, read or used; the message names the file."""
+
+
+class RunLoadError(WeightsError, RunFolderError):
+    """A run folder that cannot be loaded (missing, not a run, bad config.json, newer schema): a
+    :class:`~convnets.runs.RunFolderError` that ``load_run``'s callers may also catch as a WeightsError."""
 
 
 class CheckpointMismatchError(WeightsError):
@@ -95,7 +101,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a ``.safetensors`` or torch (``.pth``/``.pt``/``.bin``) file into ``(state_dict, metadata)``
     on the CPU without executing code. ``metadata`` is the safetensors header's (empty otherwise)."""
     path = Path(path)
@@ -313,7 +319,7 @@ def _run_dir_of(weights: str | os.PathLike) -> Path | None:
     path = Path(weights)
     if path.is_dir():
         return path
-    if path.name == "model.safetensors" and (path.parent / "config.json").is_file():
+    if path.name == WEIGHTS_FILE and (path.parent / CONFIG_FILE).is_file():
         return path.parent
     return None
 
@@ -411,7 +417,7 @@ def create_pretrained(
 
     if isinstance(weights, str) and weights.lower() == "imagenet":
         path, entry = fetch_imagenet_weights(name)
-        state, _ = load_checkpoint(path)
+        state, _ = load_weights_file(path)
         preprocess = entry.transforms()
         source_norm = (tuple(preprocess.mean), tuple(preprocess.std))
         input_hw = [preprocess.crop_size[0]] * 2
@@ -422,7 +428,7 @@ def create_pretrained(
         return _from_run(name, run_dir, num_classes, in_chans, kwargs, mean, std, normalize)
     else:
         path = Path(weights)
-        state, metadata = load_checkpoint(path)
+        state, metadata = load_weights_file(path)
         saved = json.loads(metadata.get("pretrained_cfg", "{}"))
         if "mean" in saved and "std" in saved:
             source_norm = (tuple(saved["mean"]), tuple(saved["std"]))
@@ -447,15 +453,15 @@ def _from_run(
     name: str, run_dir: Path, num_classes: int, in_chans: int, kwargs: dict, mean, std, normalize
 ) -> nn.Module:
     """A run folder's model as a starting point: same architecture, new head/in_chans if asked."""
-    config = read_run_config(run_dir)
-    if config["model"] != name:
-        raise WeightsError(f"{run_dir} holds a {config['model']} model, not {name}")
+    config = _read_config(run_dir)
+    if config.model != name:
+        raise WeightsError(f"{run_dir} holds a {config.model} model, not {name}")
     model, config = load_run(run_dir, in_chans=in_chans, **kwargs)
-    if num_classes != config["num_classes"]:
-        dropout = config.get("head_dropout")
+    if num_classes != config.num_classes:
+        dropout = config.head_dropout
         model.reset_classifier(num_classes, **({} if dropout is None else {"dropout": dropout}))
         warnings.warn(
-            f"classifier head replaced: {run_dir} was trained for {config['num_classes']} classes, "
+            f"classifier head replaced: {run_dir} was trained for {config.num_classes} classes, "
             f"the new head has {num_classes} (freshly initialised)",
             stacklevel=3,
         )
@@ -473,75 +479,60 @@ def _from_run(
 # --- run folders ------------------------------------------------------------------------------
 
 
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """``RUN_DIR/config.json`` checked for what rebuilding the model needs."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise WeightsError(f"run folder not found: {run_dir}")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise WeightsError(f"{run_dir} is not a run folder: {path.name} is missing")
+def _read_config(run_dir: Path) -> RunConfig:
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from e
-    missing = [k for k in ("model", "num_classes") if k not in config]
-    if missing:
-        raise WeightsError(f"{path}: missing {', '.join(missing)}")
-    return config
+        return RunConfig.read(run_dir)
+    except RunFolderError as e:
+        raise RunLoadError(str(e)) from None
 
 
 def load_run(
     run_dir: str | os.PathLike, device: str | torch.device = "cpu", **overrides
-) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from its run folder: ``(model in eval mode, config)``.
+) -> tuple[nn.Module, RunConfig]:
+    """Rebuild a trained model from its run folder: ``(model in eval mode, RunConfig)``.
 
     The architecture comes from ``config.json`` (``model``, ``num_classes``, ``in_chans``,
     ``model_kwargs``; ``head == "transfer"`` means the head was replaced with ``reset_classifier``),
     the weights from ``model.safetensors``, loaded strictly. ``overrides`` are extra builder kwargs
-    (``in_chans`` here adapts the first convolution).
+    (``in_chans`` here adapts the first convolution). Raises :class:`RunLoadError` for a folder that
+    is not a loadable run.
     """
     from .models import create_model, get_model_cfg
 
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    weights_path = run_dir / "model.safetensors"
+    config = _read_config(run_dir)
+    weights_path = run_dir / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise WeightsError(f"{run_dir} is not a run folder: model.safetensors is missing")
-    run_chans = int(config.get("in_chans") or 3)
+        raise RunLoadError(f"{run_dir} is not a run folder: {WEIGHTS_FILE} is missing")
+    run_chans = config.in_chans
     in_chans = int(overrides.pop("in_chans", run_chans))
-    model_kwargs = {**(config.get("model_kwargs") or {}), **overrides}
-    num_classes = int(config["num_classes"])
-    transfer, dropout = config.get("head") == "transfer", config.get("head_dropout")
-    state, _ = load_checkpoint(weights_path)
-    cfg = get_model_cfg(config["model"])
+    model_kwargs = {**config.model_kwargs, **overrides}
+    num_classes = config.num_classes
+    transfer, dropout = config.head == "transfer", config.head_dropout
+    state, _ = load_weights_file(weights_path)
+    cfg = get_model_cfg(config.model)
     # A run fine-tuned from torchvision's GoogLeNet has its layout (tv_layout, no side heads) even if
     # config.json's model_kwargs do not say so: rebuild the layout the weights have.
     layouts = [cfg.extra["torchvision_kwargs"]] if cfg.extra.get("torchvision_kwargs") else []
     model_kwargs = _fitting_kwargs(
-        config["model"], state, num_classes, run_chans, model_kwargs, layouts, dropout, transfer
+        config.model, state, num_classes, run_chans, model_kwargs, layouts, dropout, transfer
     )
-    model = create_model(config["model"], num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    model = create_model(config.model, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if transfer:
         model.reset_classifier(num_classes, **({} if dropout is None else {"dropout": dropout}))
     load_state_dict_into(
         model, state, source=str(weights_path), allow_new_head=False, adapt_in_chans=in_chans != run_chans
     )
 
-    m, s = _effective_normalization(
-        (tuple(config.get("mean") or cfg.mean), tuple(config.get("std") or cfg.std)), in_chans
-    )
-    image_size = config.get("image_size") or list(cfg.input_size[1:])
-    if isinstance(image_size, int):
-        image_size = [image_size, image_size]
+    m, s = _effective_normalization((config.mean or cfg.mean, config.std or cfg.std), in_chans)
     model.pretrained_cfg = {
         "mean": m,
         "std": s,
-        "input_size": [in_chans, *image_size],
+        "input_size": [in_chans, *config.image_size],
         "source": str(run_dir),
         "num_classes": num_classes,
         "model_kwargs": model_kwargs,
-        "class_names": config.get("class_names"),
+        "class_names": list(config.class_names),
     }
     return model.to(device).eval(), config
 
@@ -555,7 +546,6 @@ def save_state_dict(
     (mean/std) travels in the file's metadata, so ``weights=FILE`` restores the normalisation."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     source = model.state_dict() if isinstance(model, nn.Module) else model
     state: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
@@ -572,13 +562,4 @@ def save_state_dict(
         meta["pretrained_cfg"] = json.dumps(
             {k: pretrained_cfg[k] for k in ("mean", "std", "input_size") if k in pretrained_cfg}
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from ..predictions import BACKENDS, TTA_MODES
+
 # Order is the order shown by `convnets --help`.
 COMMAND_MODULES = [
     "demo",
@@ -36,11 +38,16 @@ def add_backend_argument(p: argparse.ArgumentParser) -> None:
     """``--backend`` for the commands that run a trained model (predict, evaluate, ensemble, report)."""
     p.add_argument(
         "--backend",
-        choices=["auto", "onnxruntime", "torchscript", "eager"],
+        choices=BACKENDS,
         default="auto",
         help="what runs the model: auto = ONNX Runtime on CPU when installed (fastest measured), "
         "else TorchScript with BatchNorm folded; eager = the plain PyTorch model",
     )
+
+
+def add_tta_argument(p: argparse.ArgumentParser, help: str = "test-time augmentation") -> None:
+    """``--tta`` for the commands that can average over augmented views (predict, evaluate)."""
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,14 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"convnets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:  # a command not written yet
-            if e.name != f"{__package__}.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name in COMMAND_MODULES:  # a missing module is a bug (a typo here): fail loudly
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return parser
 
 

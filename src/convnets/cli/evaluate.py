@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, add_tta_argument
 
 
 def add_parser(subparsers) -> None:
@@ -22,11 +22,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "data", metavar="DATA", help="folder of class folders, or the run's data source / dataset name"
     )
-    p.add_argument(
-        "--tta",
-        choices=["none", "flip", "10crop"],
-        default="none",
-        help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)",
+    add_tta_argument(
+        p, help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)"
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, add_tta_argument
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--tta", choices=["none", "flip", "10crop"], default="none", help="test-time augmentation")
+    add_tta_argument(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import predict
+    from ..predictor import predict
 
     if args.top_k < 1:
         raise CLIError("--top-k must be at least 1")
@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise CLIError(f"no image files found in {', '.join(args.paths)}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for r in results:
-            if "error" in r:
-                print(f"{r['file']}: ERROR {r['error']}")
+            if r.error is not None:
+                print(f"{r.file}: ERROR {r.error}")
             else:
-                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
-    return 1 if any("error" in r for r in results) else 0
+                print(f"{r.file}: " + ", ".join(f"{c.label} {c.prob:.3f}" for c in r.top))
+    return 1 if any(r.error is not None for r in results) else 0

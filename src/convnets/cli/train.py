@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 
+from ..train.options import DEVICES, FREEZE_REGIMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainOptions
 from . import CLIError
 
 EXAMPLES = """examples:
@@ -77,10 +79,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs (of the head phase, with --freeze base) (default 10)")
     g.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 sgd, 1e-3 adam/adamw)")
-    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="(default adamw)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="(default adamw)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9, Nesterov)")
     g.add_argument("--weight-decay", type=float, help="(default: 5e-4 sgd, 0 adam, 0.01 adamw)")
-    g.add_argument("--schedule", choices=("cosine", "step", "onecycle", "constant"), help="(default cosine)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="(default cosine)")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
     g.add_argument("--label-smoothing", type=float, help="(default 0)")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
@@ -94,7 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("transfer learning (with --weights)")
     g.add_argument(
         "--freeze",
-        choices=("none", "base", "auto"),
+        choices=FREEZE_REGIMES,
         help="base: train only the new head; none: train everything; auto: choose from the "
         "images per class (default auto; base when --fine-tune-* is given)",
     )
@@ -134,7 +136,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="(default auto)")
+    g.add_argument("--device", choices=DEVICES, help="(default auto)")
     g.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -144,9 +146,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="(default auto: bf16 on CPUs with AMX and GPUs with native bf16, where it was measured "
-        "faster and as accurate; fp32 elsewhere. bf16/fp16 only where the hardware has them natively)",
+        choices=PRECISIONS,
+        help="(default auto: bf16 on CPUs with AMX for dense-convolution networks and on GPUs with native "
+        "bf16, where it was measured faster and as accurate; fp32 elsewhere. bf16/fp16 only where the "
+        "hardware has them natively)",
     )
 
     g = p.add_argument_group("run")
@@ -171,45 +174,8 @@ def _json_object(text: str) -> dict:
     return value
 
 
-OPTION_NAMES = (
-    "image_size",
-    "in_chans",
-    "val_split",
-    "seed",
-    "batch_size",
-    "augment",
-    "normalize",
-    "workers",
-    "data_root",
-    "model_kwargs",
-    "weights",
-    "head_dropout",
-    "epochs",
-    "lr",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-    "grad_accum",
-    "early_stopping",
-    "freeze",
-    "fine_tune_last",
-    "fine_tune_from",
-    "fine_tune_epochs",
-    "fine_tune_lr_scale",
-    "bn_train",
-    "feature_cache",
-    "feature_views",
-    "device",
-    "channels_last",
-    "compile",
-    "precision",
-    "resume",
-    "overwrite",
-    "quiet",
-)
+# Every TrainOptions field is a command-line option of the same name (--image-size -> image_size).
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainOptions))
 
 
 def run(args: argparse.Namespace) -> int:

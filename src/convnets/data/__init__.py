@@ -10,7 +10,7 @@ Public entry points (see docs/ARCHITECTURE.md, "Data"):
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 # Lazy (PEP 562): `convnets.data.decode` and `convnets.data.images` are torch-free, and importing
 # them must not pull in torch through this package's __init__ (the server and `predict` on an
@@ -34,7 +34,7 @@ _EXPORTS = {
     "build_train_transform": "augment",
     "channel_stats": "pca",
     "default_num_workers": "loaders",
-    "expand_paths": "pipeline",
+    "expand_paths": "images",
     "find_presplit": "folder",
     "image_dataset_from_directory": "pipeline",
     "load_base": "decode",
@@ -43,21 +43,13 @@ _EXPORTS = {
     "parse_ops": "augment",
     "pca_stats": "pca",
     "probe": "decode",
+    "read_image": "images",
+    "read_images": "images",
     "resolve_normalization": "pipeline",
     "scan_folder": "folder",
     "stratified_split": "split",
+    "to_input": "images",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

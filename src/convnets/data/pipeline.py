@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from ..models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION
 from .augment import build_eval_transform, build_train_transform, needs_pca, parse_ops
 from .builtin import BUILTIN_NAMES, Parts, builtin_name, load_digits_parts, load_torchvision_parts
 from .datasets import FileDataset, Subset, cpu_count
-from .decode import RESIZE_MODES, ImageReadError, SkippedImageWarning, base_size, is_image_file, load_base
+from .decode import RESIZE_MODES, ImageReadError, SkippedImageWarning, base_size
 from .folder import DatasetError, find_presplit, scan_folder
+from .images import expand_paths, read_images, to_input
 from .loaders import ImageLoader
 from .pca import cached_pca_stats, channel_stats
 from .split import stratified_split
@@ -442,24 +442,6 @@ class ImageBatch:
         return iter((self.images, self.paths, self.errors))
 
 
-def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[str] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out += sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and is_image_file(f) and not any(s.startswith(".") for s in f.parts)
-            )
-        else:
-            out.append(str(p))
-    return out
-
-
 def load_images(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     class_names: Sequence[str] | None = None,
@@ -479,31 +461,17 @@ def load_images(
     parent-folder name in ``class_names`` (-1 when it is not a class), for evaluation.
     """
     size = _size2(image_size)
-    out_size = base_size(size, resize)
-    transform = build_eval_transform(size, _fit_channels(mean, in_chans), _fit_channels(std, in_chans))
+    mean, std = _fit_channels(mean, in_chans), _fit_channels(std, in_chans)
     files = expand_paths(paths)
     index = {n: i for i, n in enumerate(class_names or [])}
-
-    def read(path: str):
-        try:
-            if not Path(path).is_file():
-                raise ImageReadError("no such file")
-            return load_base(path, out_size, in_chans, resize, max_pixels=max_pixels), None
-        except ImageReadError as e:
-            return None, str(e)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, cpu_count()))) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            tensors, ok, errors = [], [], []
-            for path, (arr, err) in zip(chunk, pool.map(read, chunk)):
-                if err is not None:
-                    errors.append((path, err))
-                    continue
-                tensors.append(transform(torch.from_numpy(arr).permute(2, 0, 1)))
-                ok.append(path)
-            images = torch.stack(tensors) if tensors else torch.empty(0, in_chans, *size)
-            labels = None
-            if class_names is not None:
-                labels = torch.tensor([index.get(Path(p).parent.name, -1) for p in ok], dtype=torch.int64)
-            yield ImageBatch(images, ok, errors, labels)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        arrays = read_images(chunk, size, in_chans, resize, max_pixels=max_pixels, workers=cpu_count())
+        ok = [p for p, a in zip(chunk, arrays) if not isinstance(a, ImageReadError)]
+        errors = [(p, str(a)) for p, a in zip(chunk, arrays) if isinstance(a, ImageReadError)]
+        good = [a for a in arrays if not isinstance(a, ImageReadError)]
+        images = torch.from_numpy(to_input(good, mean, std)) if good else torch.empty(0, in_chans, *size)
+        labels = None
+        if class_names is not None:
+            labels = torch.tensor([index.get(Path(p).parent.name, -1) for p in ok], dtype=torch.int64)
+        yield ImageBatch(images, ok, errors, labels)

@@ -25,12 +25,10 @@ def augment_preview(
     data_root: str | os.PathLike | None = None,
 ) -> Path:
     """Write a grid PNG: one row per training image, its evaluation view then ``versions`` augmentations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from ..plots import pyplot, save_figure
     from .pipeline import load_data
+
+    plt = pyplot()
 
     ops = parse_ops(augment)
     splits = load_data(
@@ -78,8 +76,4 @@ def augment_preview(
     spec = ", ".join(f"{name}:{param:g}" for name, param in ops) or "none"
     fig.suptitle(f"augmentation: {spec}", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from ..runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
 from ..runtime import prefers_channels_last
 from . import distributed as ddp
-from .checkpoint import LAST_CHECKPOINT, load_checkpoint, seed_everything
+from .checkpoint import load_training_state, seed_everything
 from .options import (
     DEFAULT_LR,
     DEFAULT_WEIGHT_DECAY,
@@ -31,8 +32,6 @@ from .options import (
 )
 from .trainer import RunResult, Trainer
 from .transfer import plan_phases
-
-RUN_FILES = ("model.safetensors", "config.json", "metrics.jsonl", LAST_CHECKPOINT)
 
 
 def train(
@@ -89,17 +88,16 @@ def _resume_setup(run_dir: Path, opts: TrainOptions, given: dict, data, model):
             "(a run writes it after its first epoch)"
         )
     try:
-        state = load_checkpoint(last)
-    except ValueError as e:
+        state = load_training_state(last)
+        config = RunConfig.from_dict(state["config"], where=f"{last} (its config)")
+    except (ValueError, RunFolderError) as e:
         raise TrainConfigError(f"--resume: {e}") from e
-    config = state["config"]
+    source = config.data.source if config.data is not None else None
     saved = TrainOptions(**state["options"])
-    if model is not None and model != config["model"]:
-        raise TrainConfigError(f"--model: {model!r} differs from the run being resumed ({config['model']!r})")
-    if data is not None and _source(data) != config["data"]["source"]:
-        raise TrainConfigError(
-            f"DATA: {data!r} differs from the run being resumed ({config['data']['source']!r})"
-        )
+    if model is not None and model != config.model:
+        raise TrainConfigError(f"--model: {model!r} differs from the run being resumed ({config.model!r})")
+    if data is not None and _source(data) != source:
+        raise TrainConfigError(f"DATA: {data!r} differs from the run being resumed ({source!r})")
     for name, value in given.items():
         if value is None or name in RESUME_OVERRIDABLE:
             continue
@@ -113,7 +111,7 @@ def _resume_setup(run_dir: Path, opts: TrainOptions, given: dict, data, model):
         if given.get(name) is not None:
             setattr(saved, name, given[name])
     saved.resume = True
-    return state, saved, config["data"]["source"], config["model"]
+    return state, saved, source, config.model
 
 
 def _source(data: str | Path) -> str:
@@ -138,10 +136,67 @@ def _versions() -> dict[str, str]:
 def _build_trainer(
     data, model_name: str, run_dir: Path, opts: TrainOptions, device, dist_info, resume_state, log
 ) -> Trainer:
-    from ..data import load_data
+    """Options -> model, data, RunConfig -> Trainer, in that order (each step checks its inputs)."""
     from ..data.augment import parse_ops
     from ..data.loaders import collate
-    from ..models import create_model, get_model_cfg
+
+    model_cfg, image_size, in_chans = _resolve_input(data, model_name, opts)
+    pretrained, normalization = _pretrained_model(model_name, in_chans, opts, model_cfg)
+    split = RunConfig.from_dict(resume_state["config"]).split if resume_state is not None else None
+    splits = _load_splits(data, image_size, in_chans, opts, normalization, split)
+    model, head = _model_with_head(pretrained, model_name, len(splits.class_names), in_chans, opts)
+    # The normalisation travels with the weights (model.safetensors metadata), for `weights=FILE` later.
+    model.pretrained_cfg = {
+        **(getattr(model, "pretrained_cfg", None) or {}),
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "input_size": [in_chans, image_size, image_size],
+    }
+    precision_why = _resolve_defaults(opts, image_size, in_chans, model, device, splits)
+
+    is_main = dist_info.is_main and not opts.quiet
+    say = log or print
+    train_set = splits.train.dataset
+    val_set = splits.val.dataset if splits.val is not None else None
+    num_classes = len(splits.class_names)
+    phases = plan_phases(
+        opts, model, len(train_set) / num_classes, opts.lr, log=say if is_main else (lambda _m: None)
+    )
+    if opts.weights is not None and opts.freeze is None:
+        opts.freeze = "none" if phases[0].name == "train" else "base"
+    from_checkpoint = normalization[0] is not None
+    config = _run_config(data, model_name, opts, splits, head, phases, from_checkpoint)
+    if is_main:
+        say(
+            f"{model_name}: {num_classes} classes, {len(train_set):,} training / "
+            f"{len(val_set) if val_set is not None else 0:,} validation images at {image_size}x{image_size}, "
+            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}, "
+            f"{opts.precision} ({precision_why})"
+        )
+    return Trainer(
+        model,
+        train_set,
+        val_set,
+        splits.class_names,
+        phases,
+        opts,
+        run_dir,
+        device=device,
+        config=config,
+        dist=dist_info,
+        collate_fn=collate,
+        num_workers=opts.workers,
+        augmenting=bool(parse_ops(opts.augment)),
+        on_skipped=_skip_reporter(splits.train),
+        resume_state=resume_state,
+        log=log,
+    )
+
+
+def _resolve_input(data, model_name: str, opts: TrainOptions):
+    """The model's published config, and the image size and channels this run trains at."""
+    from ..data.augment import parse_ops
+    from ..models import get_model_cfg
 
     try:
         model_cfg = get_model_cfg(model_name)
@@ -154,26 +209,35 @@ def _build_trainer(
         parse_ops(opts.augment)
     except ValueError as e:
         raise TrainConfigError(f"--augment: {e}") from None
+    return model_cfg, image_size, in_chans
 
-    # A pretrained model first: its checkpoint decides the normalisation the data must get.
-    # From scratch, the default normalisation is the training set's own channel statistics.
-    model = None
-    mean = std = None
+
+def _pretrained_model(model_name: str, in_chans: int, opts: TrainOptions, model_cfg):
+    """With ``--weights``: the pretrained model (head replaced later), and the normalisation its
+    checkpoint expects unless ``--normalize`` says otherwise, as ``(mean, std, normalize)``.
+    From scratch: ``(None, (None, None, --normalize or "dataset"))`` -- the training set's statistics."""
+    from ..models import create_model
+
     normalize = opts.normalize or "dataset"
-    if opts.weights is not None:
-        try:
-            with warnings.catch_warnings():  # the head is replaced below anyway: no need to hear about it
-                warnings.filterwarnings("ignore", message="classifier head replaced")
-                model = create_model(model_name, in_chans=in_chans, weights=opts.weights, **opts.model_kwargs)
-        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-            raise TrainConfigError(f"--weights: {e}") from None
-        if opts.normalize is None:
-            cfg = getattr(model, "pretrained_cfg", None) or {}
-            normalize = "auto"  # with mean/std given: use them
-            mean = tuple(cfg.get("mean", model_cfg.mean))
-            std = tuple(cfg.get("std", model_cfg.std))
+    if opts.weights is None:
+        return None, (None, None, normalize)
+    try:
+        with warnings.catch_warnings():  # the head is replaced below anyway: no need to hear about it
+            warnings.filterwarnings("ignore", message="classifier head replaced")
+            model = create_model(model_name, in_chans=in_chans, weights=opts.weights, **opts.model_kwargs)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        raise TrainConfigError(f"--weights: {e}") from None
+    if opts.normalize is not None:
+        return model, (None, None, normalize)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    # "auto" with mean/std given: use them
+    return model, (tuple(cfg.get("mean", model_cfg.mean)), tuple(cfg.get("std", model_cfg.std)), "auto")
 
-    split = resume_state["config"].get("split") if resume_state is not None else None
+
+def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, normalization, split):
+    from ..data import load_data
+
+    mean, std, normalize = normalization
     try:
         splits = load_data(
             str(data),
@@ -193,30 +257,30 @@ def _build_trainer(
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
-    class_names = list(splits.class_names)
-    num_classes = len(class_names)
-    if num_classes < 2:
-        raise TrainConfigError(f"DATA {data}: found {num_classes} class; classification needs at least 2")
+    if len(splits.class_names) < 2:
+        raise TrainConfigError(
+            f"DATA {data}: found {len(splits.class_names)} class; classification needs at least 2"
+        )
+    return splits
 
-    if model is None:
-        try:
-            model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **opts.model_kwargs)
-        except TypeError as e:
-            raise TrainConfigError(f"--model-kwargs: {e}") from None
-        head = "default"
-    else:
-        model.reset_classifier(num_classes, dropout=opts.head_dropout)
-        head = "transfer"
 
-    # The normalisation travels with the weights (model.safetensors metadata), for `weights=FILE` later.
-    model.pretrained_cfg = {
-        **(getattr(model, "pretrained_cfg", None) or {}),
-        "mean": list(splits.mean),
-        "std": list(splits.std),
-        "input_size": [in_chans, image_size, image_size],
-    }
+def _model_with_head(pretrained, model_name: str, num_classes: int, in_chans: int, opts: TrainOptions):
+    """A fresh model (head ``"default"``), or the pretrained one with a new head (``"transfer"``)."""
+    from ..models import create_model
 
-    # Resolve every default now, so config.json records what was actually used.
+    if pretrained is not None:
+        pretrained.reset_classifier(num_classes, dropout=opts.head_dropout)
+        return pretrained, "transfer"
+    try:
+        model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **opts.model_kwargs)
+    except TypeError as e:
+        raise TrainConfigError(f"--model-kwargs: {e}") from None
+    return model, "default"
+
+
+def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model, device, splits) -> str:
+    """Fill every ``None`` option now, so config.json records what was actually used; returns why
+    the precision is what it is (for the run's log line)."""
     opts.image_size, opts.in_chans = image_size, in_chans
     if opts.lr is None:
         opts.lr = DEFAULT_LR[opts.optimizer]
@@ -232,66 +296,36 @@ def _build_trainer(
         )
     if opts.workers is None:
         opts.workers = int(getattr(splits.train, "num_workers", 0))
-    train_set = splits.train.dataset
-    val_set = splits.val.dataset if splits.val is not None else None
+    return precision_why
 
-    is_main = dist_info.is_main and not opts.quiet
-    say = log or print
-    phases = plan_phases(
-        opts, model, len(train_set) / num_classes, opts.lr, log=say if is_main else (lambda _m: None)
-    )
-    if opts.weights is not None and opts.freeze is None:
-        opts.freeze = "none" if phases[0].name == "train" else "base"
 
-    config = {
-        "model": model_name,
-        "model_kwargs": dict(opts.model_kwargs),
-        "num_classes": num_classes,
-        "in_chans": in_chans,
-        "head": head,
-        "head_dropout": opts.head_dropout if head == "transfer" else None,
-        "image_size": [image_size, image_size],
-        "resize": splits.resize,  # how evaluation/prediction must bring images to image_size
-        "mean": [float(v) for v in splits.mean],
-        "std": [float(v) for v in splits.std],
-        "normalize": "checkpoint" if mean is not None else normalize,
-        "class_names": class_names,
-        "data": {"source": _source(data), "val_split": opts.val_split, "seed": opts.seed},
-        "split": splits.split,
-        "weights": opts.weights,
-        "phases": [
+def _run_config(
+    data, model_name: str, opts: TrainOptions, splits, head: str, phases, from_checkpoint: bool
+) -> RunConfig:
+    """What ``config.json`` records: enough to rebuild, run and describe the model (``best`` later)."""
+    return RunConfig(
+        model=model_name,
+        model_kwargs=dict(opts.model_kwargs),
+        num_classes=len(splits.class_names),
+        in_chans=opts.in_chans,
+        head=head,
+        head_dropout=opts.head_dropout if head == "transfer" else None,
+        image_size=(opts.image_size, opts.image_size),
+        resize=splits.resize,  # how evaluation/prediction must bring images to image_size
+        mean=tuple(float(v) for v in splits.mean),
+        std=tuple(float(v) for v in splits.std),
+        normalize="checkpoint" if from_checkpoint else (opts.normalize or "dataset"),
+        class_names=list(splits.class_names),
+        data=DataSource(source=_source(data), val_split=opts.val_split, seed=opts.seed),
+        split=splits.split,
+        weights=opts.weights,
+        phases=[
             {"name": p.name, "epochs": p.epochs, "lr": p.lr, "unfreeze": p.unfreeze, "cached": p.cached}
             for p in phases
         ],
-        "options": opts.to_dict(),
-        "versions": _versions(),
-        "best": None,
-    }
-    if is_main:
-        say(
-            f"{model_name}: {num_classes} classes, {len(train_set):,} training / "
-            f"{len(val_set) if val_set is not None else 0:,} validation images at {image_size}x{image_size}, "
-            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}, "
-            f"{opts.precision} ({precision_why})"
-        )
-    augmenting = bool(parse_ops(opts.augment))
-    return Trainer(
-        model,
-        train_set,
-        val_set,
-        class_names,
-        phases,
-        opts,
-        run_dir,
-        device=device,
-        config=config,
-        dist=dist_info,
-        collate_fn=collate,
-        num_workers=opts.workers,
-        augmenting=augmenting,
-        on_skipped=_skip_reporter(splits.train),
-        resume_state=resume_state,
-        log=log,
+        options=opts.to_dict(),
+        versions=_versions(),
+        best=None,
     )
 
 

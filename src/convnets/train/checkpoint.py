@@ -1,62 +1,28 @@
-"""Atomic files and the ``last.pt`` training state.
+"""The ``last.pt`` training state: written atomically, read safely, and the RNG states in it.
 
-Every file the trainer writes goes through a temporary file in the same folder and ``os.replace``,
-so a kill at any moment leaves either the previous good file or the new one, never half of one.
+Every file the trainer writes goes through ``convnets.atomic`` (a temporary file in the same folder
+and ``os.replace``), so a kill at any moment leaves either the previous good file or the new one.
 ``last.pt`` holds only plain containers, tensors, numbers and strings, so
 ``torch.load(path, weights_only=True)`` reads it without executing code.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-LAST_CHECKPOINT = "last.pt"
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically move ``tmp_path`` onto ``path``.
-
-    The temporary file lives in the destination folder (``os.replace`` is only atomic within one
-    file system) and is removed if ``write`` fails, leaving any previous ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+from ..atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a ``last.pt`` written by :func:`atomic_torch_save` (never unpickles arbitrary objects)."""
     path = Path(path)
     if not path.is_file():

@@ -57,7 +57,7 @@ def run_demo(out: str | Path = "runs/demo", quiet: bool = True, seed: int = 0, l
         )
         seconds = time.perf_counter() - start
         model, config = load_run(run_dir)
-        size = config["image_size"][0]
+        size = config.image_size[0]
         rows.append(
             DemoRow(
                 name,

@@ -11,9 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need hardware answers: the CLI reads TrainOptions and
+# the option lists below to build `convnets train --help` without importing torch.
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -189,6 +193,8 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("early_stopping", "needs a validation split (--val-split > 0)")
 
     # Precision: refuse what the hardware cannot do natively instead of silently running slow.
+    import torch
+
     device = resolve_device(opts.device)
     if opts.precision == "fp16" and device.type == "cpu":
         raise bad("precision", "fp16 needs a GPU (cuda or mps); CPUs have no fast fp16 arithmetic. Use fp32")
@@ -230,6 +236,8 @@ def resolve_precision(precision: str, device: torch.device, model=None) -> tuple
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda (LOCAL_RANK's GPU under torchrun), else mps, else cpu; refuse absent hardware."""
     import os
+
+    import torch
 
     if name == "auto":
         if torch.cuda.is_available():

@@ -27,16 +27,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_text
 from ..models.base import AuxOutputs
-from . import distributed as ddp
-from .checkpoint import (
+from ..runs import (
+    CONFUSION_FILE,
+    CURVES_FILE,
     LAST_CHECKPOINT,
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    rng_state,
-    set_rng_state,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    BestEpoch,
+    RunConfig,
 )
+from . import distributed as ddp
+from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
@@ -184,7 +187,8 @@ class Trainer:
 
     ``train_set``/``val_set`` are datasets yielding ``(image_tensor, label)``; the trainer builds its
     own loaders so that shuffling is a pure function of (seed, epoch) - which makes ``--resume``
-    exact and DDP sharding uniform. ``config`` is the run's ``config.json`` (``best`` is filled in here).
+    exact and DDP sharding uniform. ``config`` is the run's :class:`~convnets.runs.RunConfig`, written
+to ``config.json`` (``best`` is filled in here).
     """
 
     def __init__(
@@ -198,7 +202,7 @@ class Trainer:
         run_dir: str | Path,
         *,
         device: torch.device,
-        config: dict[str, Any],
+        config: RunConfig,
         dist: ddp.DistInfo | None = None,
         collate_fn: Callable | None = None,
         num_workers: int = 0,
@@ -617,12 +621,12 @@ class Trainer:
 
         if self.main:
             atomic_write_text(
-                self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history)
+                self.run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in self.history)
             )
             if improved:
                 from ..weights import save_state_dict
 
-                save_state_dict(self.model, self.run_dir / "model.safetensors")
+                save_state_dict(self.model, self.run_dir / WEIGHTS_FILE)
                 self._write_config()
             self._save_last()
             self._epoch_summary(record, train, improved and val is not None)
@@ -668,8 +672,8 @@ class Trainer:
             "best": dict(self.best),
             "history": list(self.history),
             # JSON round trip: only plain types, which torch.load(weights_only=True) accepts.
-            "options": json.loads(json.dumps(self.config["options"])),
-            "config": json.loads(json.dumps(self.config)),
+            "options": json.loads(json.dumps(self.config.options)),
+            "config": json.loads(json.dumps(self.config.to_dict())),
         }
 
     def _save_last(self) -> None:
@@ -684,7 +688,7 @@ class Trainer:
         self.epoch_in_phase = int(state["epoch_in_phase"])
         self.early = dict(state["early_stopping"])
         self.partial = state["partial"]
-        best_file = self.run_dir / "model.safetensors"
+        best_file = self.run_dir / WEIGHTS_FILE
         if best_file.is_file():
             from safetensors.torch import load_file
 
@@ -711,11 +715,11 @@ class Trainer:
         if not self.main:
             ddp.barrier(self.dist)
             return
-        from .plots import plot_confusion_matrix, plot_curves
+        from ..plots import confusion_counts, plot_confusion_matrix, plot_curves
 
-        name = self.config.get("model", "")
+        name = self.config.model
         if self.history:
-            plot_curves(self.history, self.run_dir / "curves.png", title=f"{name} - {self.run_dir.name}")
+            plot_curves(self.history, self.run_dir / CURVES_FILE, title=f"{name} - {self.run_dir.name}")
         if self.val_set is not None and len(self.val_set):
             y_true, y_pred = [], []
             if self.features is not None and self.features["val"] is not None and not self.dist.enabled:
@@ -730,18 +734,17 @@ class Trainer:
                     y_pred += logits.argmax(1).tolist()
                     y_true += y.tolist()
             plot_confusion_matrix(
-                y_true,
-                y_pred,
+                confusion_counts(y_true, y_pred, len(self.class_names)),
                 self.class_names,
-                self.run_dir / "confusion_matrix.png",
+                self.run_dir / CONFUSION_FILE,
                 title=f"{name} validation (best epoch {self.best['epoch']})",
             )
         self._write_config()
         ddp.barrier(self.dist)
 
     def _write_config(self) -> None:
-        self.config["best"] = dict(self.best) if self.best["epoch"] is not None else None
-        atomic_write_json(self.run_dir / "config.json", self.config)
+        self.config.best = BestEpoch(**self.best) if self.best["epoch"] is not None else None
+        self.config.write(self.run_dir)
 
     # --- signals, logging, tensorboard ------------------------------------------------------------
 
