@@ -113,7 +113,7 @@ def test_progress_into_a_log_file_is_one_line_per_epoch(shapes, tmp_path):
         subprocess.run(
             [sys.executable, "-m", "convnets", "train", str(shapes), "--model", "lenet5", "--out",
              str(tmp_path / "run"), "--epochs", "3", "--workers", "0", "--precision", "fp32"],
-            stdout=f, stderr=subprocess.STDOUT, env=env, check=True, timeout=120,
+            stdout=f, stderr=subprocess.STDOUT, env=env, check=True, timeout=900,
         )  # fmt: skip
     text = log.read_text()
     assert "\r" not in text
@@ -132,3 +132,12 @@ def test_progress_bars_only_on_a_terminal(tmp_path):
             return True
 
     assert progress_bars_wanted(Tty())
+
+
+def test_augment_auto_resolves_per_regime():
+    from convnets.train.options import AUTO_AUGMENT, TrainOptions, resolve_augment
+
+    assert TrainOptions().augment == "auto"
+    assert resolve_augment(TrainOptions()) == AUTO_AUGMENT["scratch"]
+    assert resolve_augment(TrainOptions(weights="w.pt")) == AUTO_AUGMENT["transfer"]
+    assert resolve_augment(TrainOptions(augment="light,vflip")) == "light,vflip"
