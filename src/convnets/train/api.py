@@ -75,9 +75,23 @@ def train(
     dist_info = ddp.init_distributed(device)
     try:
         trainer = _build_trainer(data, model, run_dir, opts, device, dist_info, resume_state, log)
-        return trainer.fit()
+        result = trainer.fit()
+        if dist_info.is_main:
+            _fit_ood(run_dir, trainer.log)
+        return result
     finally:
         ddp.cleanup_distributed()
+
+
+def _fit_ood(run_dir: Path, log) -> None:
+    """Fit the out-of-distribution detector on the finished run (convnets.trust): one forward pass
+    over its training and validation images, so predict flags inputs unlike them from the start."""
+    from ..trust import calibrate_run
+
+    try:
+        calibrate_run(run_dir, temperature=False, log=log)
+    except (ValueError, OSError, RuntimeError) as e:  # a run without usable data still trained fine
+        warnings.warn(f"out-of-distribution detector not fitted: {e}", stacklevel=2)
 
 
 def _resume_setup(run_dir: Path, opts: TrainOptions, given: dict, data, model):
