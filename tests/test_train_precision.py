@@ -36,16 +36,15 @@ def _tiny_run(shapes, out, **options):
     return result, config, lines
 
 
-@pytest.mark.parametrize(
-    "flags, expected", [(AMX, "bf16"), (ZEN4, "fp32"), (AVX2, "fp32"), (frozenset(), "fp32")]
-)
-def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
+@pytest.mark.parametrize("flags", [AMX, ZEN4, AVX2, frozenset()])
+def test_auto_precision_on_cpus_is_fp32_until_bf16_keeps_accuracy(monkeypatch, flags):
+    # bf16 was faster on the AMX CPU but 4.6 points less accurate on SIGNS (bench/RESULTS.md).
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
-    precision, why = runtime.auto_precision("cpu")
-    assert precision == expected and why
-    assert runtime.auto_precision("cpu", create_model("resnet18", num_classes=2))[0] == expected
-    # Depthwise convolutions were measured slower in bf16 even with AMX.
-    assert runtime.auto_precision("cpu", create_model("mobilenet_v2", num_classes=2))[0] == "fp32"
+    for model in (None, create_model("resnet18", num_classes=2), create_model("mobilenet_v2", num_classes=2)):
+        precision, why = runtime.auto_precision("cpu", model)
+        assert precision == "fp32" and why
+    assert ("AMX" in why) is ("amx_bf16" in flags)
+    assert runtime.auto_precision("mps")[0] == "fp32"
     assert runtime.auto_precision("mps")[0] == "fp32"
 
 
@@ -75,11 +74,13 @@ def test_auto_without_amx_trains_fp32_and_records_it(shapes, tmp_path, monkeypat
     assert any("fp32 (no AMX" in line for line in lines)
 
 
-def test_auto_with_amx_trains_bf16_and_records_it(shapes, tmp_path, monkeypatch):
+def test_auto_resolved_to_bf16_trains_and_records_it(shapes, tmp_path, monkeypatch):
+    # What auto does where it picks bf16 (a GPU with native bf16), run on this CPU.
     monkeypatch.setattr(runtime, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(runtime, "auto_precision", lambda device_type, model=None: ("bf16", "test: bf16"))
     result, config, lines = _tiny_run(shapes, tmp_path / "run")
     assert config["options"]["precision"] == "bf16"
-    assert any("bf16 (this CPU has AMX" in line for line in lines)
+    assert any("bf16 (test: bf16)" in line for line in lines)
     assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
     # Whatever runs inside the step, the saved weights are fp32 (evaluate/export/ONNX expect them).
     from safetensors.torch import load_file

@@ -114,20 +114,20 @@ def has_grouped_convolutions(model) -> bool:
 def auto_precision(device_type: str, model=None) -> tuple[str, str]:
     """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
 
-    bf16 only where it was measured faster than fp32 and as accurate (bench/RESULTS.md, "Training
-    precision"): CUDA GPUs with native bf16 (Ampere and later), and CPUs with AMX for dense-convolution
-    networks (ResNet, VGG). On the AMX CPU, bf16 autocast trained mobilenet_v2 *slower* than fp32:
-    its depthwise convolutions are memory-bound and gain nothing from AMX's matrix units while the
-    casts cost, so networks with grouped convolutions stay fp32. A CPU with AVX512-BF16 but no AMX
-    (AMD EPYC Zen 4) trained mobilenet_v2 1.15x slower in bf16, and CPUs without either emulate it:
-    fp32. So do Apple's MPS and older GPUs.
+    bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
+    precision"). On CPUs that is nowhere yet: on the AMX Xeon, bf16 autocast trained resnet50 faster
+    (1.3-1.7x when not starved of cores) but reached 0.838 validation accuracy on SIGNS from scratch
+    against fp32's 0.884 (one seed, 5 epochs), and mobilenet_v2 (depthwise convolutions) was no faster
+    (0.75-0.96x); CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So CPUs train in
+    fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native bf16 (Ampere
+    and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
     """
     if device_type == "cpu":
         if not cpu_has_amx_bf16():
             return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
         if model is not None and has_grouped_convolutions(model):
-            return "fp32", "AMX CPU, but depthwise convolutions measured slower in bf16"
-        return "bf16", "this CPU has AMX bf16 tiles"
+            return "fp32", "AMX CPU, but depthwise convolutions measured no faster in bf16"
+        return "fp32", "AMX CPU: bf16 is faster but was less accurate from scratch; --precision bf16 opts in"
     if device_type == "cuda":
         import torch
 

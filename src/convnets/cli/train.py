@@ -153,9 +153,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="(default auto: bf16 on CPUs with AMX for dense-convolution networks and on GPUs with native "
-        "bf16, where it was measured faster and as accurate; fp32 elsewhere. bf16/fp16 only where the "
-        "hardware has them natively)",
+        help="(default auto: bf16 on GPUs with native bf16; fp32 on CPUs, where bf16 was faster on AMX "
+        "but less accurate from scratch. bf16/fp16 only where the hardware has them natively)",
     )
 
     g = p.add_argument_group("run")
