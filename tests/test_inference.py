@@ -225,10 +225,15 @@ def test_cli_backend_choices_are_the_librarys():
     parser = build_parser()
     args = parser.parse_args(["predict", "run", "img.png", "--backend", "eager"])
     assert args.backend == "eager"
-    action = next(
-        a for a in parser._subparsers._group_actions[0].choices["predict"]._actions if a.dest == "backend"
-    )
-    assert tuple(action.choices) == BACKENDS
+    from convnets.backends import BACKEND_CHOICES, TORCH_PATH_CHOICES
+
+    def choices(command: str) -> tuple[str, ...]:
+        sub = parser._subparsers._group_actions[0].choices[command]
+        return tuple(next(a for a in sub._actions if a.dest == "backend").choices)
+
+    assert choices("evaluate") == TORCH_PATH_CHOICES == BACKENDS
+    # predict also runs the exported model on OpenVINO / int8 (convnets.exported)
+    assert choices("predict") == BACKEND_CHOICES and set(BACKENDS) <= set(BACKEND_CHOICES)
     with pytest.raises(ValueError, match="unknown inference backend"):
         from convnets.inference import inference_module
 

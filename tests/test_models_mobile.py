@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from convnets.blocks import StochasticDepth
 from convnets.models import create_model, get_model_cfg
 from convnets.models.efficientnet import EFFICIENTNET_SCALING
 
@@ -70,7 +71,7 @@ def test_efficientnets_match_torchvision_layout(shapes_only):
         bn_theirs = [(m.eps, m.momentum) for m in theirs.modules() if isinstance(m, nn.BatchNorm2d)]
         assert bn_ours == bn_theirs, name
         # Stochastic depth grows linearly over the blocks exactly as torchvision's.
-        drop_ours = [m.p for m in ours.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
+        drop_ours = [m.p for m in ours.modules() if isinstance(m, StochasticDepth)]
         drop_theirs = [m.p for m in theirs.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
         assert drop_ours == drop_theirs, name
         assert ours.classifier[0].p == theirs.classifier[0].p, name

@@ -11,8 +11,6 @@ from functools import partial
 
 import torch
 from torch import nn
-from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
-from torchvision.ops import StochasticDepth
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -329,12 +327,13 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class SqueezeExcitation(TVSqueezeExcitation):
+class SqueezeExcitation(nn.Module):
     """Squeeze-and-excitation: global-average-pool ("squeeze") -> 1x1 conv ``fc1`` -> activation ->
     1x1 conv ``fc2`` -> sigmoid gives one weight per channel, which rescales the input ("excite").
 
-    torchvision's ``ops.SqueezeExcitation`` (keys ``fc1``/``fc2``, as its EfficientNet uses), with
-    the channel arguments named as in the rest of this module.
+    The same module as torchvision's ``ops.SqueezeExcitation`` (attributes and keys ``fc1``/``fc2``,
+    as its EfficientNet uses), written out here because importing ``torchvision.ops`` at model-build
+    time imports all of torchvision and ``torch._dynamo`` (+1.5-2 s for every ``predict``/``evaluate``).
     """
 
     def __init__(
@@ -344,7 +343,35 @@ class SqueezeExcitation(TVSqueezeExcitation):
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ) -> None:
-        super().__init__(channels, squeeze_channels, activation=act_layer, scale_activation=gate_layer)
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.activation = act_layer()
+        self.scale_activation = gate_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's ``ops.StochasticDepth``, imported only when a training step drops a branch
+    (see :class:`SqueezeExcitation` for why not at module level)."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        from torchvision.ops import stochastic_depth
+
+        return stochastic_depth(x, self.p, self.mode, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"
 
 
 class MBConv(nn.Module):

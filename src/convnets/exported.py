@@ -1,11 +1,22 @@
-"""The run folder's exported model, and running it without torch.
+"""The run folder's exported model, and running it without torch on the fastest engine this CPU has.
 
 ``convnets export`` (and the first ``predict``/``serve`` on a run) writes ``RUN_DIR/model.onnx``:
 BatchNorm folded, normalisation inside the graph, checked against the PyTorch model. ``export.json``
 beside it records a fingerprint of ``model.safetensors``; when the weights change, the export is
-stale and is written again. :class:`ExportedModel` runs that file on ONNX Runtime with numpy and
-Pillow only: ``predict`` and the server start in well under a second instead of paying seconds for
-``import torch, torchvision``.
+stale and is written again (with its checks and int8 model). :class:`ExportedModel` runs that file
+with numpy and Pillow only, so ``predict`` and the server start in well under a second instead of
+paying seconds for ``import torch, torchvision``.
+
+Engines (each a small object with ``run(pixels) -> logits``, pixels float32 NCHW in [0, 1]):
+
+* ``onnxruntime``: ``model.onnx`` on ONNX Runtime, fp32: the reference the other engines are checked on;
+* ``openvino``: ``model.onnx`` on OpenVINO, computing in bf16 on CPUs with AMX / AVX512-BF16 (fp32
+  elsewhere); checked once against ``onnxruntime`` on the run's validation images (``export.json``);
+* ``int8``: ``model.int8.onnx`` (``convnets export RUN --int8``, see :mod:`convnets.quantize`), whose
+  validation top-1 change was measured and accepted when it was written; run on OpenVINO when installed.
+
+``auto`` picks the fastest engine that this CPU has and that passed its check, in the order measured
+in bench/RESULTS.md ("Inference backends"), and ONNX Runtime fp32 wherever nothing faster was measured.
 """
 
 from __future__ import annotations
@@ -13,18 +24,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from . import __version__
 from .atomic import atomic_write_json
+from .backends import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
 from .data.decode import ImageReadError
-from .data.images import ImageSource, expand_paths, read_image
+from .data.images import ImageSource, center_crop, expand_paths, read_image
 from .predictions import Prediction, softmax, top_k
-from .runs import EXPORT_INFO_FILE, ONNX_FILE, RunConfig, RunFolderError, weights_path
+from .runs import (
+    EXPORT_INFO_FILE,
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    OPENVINO_CACHE_DIR,
+    RunConfig,
+    RunFolderError,
+    weights_path,
+)
+
+TTA_MODES = ("none", "flip", "10crop")
+CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.evaluate)
+
+# bf16 is native (not emulated) with these; OpenVINO then computes in bf16.
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# int8 dot products in hardware: where int8 was measured faster than fp32.
+INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
+# auto uses OpenVINO bf16 only where it was measured faster than ONNX Runtime fp32 (an AMX Xeon,
+# bench/RESULTS.md "Inference backends": 1.6-2.5x); AVX512-BF16 without AMX is unmeasured.
+OPENVINO_AUTO_FLAGS = frozenset({"amx_bf16"})
+
+# An engine passes its parity check against ONNX Runtime fp32 when, on the check images, no class
+# probability moves by more than this and the top-1 class agrees on at least this fraction.
+# OpenVINO bf16 moved probabilities by up to 0.035 (top-1 unchanged) on the alpaca MobileNetV2.
+CHECK_MAX_PROB_DIFF = 0.1
+CHECK_MIN_AGREEMENT = 0.97
+CHECK_IMAGES = 32
+# Under auto, a job known to be smaller than this runs on ONNX Runtime fp32: importing OpenVINO and
+# loading its compiled graph took ~0.3 s more than opening an ONNX Runtime session (cache warm,
+# mobilenet_v2), more than a faster engine saves on a few images.
+AUTO_MIN_IMAGES = 32
+
+
+class EngineError(RuntimeError):
+    """The asked-for engine cannot run this run's export (not installed, no int8 model, stale)."""
 
 
 def weights_fingerprint(run_dir: str | os.PathLike) -> str:
@@ -37,22 +86,70 @@ def weights_fingerprint(run_dir: str | os.PathLike) -> str:
 
 
 @dataclass
+class EngineCheck:
+    """An engine's probabilities against ONNX Runtime fp32 on the same images."""
+
+    engine: str  # e.g. "openvino-bf16"
+    images: int
+    source: str  # "validation images" or "random pixels" (a run without a folder split)
+    top1_agreement: float
+    max_prob_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_prob_diff <= CHECK_MAX_PROB_DIFF and self.top1_agreement >= CHECK_MIN_AGREEMENT
+
+
+@dataclass
+class Int8Info:
+    """``model.int8.onnx``: how it was calibrated and what it cost on the validation split."""
+
+    weights_sha256: str
+    quantizer: str
+    calibration_images: int
+    val_images: int
+    fp32_top1: float
+    int8_top1: float
+    top1_agreement: float
+    max_drop: float  # points; above it the int8 model is refused
+    seconds: float = 0.0
+
+    @property
+    def delta_points(self) -> float:
+        return 100.0 * (self.int8_top1 - self.fp32_top1)
+
+    @property
+    def accepted(self) -> bool:
+        return -self.delta_points <= self.max_drop
+
+
+@dataclass
 class ExportInfo:
-    """``RUN_DIR/export.json``: which weights ``model.onnx`` was exported from, and its parity check."""
+    """``RUN_DIR/export.json``: which weights ``model.onnx`` came from, its parity with PyTorch, the
+    engines' parity checks and the int8 model's accuracy."""
 
     weights_sha256: str
     max_abs_diff: float
     opset: int
     convnets: str = __version__
+    checks: dict[str, EngineCheck] = field(default_factory=dict)
+    int8: Int8Info | None = None
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike) -> ExportInfo | None:
         path = Path(run_dir) / EXPORT_INFO_FILE
         try:
             raw = json.loads(path.read_text())
-            return cls(**{k: raw[k] for k in ("weights_sha256", "max_abs_diff", "opset", "convnets")})
+            info = cls(**{k: raw[k] for k in ("weights_sha256", "max_abs_diff", "opset", "convnets")})
+            info.checks = {k: EngineCheck(**v) for k, v in (raw.get("checks") or {}).items()}
+            if raw.get("int8"):
+                info.int8 = Int8Info(**raw["int8"])
+            return info
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        return atomic_write_json(Path(run_dir) / EXPORT_INFO_FILE, asdict(self))
 
 
 def export_is_fresh(run_dir: str | os.PathLike) -> bool:
@@ -78,50 +175,375 @@ def ensure_exported(run_dir: str | os.PathLike, *, opset: int = 17, log=None) ->
         log(f"exporting {run_dir / ONNX_FILE} (once; later runs start without torch)")
     fingerprint = weights_fingerprint(run_dir)
     result = export_run(run_dir, "onnx", run_dir / ONNX_FILE, opset=opset)
-    atomic_write_json(
-        run_dir / EXPORT_INFO_FILE,
-        ExportInfo(fingerprint, result.max_abs_diff, opset).__dict__,
-    )
+    # A new export.json: the old engine checks and int8 model described the previous weights.
+    ExportInfo(fingerprint, result.max_abs_diff, opset).write(run_dir)
+    (run_dir / INT8_ONNX_FILE).unlink(missing_ok=True)
     return result.path
 
 
-class ExportedModel:
-    """A run's ``model.onnx`` on ONNX Runtime: images in, probabilities and prediction rows out.
+# --- engines ---------------------------------------------------------------------------------
 
-    ``ExportedModel.open(run_dir)`` exports first if needed (that once imports torch).
-    """
 
-    backend = "onnxruntime"
+class Engine(Protocol):
+    name: str  # one of EXPORTED_BACKENDS
+    description: str  # e.g. "OpenVINO 2026.4 bf16"
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) pixels in [0, 1] -> float32 logits (N, K)."""
+        ...
+
+
+def _threads(threads: int | None) -> int:
+    if threads:
+        return int(threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class OrtEngine:
+    """An ONNX file on ONNX Runtime's CPU provider."""
 
     def __init__(
         self,
-        run_dir: str | os.PathLike,
-        config: RunConfig,
-        onnx_path: Path,
-        threads: int | None,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        name: str = "onnxruntime",
         spin: bool = True,
     ):
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise ImportError("running an exported model needs: pip install 'convnets[export]'") from e
-        self.run_dir, self.config, self.path = Path(run_dir), config, onnx_path
+            raise EngineError("running an exported model needs: pip install 'convnets[export]'") from e
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = _threads(threads)
+        options.log_severity_level = 3  # errors only: not a notice per unused initializer of an int8 graph
         if not spin:
             # The server's decode threads and event loop share these cores: ORT's pool threads must not
             # busy-wait between operators (measured: 2x the CPU per image on a busy 2-core machine).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.name, self.path = name, Path(path)
+        self.description = f"ONNX Runtime {ort.__version__} {'int8' if name == 'int8' else 'fp32'}"
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        return out
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+class OpenVinoEngine:
+    """An ONNX file on OpenVINO's CPU plugin, compiled per batch size.
+
+    A graph compiled for one static shape ran 1.4-2x faster than the same graph with a dynamic
+    batch (measured on the AMX Xeon, mobilenet_v2 at batch 1 and 32), so each batch size gets its
+    own compiled model (kept for the last ``max_shapes`` sizes; a new size costs one compile,
+    ~0.3 s; batch 1 is cached on disk in ``RUN_DIR/openvino_cache``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        precision: str | None = None,
+        *,
+        name: str = "openvino",
+        cache_dir: str | os.PathLike | None = None,
+        max_shapes: int = 6,
+    ):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise EngineError("the openvino backend needs: pip install 'convnets[openvino]'") from e
+        from .runtime import cpu_flags
+
+        self.precision = precision or ("bf16" if cpu_flags() & BF16_FLAGS else "f32")
+        self.core = ov.Core()
+        self.cache_dir = cache_dir
+        self.model = self.core.read_model(str(path))
+        self.config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": _threads(threads),
+        }
+        self.name, self.path, self.max_shapes = name, Path(path), max_shapes
+        version = ov.get_version().split("-")[0]
+        self.description = f"OpenVINO {version} {'int8' if name == 'int8' else self.precision}"
+        self._compiled: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self._lock = threading.Lock()  # an infer request runs one call at a time
+
+    def _request(self, shape: tuple[int, ...]):
+        request = self._compiled.get(shape)
+        if request is None:
+            model = self.model.clone()
+            model.reshape({model.inputs[0]: list(shape)})
+            config = dict(self.config)
+            if self.cache_dir is not None and shape[0] == 1:
+                # Cache only the batch-1 graph: it is what a cold `predict` needs (compile 0.33 ->
+                # 0.13 s), and one blob per batch size a server meets would fill the run folder.
+                config["CACHE_DIR"] = str(self.cache_dir)
+            request = self.core.compile_model(model, "CPU", config).create_infer_request()
+            self._compiled[shape] = request
+            if len(self._compiled) > self.max_shapes:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(shape)
+        return request
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        with self._lock:
+            request = self._request(tuple(pixels.shape))
+            request.infer({0: pixels})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+def int8_runner_order() -> tuple[str, ...]:
+    """Which library runs ``model.int8.onnx``: OpenVINO was 2-4x faster than ONNX Runtime on the same
+    int8 file on the AMX Xeon (bench/RESULTS.md), so OpenVINO when installed."""
+    return ("openvino", "onnxruntime") if openvino_available() else ("onnxruntime",)
+
+
+def make_engine(
+    run_dir: str | os.PathLike,
+    backend: str,
+    *,
+    threads: int | None = None,
+    precision: str | None = None,
+    spin: bool = True,
+) -> Engine:
+    """The engine ``backend`` (not ``auto``) on the run's fresh export; :class:`EngineError` if unusable.
+    ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers)."""
+    run_dir = Path(run_dir)
+    cache = run_dir / OPENVINO_CACHE_DIR
+    if backend == "onnxruntime":
+        return OrtEngine(run_dir / ONNX_FILE, threads, spin=spin)
+    if backend == "openvino":
+        return OpenVinoEngine(run_dir / ONNX_FILE, threads, precision, cache_dir=cache)
+    if backend == "int8":
+        info = ExportInfo.read(run_dir)
+        path = run_dir / INT8_ONNX_FILE
+        int8 = info.int8 if info is not None else None
+        if int8 is not None and int8.weights_sha256 != info.weights_sha256:
+            raise EngineError(f"{path} is from older weights: run `convnets export {run_dir} --int8` again")
+        if int8 is not None and not int8.accepted:
+            raise EngineError(
+                f"the int8 model was refused: validation top-1 changed by {int8.delta_points:+.2f} points "
+                f"(allowed -{int8.max_drop:g})"
+            )
+        if int8 is None or not path.is_file():
+            raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
+        if int8_runner_order()[0] == "openvino":
+            return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache)
+        return OrtEngine(path, threads, name="int8", spin=spin)
+    raise EngineError(
+        f"unknown exported-model backend {backend!r}; choose from {', '.join(EXPORTED_BACKENDS)}"
+    )
+
+
+# --- checks and the auto choice ----------------------------------------------------------------
+
+
+def split_files(config: RunConfig, role: str) -> list[tuple[Path, int]]:
+    """(file, class index) of a folder run's ``train`` or ``val`` split, as recorded in config.json.
+
+    Raises :class:`RunFolderError` for runs on built-in datasets (their split is indices, not files).
+    """
+    split = config.split or {}
+    if "root" not in split or not isinstance(split.get(role), list):
+        source = config.data.source if config.data else "?"
+        raise RunFolderError(
+            f"the run's data ({source}) has no recorded {role} files: this needs a run trained on an "
+            "image folder (built-in datasets record indices)"
+        )
+    root, presplit = Path(split["root"]), split.get("layout") == "presplit"
+    index = {n: i for i, n in enumerate(split.get("class_names") or config.class_names)}
+    out = []
+    for rel in split[role]:
+        parts = Path(rel).parts
+        cls = parts[1] if presplit else parts[0]
+        if cls in index and (root / rel).is_file():
+            out.append((root / rel, index[cls]))
+    if not out:
+        raise RunFolderError(f"none of the run's {role} files exist under {root}")
+    return out
+
+
+def pixels_of(views: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 (H, W, C) views -> float32 (N, C, H, W) in [0, 1], what every engine takes."""
+    return np.stack(views).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+
+
+def check_pixels(config: RunConfig, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
+    """Images to compare engines on: the run's first ``n`` validation images, else seeded noise."""
+    try:
+        files = split_files(config, "val")[:n]
+        views = [read_image(f, config.image_size, config.in_chans, config.resize) for f, _ in files]
+        return pixels_of(views), "validation images"
+    except (RunFolderError, ImageReadError):
+        rng = np.random.default_rng(0)
+        return rng.random((n, *config.input_shape), dtype=np.float32), "random pixels"
+
+
+def run_batched(engine: Engine, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([engine.run(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
+
+
+def compare_engines(
+    reference: Engine, other: Engine, pixels: np.ndarray, source: str, key: str
+) -> EngineCheck:
+    p_ref, p_other = softmax(run_batched(reference, pixels)), softmax(run_batched(other, pixels))
+    return EngineCheck(
+        engine=key,
+        images=len(pixels),
+        source=source,
+        top1_agreement=float((p_ref.argmax(1) == p_other.argmax(1)).mean()),
+        max_prob_diff=float(np.abs(p_ref - p_other).max()),
+    )
+
+
+def check_engine(run_dir: str | os.PathLike, engine: Engine, config: RunConfig | None = None) -> EngineCheck:
+    """``engine`` against ONNX Runtime fp32 on the run's validation images, recorded in export.json."""
+    key = engine.description.split(" ", 1)[0].lower() + "-" + engine.description.rsplit(" ", 1)[-1]
+    info = ExportInfo.read(run_dir)
+    if info is not None and key in info.checks:
+        return info.checks[key]
+    config = config or RunConfig.read(run_dir)
+    pixels, source = check_pixels(config)
+    result = compare_engines(OrtEngine(Path(run_dir) / ONNX_FILE), engine, pixels, source, key)
+    if info is not None:
+        info.checks[key] = result
+        info.write(run_dir)
+    return result
+
+
+def auto_candidates(run_dir: str | os.PathLike, flags: frozenset[str] | None = None) -> list[str]:
+    """Exported backends fastest first (bench/RESULTS.md, "Inference backends"), limited to what this
+    CPU was measured fast on and what is installed; always ends with ONNX Runtime fp32."""
+    from .runtime import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    info = ExportInfo.read(run_dir)
+    out = []
+    int8 = info.int8 if info is not None else None
+    if (
+        int8 is not None
+        and int8.accepted
+        and int8.weights_sha256 == info.weights_sha256
+        and (Path(run_dir) / INT8_ONNX_FILE).is_file()
+        and flags & INT8_FLAGS
+        and openvino_available()  # int8 on ONNX Runtime was measured slower than fp32 (mobilenet_v2)
+    ):
+        out.append("int8")
+    if flags & OPENVINO_AUTO_FLAGS and openvino_available():
+        out.append("openvino")
+    return [*out, "onnxruntime"]
+
+
+def open_engine(
+    run_dir: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    threads: int | None = None,
+    config: RunConfig | None = None,
+    images: int | None = None,
+    spin: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Engine:
+    """The engine for ``backend`` on the run's (fresh) export; ``auto``: the first of
+    :func:`auto_candidates` that opens and passes its check against ONNX Runtime fp32 (ONNX Runtime
+    for a job of fewer than :data:`AUTO_MIN_IMAGES` ``images``)."""
+    if backend != "auto":
+        return make_engine(run_dir, backend, threads=threads, spin=spin)
+    small_job = images is not None and images < AUTO_MIN_IMAGES
+    for name in ["onnxruntime"] if small_job else auto_candidates(run_dir):
+        if name == "onnxruntime":
+            return make_engine(run_dir, name, threads=threads, spin=spin)
+        try:
+            engine = make_engine(run_dir, name, threads=threads, spin=spin)
+            # int8 was measured on the validation split when written; the others are checked once here.
+            if name == "int8":
+                return engine
+            check = check_engine(run_dir, engine, config)
+        except Exception as e:  # noqa: BLE001 - an engine that cannot compile this graph: the next one
+            if log is not None and not isinstance(e, EngineError):
+                log(f"not using {name}: {e}")
+            continue
+        if check.passed:
+            return engine
+        if log is not None:
+            log(
+                f"not using {engine.description}: against ONNX Runtime fp32 top-1 agreed on "
+                f"{check.top1_agreement:.0%}, probabilities moved up to {check.max_prob_diff:.3f}"
+            )
+    raise AssertionError("unreachable: onnxruntime is always a candidate")
+
+
+# --- test-time augmentation on uint8 views (numpy; the same pixels as convnets.evaluate) ----------
+
+
+def ten_crop(base: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+    """torchvision's ``ten_crop``: the four corners and the centre, then the same of the mirror image."""
+    h, w = size
+    crops = []
+    for img in (base, base[:, ::-1]):
+        bh, bw = img.shape[:2]
+        crops += [
+            img[:h, :w],
+            img[:h, bw - w :],
+            img[bh - h :, :w],
+            img[bh - h :, bw - w :],
+            center_crop(img, size),
+        ]
+    return crops
+
+
+class ExportedModel:
+    """A run's exported model on one engine: images in, probabilities and prediction rows out.
+
+    ``ExportedModel.open(run_dir, backend="auto")`` exports first if needed (that once imports torch).
+    ``.backend`` is the engine chosen (one of :data:`EXPORTED_BACKENDS`), ``.engine.description`` says more.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, config: RunConfig, engine: Engine):
+        self.run_dir, self.config, self.engine = Path(run_dir), config, engine
+        self.path = Path(getattr(engine, "path", self.run_dir / ONNX_FILE))
 
     @classmethod
     def open(
-        cls, run_dir: str | os.PathLike, *, threads: int | None = None, log=None, spin: bool = True
+        cls,
+        run_dir: str | os.PathLike,
+        backend: str = "auto",
+        *,
+        threads: int | None = None,
+        images: int | None = None,
+        log: Callable[[str], None] | None = None,
+        spin: bool = True,
     ) -> ExportedModel:
-        """``spin=False``: ORT's threads sleep between operators instead of busy-waiting (servers)."""
+        """``images``: how many images the caller will run, when known (see :func:`open_engine`);
+        ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers)."""
+        if backend not in ("auto", *EXPORTED_BACKENDS):
+            raise EngineError(
+                f"backend {backend!r} runs the PyTorch model; an exported model runs on "
+                f"{', '.join(('auto', *EXPORTED_BACKENDS))}"
+            )
         config = RunConfig.read(run_dir)
-        return cls(run_dir, config, ensure_exported(run_dir, log=log), threads, spin)
+        ensure_exported(run_dir, log=log)
+        return cls(
+            run_dir,
+            config,
+            open_engine(run_dir, backend, threads=threads, config=config, images=images, spin=spin, log=log),
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.engine.name
 
     @property
     def class_names(self) -> list[str]:
@@ -129,39 +551,59 @@ class ExportedModel:
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) pixels in [0, 1] -> logits (N, K)."""
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
-        return out
+        return self.engine.run(pixels)
 
     def predict_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, C) views at the run's image size -> probabilities (N, K)."""
-        x = np.stack(views).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
-        return softmax(self.logits(x) / (self.config.temperature or 1.0))  # evaluate --calibrate
+        return softmax(
+            self.logits(pixels_of(views)) / (self.config.temperature or 1.0)
+        )  # evaluate --calibrate
 
     def read(self, source: ImageSource) -> np.ndarray:
+        """One image as the model's uint8 (H, W, C) view (what ``predict_views`` takes)."""
         c = self.config
         return read_image(source, c.image_size, c.in_chans, c.resize)
 
+    def read_views(self, source: ImageSource, tta: str = "none") -> list[np.ndarray]:
+        """The views of one image that ``tta`` averages over (one view without TTA)."""
+        c = self.config
+        if tta == "10crop":
+            return ten_crop(read_image(source, c.image_size, c.in_chans, c.resize, base=True), c.image_size)
+        view = self.read(source)
+        return [view, view[:, ::-1]] if tta == "flip" else [view]
+
     def predict(
-        self, sources: Sequence[tuple[str, ImageSource]], top: int = 5, batch_size: int = 32
+        self,
+        sources: Sequence[tuple[str, ImageSource]],
+        top: int = 5,
+        batch_size: int = 32,
+        tta: str = "none",
     ) -> list[Prediction]:
-        """Rows for ``(name, file path or bytes)`` pairs; an unusable input gets its error row."""
+        """Rows for ``(name, file path or bytes)`` pairs; an unusable input gets its error row.
+        With ``tta``, each image's probabilities are the mean over its views (as convnets.evaluate)."""
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
         rows: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
             views, slots = [], []
             for name, source in chunk:
                 try:
-                    views.append(self.read(source))
+                    views.append(self.read_views(source, tta))
                     slots.append(Prediction(name))
                 except ImageReadError as e:
                     slots.append(Prediction(name, error=str(e)))
             good = [r for r in slots if r.error is None]
             if good:
-                for row, classes in zip(good, top_k(self.predict_views(views), self.class_names, top)):
+                k = len(views[0])  # views per image; stacked view-major so each view is one batch
+                probs = np.mean([self.predict_views([v[i] for v in views]) for i in range(k)], axis=0)
+                for row, classes in zip(good, top_k(probs, self.class_names, top)):
                     row.top = classes
             rows += slots
         return rows
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], top: int = 5) -> list[Prediction]:
+    def predict_files(
+        self, paths: Sequence[str | os.PathLike], top: int = 5, tta: str = "none"
+    ) -> list[Prediction]:
         files = expand_paths(paths)
-        return self.predict([(f, f) for f in files], top)
+        return self.predict([(f, f) for f in files], top, tta=tta)

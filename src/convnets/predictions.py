@@ -13,13 +13,10 @@ from typing import Any
 
 import numpy as np
 
-# Option lists the library and the CLI share, here because this module is torch-free (the CLI
-# builds its parser without importing torch).
-#: What runs a trained model; "auto" picks the fastest that works here (see ``convnets.inference``).
-BACKENDS = ("auto", "onnxruntime", "torchscript", "eager")
-#: Test-time augmentation modes and the forward passes each costs per image (see ``convnets.predictor``).
-TTA_COST = {"none": 1, "flip": 2, "10crop": 10}
-TTA_MODES = tuple(TTA_COST)
+# Option lists shared with the CLI, defined where importing them costs nothing (`--help` skips numpy).
+# BACKENDS: what runs the PyTorch model; "auto" picks the fastest that works here (convnets.inference).
+from .backends import TORCH_PATH_CHOICES as BACKENDS  # noqa: F401
+from .backends import TTA_COST, TTA_MODES  # noqa: F401
 
 
 @dataclass(frozen=True)

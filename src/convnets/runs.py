@@ -12,6 +12,8 @@ Layout::
     RUN_DIR/last.pt              training state for --resume
     RUN_DIR/curves.png, confusion_matrix.png
     RUN_DIR/model.onnx           the exported model (written on first use, see export.py)
+    RUN_DIR/export.json          its weights fingerprint, engine checks, int8 accuracy (exported.py)
+    RUN_DIR/model.int8.onnx      the int8 model of `convnets export RUN --int8` (quantize.py)
 
 ``schema_version`` 1 is the first versioned layout; folders written before it (no version) have the
 same keys and load as version 1. A folder written by a newer convnets is refused with a message.
@@ -37,6 +39,8 @@ CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "export.json"
+INT8_ONNX_FILE = "model.int8.onnx"  # written by `convnets export RUN --int8`
+OPENVINO_CACHE_DIR = "openvino_cache"  # OpenVINO's compiled-model cache for the exports
 COST_FILE = "cost.json"  # params and multiply-adds, cached by the server (serve/model_info.py)
 OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the OOD detector (convnets.ood)
 

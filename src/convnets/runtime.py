@@ -72,7 +72,9 @@ def tune_malloc() -> bool:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty off Linux); torch-free, read once."""
+    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...); empty where there
+    is no /proc/cpuinfo. Torch-free and read once: the exported-model engines and ``--precision auto``
+    choose by it."""
     global _cpu_flags
     if _cpu_flags is None:
         flags: frozenset[str] = frozenset()

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..predictions import BACKENDS, TTA_MODES
+from ..backends import BACKEND_CHOICES, TORCH_PATH_CHOICES, TTA_MODES  # imports nothing: --help stays fast
 
 # Order is the order shown by `convnets --help`.
 COMMAND_MODULES = [
@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "explain",
+    "doctor",
     "ensemble",
     "export",
     "serve",
@@ -29,6 +30,7 @@ COMMAND_MODULES = [
     "cost_cmd",
     "augment_preview",
     "experiment",
+    "shard",
 ]
 
 
@@ -36,14 +38,23 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
-def add_backend_argument(p: argparse.ArgumentParser) -> None:
-    """``--backend`` for the commands that run a trained model (predict, evaluate, ensemble, report)."""
+def add_backend_argument(p: argparse.ArgumentParser, exported: bool = False) -> None:
+    """``--backend`` for the commands that run a trained model (predict, evaluate, ensemble, report);
+    ``exported``: the command can run the run's exported model on OpenVINO / int8 too (predict)."""
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=BACKEND_CHOICES if exported else TORCH_PATH_CHOICES,
         default="auto",
-        help="what runs the model: auto = ONNX Runtime on CPU when installed (fastest measured), "
-        "else TorchScript with BatchNorm folded; eager = the plain PyTorch model",
+        help="what runs the model: auto = the fastest engine measured on this CPU that passed its check "
+        "(ONNX Runtime on CPU when installed"
+        + (", OpenVINO bf16 or int8 on AMX CPUs" if exported else "")
+        + "), else TorchScript with BatchNorm folded; eager = the plain PyTorch model"
+        + (
+            "; openvino = OpenVINO (bf16 on CPUs with AMX/AVX512-BF16); int8 = RUN_DIR/model.int8.onnx "
+            "(written by `convnets export RUN --int8`)"
+            if exported
+            else ""
+        ),
     )
 
 

@@ -31,16 +31,49 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution check")
     p.add_argument("--explain", metavar="DIR", default=None, help="also save Grad-CAM heat maps into DIR")
-    add_backend_argument(p)
+    add_backend_argument(p, exported=True)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..predictor import predict
-    from ..trust import UNKNOWN, ood_warning
+def predict_exported(args: argparse.Namespace) -> list | None:
+    """The fast path: the run's exported model without torch (exported once, with torch, on the
+    first call). None when ``--backend auto`` cannot use it (ONNX Runtime missing, export failed)."""
+    import importlib.util
+    from pathlib import Path
 
-    if args.top_k < 1:
-        raise CLIError("--top-k must be at least 1")
+    from ..data.images import expand_paths
+    from ..exported import EngineError, ExportedModel
+    from ..runs import OOD_FILE
+
+    if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
+        return None
+    files = expand_paths(args.paths)
+    if not files:
+        return []
+    try:
+        model = ExportedModel.open(
+            args.run_dir, args.backend, images=len(files), log=lambda msg: print(msg, file=sys.stderr)
+        )
+    except (EngineError, ImportError) as e:
+        if args.backend == "auto":
+            return None
+        raise CLIError(str(e)) from e
+    except (ValueError, RuntimeError) as e:  # RunFolderError, or an export that failed its parity check
+        if args.backend == "auto" and type(e).__name__ == "ExportError":
+            print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
+            return None
+        raise CLIError(str(e)) from e
+    rows = model.predict([(f, f) for f in files], args.top_k, args.batch_size, tta=args.tta)
+    if not args.no_ood and (Path(args.run_dir) / OOD_FILE).is_file():
+        from ..trust import annotate_exported
+
+        annotate_exported(args.run_dir, rows, reject=args.reject_ood)
+    return rows
+
+
+def predict_torch(args: argparse.Namespace) -> list:
+    from ..predictor import predict
+
     try:
         results = predict(
             args.run_dir,
@@ -58,6 +91,25 @@ def run(args: argparse.Namespace) -> int:
             explain_files(args.run_dir, [r.file for r in results if r.error is None], args.explain)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         raise CLIError(str(e).strip("'\"")) from e
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backends import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
+
+    if args.top_k < 1:
+        raise CLIError("--top-k must be at least 1")
+    results = None
+    if args.backend in ("auto", *EXPORTED_BACKENDS) and not args.explain:
+        results = predict_exported(args)  # no torch (Grad-CAM, --explain, needs it)
+    elif args.backend not in TORCH_PATH_CHOICES:
+        raise CLIError(f"--explain runs the PyTorch model: use --backend {', '.join(TORCH_PATH_CHOICES)}")
+    if results is None:
+        results = predict_torch(args)
+    return print_results(results, args)
+
+
+def print_results(results: list, args: argparse.Namespace) -> int:
     if not results:
         raise CLIError(f"no image files found in {', '.join(args.paths)}")
     if args.json:
@@ -66,18 +118,21 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             if r.error is not None:
                 print(f"{r.file}: ERROR {r.error}")
-            elif r.top[0].label == UNKNOWN and "model_top" in r.extra.get("ood", {}):
+            elif "model_top" in r.extra.get("ood", {}):  # --reject-ood answered "unknown"
                 guess = r.extra["ood"]["model_top"][0]
                 print(
-                    f"{r.file}: {UNKNOWN} (unlike the training images; the model would say {guess['class']} "
-                    f"{guess['prob']:.3f})"
+                    f"{r.file}: {r.top[0].label} (unlike the training images; the model would say "
+                    f"{guess['class']} {guess['prob']:.3f})"
                 )
             else:
                 flag = "  [ood]" if r.extra.get("ood", {}).get("flagged") else ""
                 print(f"{r.file}: " + ", ".join(f"{c.label} {c.prob:.3f}" for c in r.top) + flag)
-        warning = ood_warning(results)
-        if warning:
-            print(warning, file=sys.stderr)
+        if any("ood" in r.extra for r in results):
+            from ..trust import ood_warning
+
+            warning = ood_warning(results)
+            if warning:
+                print(warning, file=sys.stderr)
     if args.explain:
         print(f"Grad-CAM heat maps in {args.explain}", file=sys.stderr)
     return 1 if any(r.error is not None for r in results) else 0

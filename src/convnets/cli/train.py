@@ -8,7 +8,15 @@ import json
 import shlex
 import sys
 
-from ..train.options import DEVICES, FREEZE_REGIMES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainOptions
+from ..train.options import (
+    BALANCE_MODES,
+    DEVICES,
+    FREEZE_REGIMES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TrainOptions,
+)
 from . import CLIError
 
 EXAMPLES = """examples:
@@ -87,7 +95,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, help="(default 0)")
     g.add_argument(
         "--balance",
-        choices=("none", "loss", "sampler", "auto"),
+        choices=BALANCE_MODES,
         help="imbalanced classes: class-weighted loss or class-balanced sampler; auto (default) uses "
         "the weighted loss when the largest class is over 3x the smallest, and says so",
     )

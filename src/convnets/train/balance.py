@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-BALANCE_MODES = ("none", "loss", "sampler", "auto")
+from .options import BALANCE_MODES
+
 IMBALANCE_RATIO = 3.0  # largest / smallest class count above which classes count as imbalanced
 
 

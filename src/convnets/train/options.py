@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
+BALANCE_MODES = ("none", "loss", "sampler", "auto")  # imbalanced classes (balance.py)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE_REGIMES = ("none", "base", "auto")
@@ -139,8 +140,6 @@ def check_options(opts: TrainOptions) -> None:
 
     def bad(option: str, why: str) -> TrainConfigError:
         return TrainConfigError(f"{_flag(option)}: {why}")
-
-    from .balance import BALANCE_MODES
 
     choices = {
         "optimizer": OPTIMIZERS,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
@@ -229,6 +229,7 @@ to ``config.json`` (``best`` is filled in here).
         # (seed, epoch, sample), whatever the number of worker processes - so a resume is exact.
         # Without augmentation the transform is deterministic and plain indices skip the seeding.
         self.seeded = augmenting and _takes_seeded_keys(train_set)
+        self.streaming = isinstance(train_set, IterableDataset)  # WebDataset shards (data/shards.py)
         self._train_batches = _BatchList()
         self._train_loader: DataLoader | None = None
         self._val_loader: DataLoader | None = None
@@ -389,6 +390,8 @@ to ``config.json`` (``best`` is filled in here).
         if phase.cached:
             n = len(self._epoch_keys(0)) * (self.opts.feature_views if self.augmenting else 1)
             return math.ceil(n / self.opts.batch_size)
+        if self.streaming:  # shards: the stream knows this rank's share (equal on every rank)
+            return math.ceil(len(self.train_set) / self.opts.batch_size)
         return len(self._epoch_batches(0))
 
     def _epoch_keys(self, epoch: int, shuffle: bool = True) -> list:
@@ -432,6 +435,8 @@ to ``config.json`` (``best`` is filled in here).
             bs = self.opts.batch_size
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             return ((fx[b], fy[b]) for b in batches[start:]), len(batches)
+        if self.streaming:
+            return self._stream_batches(epoch, start)
         batches = self._epoch_batches(epoch)
         self._train_batches.set(batches, start)
         if self._train_loader is None:  # one loader for the run: its worker processes persist
@@ -445,6 +450,24 @@ to ``config.json`` (``best`` is filled in here).
                 worker_init_fn=_seed_worker if self.num_workers else None,
             )
         return iter(self._train_loader), len(batches)
+
+    def _stream_batches(self, epoch: int, start: int) -> tuple[Iterator, int]:
+        """Shards (an IterableDataset): the stream splits the epoch across ranks and workers itself;
+        a resume mid-epoch reads past the batches already done."""
+        import itertools
+
+        self.train_set.set_epoch(epoch)
+        if self._train_loader is None:
+            self._train_loader = DataLoader(
+                self.train_set,
+                batch_size=self.opts.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+                worker_init_fn=_seed_worker if self.num_workers else None,
+            )
+        n = math.ceil(len(self.train_set) / self.opts.batch_size)
+        return itertools.islice(iter(self._train_loader), start, None), n
 
     def _train_epoch(self, phase: Phase) -> dict[str, float]:
         epoch = self.epochs_done  # 0-based; shown as epoch + 1
@@ -582,9 +605,17 @@ to ``config.json`` (``best`` is filled in here).
         n = max(sum(seen), 1)
         return {"loss": loss_sum / n, "acc": sum(right) / n, "bal_acc": balanced_accuracy(right, seen)}
 
-    def _predict_batches(self, indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _predict_batches(
+        self, indices: list[int], whole: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.model.eval()
-        if self._val_loader is None or self._val_loader.sampler != indices:
+        if isinstance(self.val_set, IterableDataset):  # shards: the stream splits itself across ranks
+            dataset = self.val_set.whole() if whole else self.val_set
+            loader = DataLoader(
+                dataset, batch_size=self.opts.batch_size * 2, num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+            )
+        elif self._val_loader is None or self._val_loader.sampler != indices:
             # Kept for the run (persistent workers): a validation pass per epoch would otherwise
             # start its worker processes again every time.
             self._val_loader = DataLoader(
@@ -596,7 +627,9 @@ to ``config.json`` (``best`` is filled in here).
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
             )
-        for batch in self._val_loader:
+        if not isinstance(self.val_set, IterableDataset):
+            loader = self._val_loader
+        for batch in loader:
             x, y = self._unpack(batch)
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -757,7 +790,7 @@ to ``config.json`` (``best`` is filled in here).
                     y_pred = self.model.get_classifier()(vx.to(self.device)).argmax(1).tolist()
                 y_true = vy.tolist()
             else:
-                for logits, y in self._predict_batches(list(range(len(self.val_set)))):
+                for logits, y in self._predict_batches(list(range(len(self.val_set))), whole=True):
                     y_pred += logits.argmax(1).tolist()
                     y_true += y.tolist()
             plot_confusion_matrix(

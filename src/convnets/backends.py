@@ -1,0 +1,20 @@
+"""Option lists the library and the CLI share -- what can run a trained model, the TTA modes --
+importing nothing, so the CLI builds ``--backend``/``--tta`` while ``convnets --help`` stays free of
+numpy and torch.
+
+The engines themselves live in :mod:`convnets.exported` (torch-free, on the run's ONNX export, used
+by ``predict`` and the server) and :mod:`convnets.inference` (the PyTorch model, used by evaluate,
+ensemble, report and for options the exported path lacks).
+"""
+
+# What runs the run's exported model (convnets.exported), without torch ...
+EXPORTED_BACKENDS = ("onnxruntime", "openvino", "int8")
+# ... and what runs the PyTorch model (convnets.inference.BACKENDS).
+TORCH_BACKENDS = ("torchscript", "eager")
+# --backend for commands that can use either (predict) ...
+BACKEND_CHOICES = ("auto", *EXPORTED_BACKENDS, *TORCH_BACKENDS)
+# ... and for those that run the PyTorch model (evaluate, ensemble, report: ONNX Runtime in memory).
+TORCH_PATH_CHOICES = ("auto", "onnxruntime", *TORCH_BACKENDS)
+#: Test-time augmentation modes and the forward passes each costs per image (see ``convnets.predictor``).
+TTA_COST = {"none": 1, "flip": 2, "10crop": 10}
+TTA_MODES = tuple(TTA_COST)

@@ -1,0 +1,221 @@
+"""exported.py / quantize.py: engines on a run's export, the auto choice, int8 with its accuracy gate,
+numpy TTA, and the torch-free cold paths (``convnets --help``, ``predict`` on an existing export)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from convnets import create_model
+from convnets.exported import (
+    EngineError,
+    ExportedModel,
+    ExportInfo,
+    auto_candidates,
+    ensure_exported,
+    openvino_available,
+    split_files,
+    ten_crop,
+)
+from convnets.runs import INT8_ONNX_FILE, RunConfig, RunFolderError
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A folder run (split recorded like `convnets train` does) around a small CIFAR ResNet at 16 px."""
+    base = tmp_path_factory.mktemp("exported")
+    data = base / "data"
+    rng = np.random.default_rng(0)
+    rels = []
+    for c, name in enumerate(CLASSES):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            pixels[..., c] = 255  # a class signal the random model may or may not pick up
+            Image.fromarray(pixels).save(data / name / f"{i}.png")
+            rels.append(f"{name}/{i}.png")
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=2, in_chans=3).eval()
+    run_dir = base / "run"
+    run_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / "model.safetensors")
+    split = {
+        "root": str(data),
+        "layout": "classes",
+        "class_names": CLASSES,
+        "train": [r for r in rels if not r.endswith(("6.png", "7.png"))],
+        "val": [r for r in rels if r.endswith(("6.png", "7.png"))],
+    }
+    RunConfig(
+        model="resnet20", num_classes=2, class_names=CLASSES, image_size=(16, 16), resize="center-crop",
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), normalize="dataset", split=split,
+    ).write(run_dir)  # fmt: skip
+    ensure_exported(run_dir)
+    return run_dir, model, data
+
+
+def _torch_probs(model, pixels: np.ndarray) -> np.ndarray:
+    x = (torch.from_numpy(pixels) - 0.5) / 0.25
+    with torch.no_grad():
+        return torch.softmax(model(x), 1).numpy()
+
+
+def test_onnxruntime_engine_matches_pytorch_and_reads_files(run):
+    run_dir, model, data = run
+    m = ExportedModel.open(run_dir, "onnxruntime")
+    assert m.backend == "onnxruntime" and m.class_names == CLASSES
+    pixels = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    probs = np.exp(m.logits(pixels))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, _torch_probs(model, pixels), atol=1e-4)
+    rows = m.predict_files([data / "cat"], top=1)
+    assert len(rows) == 8 and all(r.error is None and r.label in CLASSES for r in rows)
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
+def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
+    run_dir, _, data = run
+    files = sorted(str(p) for p in (data / "dog").iterdir())
+    ort = ExportedModel.open(run_dir, "onnxruntime").predict([(f, f) for f in files], top=2)
+    ov = ExportedModel.open(run_dir, "openvino")
+    assert ov.backend == "openvino" and ov.engine.description.startswith("OpenVINO")
+    for a, b in zip(ort, ov.predict([(f, f) for f in files], top=2)):
+        assert abs(a.top[0].prob - dict((c.label, c.prob) for c in b.top)[a.label]) < 0.05
+    # batch sizes 1 and 3 (each a static graph) give the same rows
+    one = ov.predict_views([ov.read(files[0])])
+    three = ov.predict_views([ov.read(f) for f in files[:3]])
+    np.testing.assert_allclose(one[0], three[0], atol=1e-5)
+    from convnets.exported import check_engine
+
+    check = check_engine(run_dir, ov.engine)
+    assert check.source == "validation images" and check.images == 4 and check.passed
+    assert check.engine in ExportInfo.read(run_dir).checks
+
+
+def test_auto_order_follows_cpu_flags_and_small_jobs_use_onnxruntime(run):
+    run_dir, _, _ = run
+    assert auto_candidates(run_dir, flags=frozenset()) == ["onnxruntime"]  # an unmeasured CPU: today's path
+    amx = auto_candidates(run_dir, flags=frozenset({"amx_bf16", "amx_int8"}))
+    assert amx[-1] == "onnxruntime" and ("openvino" in amx) == openvino_available()
+    small = ExportedModel.open(run_dir, "auto", images=1)
+    assert small.backend == "onnxruntime"
+
+
+def test_tta_views_match_torchvision(run):
+    from torchvision.transforms.v2 import functional as TF
+
+    base = np.random.default_rng(2).integers(0, 256, (19, 21, 3), dtype=np.uint8)
+    expected = TF.ten_crop(torch.from_numpy(base).permute(2, 0, 1), [16, 16])
+    for ours, theirs in zip(ten_crop(base, (16, 16)), expected):
+        np.testing.assert_array_equal(ours, theirs.permute(1, 2, 0).numpy())
+    run_dir, _, data = run
+    m = ExportedModel.open(run_dir, "onnxruntime")
+    f = str(data / "cat" / "0.png")
+    for tta, views in (("none", 1), ("flip", 2), ("10crop", 10)):
+        assert len(m.read_views(f, tta)) == views
+        (row,) = m.predict([(f, f)], top=2, tta=tta)
+        assert row.error is None and abs(sum(c.prob for c in row.top) - 1) < 1e-5
+
+
+def test_int8_is_measured_recorded_and_refused_beyond_max_drop(run, tmp_path):
+    from convnets.quantize import QuantizationRefused, quantize_run
+
+    run_dir, _, _ = run
+    result = quantize_run(run_dir, calibration_images=6)
+    info = ExportInfo.read(run_dir).int8
+    assert result.path == run_dir / INT8_ONNX_FILE and result.path.is_file()
+    assert info.calibration_images == 6 and info.val_images == 4 and info.accepted
+    assert info.delta_points == pytest.approx(100 * (info.int8_top1 - info.fp32_top1))
+    m = ExportedModel.open(run_dir, "int8")
+    assert m.backend == "int8" and m.predict_views([np.zeros((16, 16, 3), np.uint8)]).shape == (1, 2)
+    if openvino_available():
+        assert auto_candidates(run_dir, flags=frozenset({"amx_int8", "amx_bf16"}))[0] == "int8"
+    # An impossible bar (int8 must gain 100 points): refused with the numbers, the file removed.
+    with pytest.raises(QuantizationRefused, match=r"points.*on 4 images"):
+        quantize_run(run_dir, calibration_images=6, max_drop=-100)
+    assert not (run_dir / INT8_ONNX_FILE).exists() and not ExportInfo.read(run_dir).int8.accepted
+    with pytest.raises(EngineError, match="refused"):
+        ExportedModel.open(run_dir, "int8")
+    assert "int8" not in auto_candidates(run_dir, flags=frozenset({"amx_int8"}))
+
+
+def test_new_weights_make_the_export_and_int8_stale(run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    (run_dir / INT8_ONNX_FILE).write_bytes(b"stale")
+    torch.manual_seed(1)
+    model = create_model("resnet20", num_classes=2, in_chans=3).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run_dir / "model.safetensors")
+    m = ExportedModel.open(run_dir, "onnxruntime")  # re-exports
+    pixels = np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)
+    probs = np.exp(m.logits(pixels))
+    np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), _torch_probs(model, pixels), atol=1e-4)
+    assert not (run_dir / INT8_ONNX_FILE).exists() and ExportInfo.read(run_dir).int8 is None
+    with pytest.raises(EngineError, match="--int8"):
+        ExportedModel.open(run_dir, "int8")
+
+
+def test_int8_needs_a_folder_run(run, tmp_path):
+    config = RunConfig.read(run[0])
+    config.split = {"train": [0, 1], "val": [2]}
+    with pytest.raises(RunFolderError, match="image folder"):
+        split_files(config, "train")
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_neither_torch_nor_numpy():
+    modules = _modules_after(
+        "from convnets.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert not {"torch", "torchvision", "numpy"} & modules
+
+
+def test_predict_on_an_existing_export_does_not_import_torch(run):
+    run_dir, _, data = run
+    image = data / "dog" / "0.png"
+    modules = _modules_after(
+        f"from convnets.cli import main\nrc = main(['predict', {str(run_dir)!r}, {str(image)!r}, '--json'])\n"
+        "assert rc == 0, rc"
+    )
+    assert "onnxruntime" in modules and not {"torch", "torchvision"} & modules
+
+
+def test_export_int8_cli_prints_the_measured_change_and_refuses_builtin_runs(run, tmp_path, capsys):
+    import shutil
+
+    from convnets.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    assert main(["export", str(run_dir), "--int8", "--calibration-images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "model.int8.onnx" in out and "points" in out and "validation top-1 on 4 images" in out
+    config = RunConfig.read(run_dir)
+    config.split = {"train": [0, 1], "val": [2]}  # what a built-in dataset (digits) records
+    config.write(run_dir)
+    assert main(["export", str(run_dir), "--int8"]) == 2
+    assert "image folder" in capsys.readouterr().err
