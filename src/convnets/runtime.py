@@ -21,6 +21,21 @@ _TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory instead of returni
 
 _malloc_tuned: bool | None = None
 
+# The flags that decide the speed of training and inference, recorded with every benchmark figure.
+_RECORDED_FLAGS = frozenset(
+    {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    }
+)
+
 
 def _preloaded_allocator() -> str | None:
     preload = os.environ.get("LD_PRELOAD", "")
@@ -56,15 +71,72 @@ def tune_malloc() -> bool:
     return ok
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...); empty where there
+    is no /proc/cpuinfo. Torch-free and read once: the exported-model engines and ``--precision auto``
+    choose by it."""
+    global _cpu_flags
+    if _cpu_flags is None:
+        flags: frozenset[str] = frozenset()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith(("flags", "Features")):
+                        flags = frozenset(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        _cpu_flags = flags
+    return _cpu_flags
+
+
+_cpu_flags: frozenset[str] | None = None
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 autocast is
     emulated and measured 5-10x *slower* than fp32 on this project's machine."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when the CPU has AMX tiles with bf16 (Intel Xeon 4th generation and later): oneDNN then runs
+    bf16 convolutions and matmuls on its AMX kernels, measured 10x fp32's matmul rate here."""
+    return bool({"amx_bf16", "amx_tile"} <= cpu_flags())
+
+
+def has_grouped_convolutions(model) -> bool:
+    """Depthwise/grouped convolutions (MobileNet, EfficientNet): memory-bound layers whose speed
+    follows the memory format and precision differently from dense convolutions."""
+    from torch import nn  # not at module level: tune_malloc must be callable before torch loads
+
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def auto_precision(device_type: str, model=None) -> tuple[str, str]:
+    """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
+
+    bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
+    precision"). On CPUs that is nowhere yet: on the AMX Xeon, bf16 autocast trained resnet50 faster
+    (1.3-1.7x when not starved of cores) but reached 0.838 validation accuracy on SIGNS from scratch
+    against fp32's 0.884 (one seed, 5 epochs), and mobilenet_v2 (depthwise convolutions) was no faster
+    (0.75-0.96x); CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So CPUs train in
+    fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native bf16 (Ampere
+    and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
+    """
+    if device_type == "cpu":
+        if not cpu_has_amx_bf16():
+            return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
+        if model is not None and has_grouped_convolutions(model):
+            return "fp32", "AMX CPU, but depthwise convolutions measured no faster in bf16"
+        return "fp32", "AMX CPU: bf16 is faster but was less accurate from scratch; --precision bf16 opts in"
+    if device_type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", "this GPU has native bf16"
+        return "fp32", "this GPU has no native bf16"
+    return "fp32", f"bf16 autocast is not measured on {device_type}"
 
 
 def describe_cpu() -> dict:
@@ -93,6 +165,8 @@ def describe_cpu() -> dict:
         "torch": torch.__version__,
         "capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": cpu_has_native_bf16(),
+        "amx_bf16": cpu_has_amx_bf16(),
+        "flags": sorted(cpu_flags() & _RECORDED_FLAGS),
         "malloc_tuned": bool(_malloc_tuned),
     }
 
@@ -108,21 +182,7 @@ def prefers_channels_last(model) -> bool:
     faster in NHWC. So: grouped convolutions, or a CPU whose torch kernels use AVX-512.
     """
     import torch
-    from torch import nn  # not at module level: tune_malloc must be callable before torch loads
 
-    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+    if has_grouped_convolutions(model):
         return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...); empty where
-    there is no /proc/cpuinfo. Torch-free: the exported-model engines choose by it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()

@@ -26,7 +26,9 @@ from .options import (
     TrainOptions,
     check_options,
     default_image_size,
+    resolve_augment,
     resolve_device,
+    resolve_precision,
 )
 from .trainer import RunResult, Trainer
 from .transfer import plan_phases
@@ -164,7 +166,7 @@ def _build_trainer(
         "std": list(splits.std),
         "input_size": [in_chans, image_size, image_size],
     }
-    _resolve_defaults(opts, image_size, in_chans, model, device, splits)
+    precision_why = _resolve_defaults(opts, image_size, in_chans, model, device, splits)
 
     is_main = dist_info.is_main and not opts.quiet
     say = log or print
@@ -187,7 +189,8 @@ def _build_trainer(
         say(
             f"{model_name}: {num_classes} classes, {n_train:,} training / "
             f"{n_val:,} validation images at {image_size}x{image_size}, "
-            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}"
+            f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}, "
+            f"{opts.precision} ({precision_why})"
         )
     return Trainer(
         model,
@@ -220,6 +223,7 @@ def _resolve_input(data, model_name: str, opts: TrainOptions):
         raise TrainConfigError(f"--model: {e.args[0]}") from None
     image_size = default_image_size(data, model_cfg, opts.image_size)
     in_chans = opts.in_chans or (3 if opts.weights else int(model_cfg.input_size[0]))
+    opts.augment = resolve_augment(opts)
     try:
         parse_ops(opts.augment)
     except ValueError as e:
@@ -296,13 +300,15 @@ def _model_with_head(pretrained, model_name: str, num_classes: int, in_chans: in
     return model, "default"
 
 
-def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model, device, splits) -> None:
-    """Fill every ``None`` option now, so config.json records what was actually used."""
+def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model, device, splits) -> str:
+    """Fill every ``None`` option now, so config.json records what was actually used; returns why
+    the precision is what it is (for the run's log line)."""
     opts.image_size, opts.in_chans = image_size, in_chans
     if opts.lr is None:
         opts.lr = DEFAULT_LR[opts.optimizer]
     if opts.weight_decay is None:
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
+    opts.precision, precision_why = resolve_precision(opts.precision, device, model)
     if opts.channels_last is None:
         # CPU: NHWC for depthwise-convolution networks, and for all on AVX-512 CPUs (measured; see
         # prefers_channels_last).
@@ -312,6 +318,7 @@ def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model,
         )
     if opts.workers is None:
         opts.workers = int(getattr(splits.train, "num_workers", 0))
+    return precision_why
 
 
 def _run_config(

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 BALANCE_MODES = ("none", "loss", "sampler", "auto")  # imbalanced classes (balance.py)
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE_REGIMES = ("none", "base", "auto")
 
@@ -58,6 +58,14 @@ RESUME_OVERRIDABLE = {
 }
 
 
+# What ``--augment auto`` trains with, per regime, chosen by validation accuracy on the shared sets
+# (bench/train_recipes.py; bench/RESULTS.md, "Augmentation defaults"). Transfer on alpaca: "light" and
+# "standard" cut the fine-tuning overfit (training accuracy 1.000 -> 0.966 / 0.912) but validated no
+# better than none (best 0.923 / 0.908 vs 0.923), and none keeps the feature cache exact. From scratch
+# was not measured this session: it keeps what it had.
+AUTO_AUGMENT = {"scratch": "none", "transfer": "none"}
+
+
 class TrainConfigError(ValueError):
     """An invalid option or combination of options; the message names the option."""
 
@@ -72,7 +80,7 @@ class TrainOptions:
     val_split: float = 0.2
     seed: int = 0
     batch_size: int = 32
-    augment: str = "none"
+    augment: str = "auto"  # resolved per regime (resolve_augment)
     normalize: str | None = None
     workers: int | None = None
     data_root: str | None = None
@@ -105,7 +113,7 @@ class TrainOptions:
     device: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved to fp32/bf16 for the hardware (resolve_precision)
     # run
     resume: bool = False
     overwrite: bool = False
@@ -215,6 +223,25 @@ def check_options(opts: TrainOptions) -> None:
                 )
     if opts.compile and not hasattr(torch, "compile"):
         raise bad("compile", "this PyTorch has no torch.compile")
+
+
+def resolve_augment(opts: TrainOptions) -> str:
+    """``auto`` -> the preset measured best for the run's regime: from scratch, or from ``--weights``
+    (head on cached features, then fine-tuning); other specs pass through."""
+    if opts.augment != "auto":
+        return opts.augment
+    return AUTO_AUGMENT["scratch" if opts.weights is None else "transfer"]
+
+
+def resolve_precision(precision: str, device: torch.device, model=None) -> tuple[str, str]:
+    """``auto`` -> bf16 or fp32 for ``model`` on ``device`` (``runtime.auto_precision``: bf16 where it
+    was measured faster and as accurate), with the reason for the run's log line; other values pass
+    through."""
+    if precision != "auto":
+        return precision, "requested"
+    from ..runtime import auto_precision
+
+    return auto_precision(device.type, model)
 
 
 def resolve_device(name: str) -> torch.device:

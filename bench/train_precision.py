@@ -1,0 +1,84 @@
+"""Training step fp32 vs bf16 (what ``--precision auto`` picks on AMX CPUs), one process, interleaved.
+
+Both variants are convnets' training step (``train_throughput.ConvnetsPeer``: its optimizer, loss,
+memory format, malloc tuning and per-step bookkeeping), built side by side in one process and timed
+in alternation, so the machine's load hits both alike; the figure is the median (and the best) of the
+repetitions after warm-up, and the ratio is bf16 over fp32 per repetition pair. The CPU's model
+name, the flags that matter (AVX-512, AVX512-BF16, AMX) and the load average go with every row.
+
+    .venv/bin/python bench/train_precision.py --models resnet50:64:32,mobilenet_v2:160:32 --reps 5
+    .venv/bin/python bench/train_precision.py --threads 1     # a loaded machine: see RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def measure(model: str, size: int, batch: int, precisions: list[str], reps: int, threads: int) -> dict:
+    from train_throughput import ConvnetsPeer
+
+    peers, warmup = {}, {}
+    for precision in precisions:
+        t0 = time.perf_counter()
+        spec = {"model": model, "size": size, "batch": batch, "precision": precision, "threads": threads}
+        peers[precision] = ConvnetsPeer({**spec, "steps": 1, "warmup": 2})
+        peers[precision].warmup()
+        warmup[precision] = time.perf_counter() - t0
+    seconds: dict[str, list[float]] = {p: [] for p in precisions}
+    for _ in range(reps):
+        for p in precisions:
+            seconds[p].append(peers[p].rep()["seconds"])
+    base = precisions[0]
+    rows = {}
+    for p in precisions:
+        ratios = [b / s for b, s in zip(seconds[base], seconds[p])]
+        rows[p] = {
+            "img_s": batch / statistics.median(seconds[p]),
+            "img_s_best": batch / min(seconds[p]),
+            "speedup": statistics.median(ratios),
+            "warmup_s": warmup[p],
+        }
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet50:64:32,mobilenet_v2:160:32", help="name:size:batch,...")
+    p.add_argument("--precision", default="fp32,bf16")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = p.parse_args(argv)
+
+    from convnets.runtime import describe_cpu
+
+    cpu = describe_cpu()
+    print(
+        f"CPU {cpu['cpu']}, {cpu['cores']} cores, {args.threads} torch threads, flags "
+        f"{' '.join(cpu['flags'])}; torch {cpu['torch']}; load average {os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
+    print("| model | input | batch | precision | img/s median | img/s best | vs fp32 | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    for item in args.models.split(","):
+        name, size, batch = item.split(":")
+        rows = measure(name, int(size), int(batch), args.precision.split(","), args.reps, args.threads)
+        for precision, r in rows.items():
+            print(
+                f"| {name} | {size} | {batch} | {precision} | {r['img_s']:.1f} | {r['img_s_best']:.1f} | "
+                f"{r['speedup']:.2f}x | {r['warmup_s']:.1f} |",
+                flush=True,
+            )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
