@@ -39,7 +39,7 @@ from common import (  # noqa: E402
     ratio,
 )
 
-SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta"]
+SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta", "serve"]
 TITLES = {
     "peak": "Machine fp32 matmul peak",
     "train": "Training throughput",
@@ -49,6 +49,7 @@ TITLES = {
     "transfer": "Frozen-base transfer",
     "data": "Data pipeline",
     "tta": "Time to accuracy",
+    "serve": "Serving",
 }
 GOALS = {"vs_torchvision": 1.3, "vs_keras": 1.8, "peak_resnet50": 0.90, "peak_mobilenet_v2": 0.50}
 
@@ -365,6 +366,19 @@ def section_tta(args, state) -> tuple[str, dict]:
     )
 
 
+def section_serve(args, state) -> tuple[str, dict]:
+    """bench/serve.py: `convnets serve` vs hand-written FastAPI servers (eager torch, ONNX Runtime)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "serve.json"
+        cmd = [sys.executable, str(BENCH_DIR / "serve.py"), "--json", str(out)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent))
+        if proc.returncode != 0:
+            return f"bench/serve.py failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", {}
+        return "From bench/serve.py:\n\n" + proc.stdout.strip(), json.loads(out.read_text())
+
+
 RUNNERS = {
     "peak": section_peak,
     "train": section_train,
@@ -374,6 +388,7 @@ RUNNERS = {
     "transfer": section_transfer,
     "data": section_data,
     "tta": section_tta,
+    "serve": section_serve,
 }
 
 

@@ -13,12 +13,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .analysis import ErrorAnalysis
+from .calibration import Calibration, Reliability, plot_reliability
 from .data.images import expand_paths
 from .inference import backend_of
+from .ood import features_and_logits
 from .plots import plot_confusion_matrix, plot_image_grid
 from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
+from .runs import RunConfig
 
 __all__ = [
     "ClassMismatchError",
@@ -96,6 +101,37 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
 # --- evaluation data ---------------------------------------------------------------------------
 
 
+def load_run_splits(
+    config: RunConfig, data: str | Path | None = None, *, batch_size: int = 64, own_source: bool = True
+):
+    """``data`` (default: the run's own source) as train/validation loaders without augmentation,
+    normalised with the run's statistics; with ``own_source`` the run's own split, reproduced from
+    config.json (evaluate and the trust fits both read a run's data this way)."""
+    from .data import load_data
+
+    if data is None:
+        if config.data is None:
+            raise ValueError("config.json does not say which data the run was trained on")
+        data = config.data.source
+    mean, std = config.normalization()
+    return load_data(
+        str(data),
+        image_size=config.image_size,
+        in_chans=config.in_chans,
+        val_split=config.data.val_split if config.data is not None else 0.2,
+        seed=config.data.seed if config.data is not None else 0,
+        batch_size=batch_size,
+        augment="none",
+        normalize="auto",  # with mean and std given: exactly the run's statistics
+        mean=mean,
+        std=std,
+        num_workers=0,
+        data_root=config.options.get("data_root"),
+        resize=config.resize if own_source else None,  # None: that dataset's own default
+        split=config.split if own_source else None,
+    )
+
+
 @dataclass
 class _Batch:
     x: torch.Tensor  # normalised: at the model's size, or the base size for ten-crop
@@ -146,43 +182,27 @@ def _eval_batches(
                     skipped.append({"file": chunk[i], "error": msg})
                 keep = [i for i in range(len(chunk)) if i not in errors]
                 if x is not None:
-                    yield _Batch(
-                        x, torch.tensor([labels[start + i] for i in keep]), [chunk[i] for i in keep]
-                    )
+                    yield _Batch(x, torch.tensor([labels[start + i] for i in keep]), [chunk[i] for i in keep])
 
         return folder_iter(), len(files), f"all {len(files)} images in {path}"
 
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path}: DATA must be a folder of class folders or a dataset name")
-    from .data import load_data
-
-    mean, std = config.normalization()
-    splits = load_data(
-        str(data),
-        image_size=clf.image_size,
-        in_chans=clf.in_chans,
-        val_split=config.data.val_split if config.data is not None else 0.2,
-        seed=config.data.seed if config.data is not None else 0,
-        batch_size=batch_size,
-        augment="none",
-        normalize="auto",  # with mean and std given: exactly the run's statistics
-        mean=mean,
-        std=std,
-        num_workers=0,
-        data_root=config.options.get("data_root"),
-        resize=config.resize if own_source else None,  # None: that dataset's own default
-        split=split if own_source else None,
-    )
+    splits = load_run_splits(config, data, batch_size=batch_size, own_source=own_source)
     check_class_names(clf.class_names, splits.class_names, str(data))
     loader = splits.val
     if loader is None:
         raise ValueError(f"{data}: no validation subset to evaluate on")
 
+    # The validation loader keeps its order: its file names name the images (top losses, mistakes).
+    names = [str(n) for n in getattr(loader, "file_paths", None) or []]
+
     def loader_iter() -> Iterator[_Batch]:
         seen = 0
         for batch in loader:
             x, y = batch[0], batch[1]
-            yield _Batch(x, y.long(), [f"{data}[val {seen + i}]" for i in range(len(y))])
+            at = range(seen, seen + len(y))
+            yield _Batch(x, y.long(), [names[i] if i < len(names) else f"{data}[val {i}]" for i in at])
             seen += len(y)
 
     what = "the run's validation subset" if own_source else "the validation subset"
@@ -207,6 +227,10 @@ class EvalResult:
     # The first ``sample_k`` images with id, true, pred, confidence and "image" (C, H, W) in [0, 1].
     samples: list[dict] = field(default_factory=list, repr=False)
     mistake_images: list[torch.Tensor] = field(default_factory=list, repr=False)  # same order as mistakes
+    # Error analysis (balanced accuracy, macro-F1, confused pairs, top losses, ECE; also in metrics).
+    analysis: ErrorAnalysis | None = None
+    calibration: Calibration | None = None  # the temperature fitted by calibrate=True
+    mistake_classes: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (true, pred)
 
     def to_dict(self) -> dict:
         return {
@@ -239,8 +263,14 @@ def evaluate(
     sample_k: int = 0,
     device: str = "cpu",
     backend: str = "auto",
+    calibrate: bool = False,
 ) -> EvalResult:
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
+
+    Beside accuracy: balanced accuracy, macro-F1, the most-confused pairs, the top losses and the
+    expected calibration error (:class:`convnets.analysis.ErrorAnalysis`), and the share of images
+    the run's out-of-distribution detector flags. ``calibrate=True`` first fits the temperature and
+    the detector on the run's own splits and stores them in the run (:func:`convnets.trust.calibrate_run`).
 
     With ``tta`` other than ``"none"`` the plain (single view) predictions are computed too, so the
     result reports both accuracies, the gain, the compute factor and the measured model seconds.
@@ -248,7 +278,15 @@ def evaluate(
     ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.inference.inference_module`.
     """
     check_tta(tta)
+    fit = None
+    if calibrate:
+        if isinstance(run, Classifier):
+            raise ValueError("calibrate: needs a run folder (the temperature is stored there)")
+        from .trust import calibrate_run
+
+        fit = calibrate_run(run, out=out)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
+    detector = clf.trust.detector if clf.trust is not None else None
     skipped: list[dict] = []
     batches, _, description = _eval_batches(clf, data, batch_size, base=(tta == "10crop"), skipped=skipped)
 
@@ -256,8 +294,11 @@ def evaluate(
     plain_seconds = tta_seconds = 0.0
     worst: list = []
     samples: list[dict] = []
+    features = []
     for batch in batches:
         plain_view = tta_views(batch.x, "none", clf.image_size)[0]
+        if detector is not None:
+            features.append(features_and_logits(clf.model, plain_view.to(clf.device))[1].cpu().numpy())
         start = time.perf_counter()
         (p_plain,) = clf.proba_views([plain_view])
         plain_seconds += time.perf_counter() - start
@@ -290,6 +331,20 @@ def evaluate(
     target = torch.cat(targets)
     probs = torch.cat(tta_probs) if tta != "none" else plain
     metrics = classification_metrics(probs, target, clf.class_names)
+    analysis = ErrorAnalysis.of(
+        probs.numpy(), target.numpy(), ids, clf.class_names, metrics["confusion_matrix"], k=worst_k
+    )
+    metrics.update(analysis.to_dict())
+    metrics["calibration"] = {
+        "ece": metrics.pop("ece"),
+        "reliability": metrics.pop("reliability"),
+        "temperature": clf.config.temperature,
+        **({"fit": fit.calibration.to_dict()} if fit is not None and fit.calibration is not None else {}),
+    }
+    ood = clf.trust.ood_summary(np.concatenate(features)) if features else None
+    if ood is not None:
+        ood["flagged_ids"] = [ids[i] for i in ood.pop("flagged_index")]
+    metrics["ood"] = ood
     plain_acc = float((plain.argmax(1) == target).float().mean())
     tta_info = {
         "mode": tta,
@@ -316,6 +371,9 @@ def evaluate(
         ],
         samples=samples,
         mistake_images=[w[4] for w in worst],
+        analysis=analysis,
+        calibration=fit.calibration if fit is not None else None,
+        mistake_classes=[(w[2], w[3]) for w in worst],
     )
     if out is not None:
         out = Path(out)
@@ -330,7 +388,19 @@ def evaluate(
             title=f"{len(worst)} most confident mistakes",
             empty="no mistakes",
         )
-        result.files = {"confusion_matrix": str(cm_path), "mistakes": str(mistakes_path)}
+        rel = Reliability(**analysis.reliability)
+        t = clf.config.temperature
+        rel_path = plot_reliability(
+            out / "reliability.png",
+            {f"T = {t:.2f}" if t else "model": rel},
+            title=f"reliability on {len(target)} images",
+        )
+        result.files = {
+            "confusion_matrix": str(cm_path),
+            "mistakes": str(mistakes_path),
+            "reliability": str(rel_path),
+            **(fit.files if fit is not None else {}),
+        }
         result.files["metrics"] = str(out / "metrics.json")
         (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result

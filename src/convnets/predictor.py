@@ -37,6 +37,7 @@ from .inference import inference_module, predict_batch
 from .predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
 from .predictions import top_k as top_classes  # predict() has a top_k argument
 from .runs import RunConfig
+from .trust import RunTrust
 
 __all__ = ["TTA_COST", "TTA_MODES", "Classifier", "check_tta", "measure_latency", "predict", "tta_views"]
 
@@ -77,6 +78,8 @@ class Classifier:
     name: str = "model"
     device: str | torch.device = "cpu"
     backend: str = "auto"
+    # The run's out-of-distribution detector (convnets.trust); None: no ood field on predictions.
+    trust: RunTrust | None = field(default=None, repr=False)
     _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,8 @@ class Classifier:
         from .weights import load_run
 
         model, config = load_run(run_dir, device=device)
-        return cls(model, config, name=Path(run_dir).name, device=device, backend=backend)
+        trust = RunTrust.read(run_dir, config)
+        return cls(model, config, name=Path(run_dir).name, device=device, backend=backend, trust=trust)
 
     @property
     def runner(self) -> nn.Module:
@@ -142,8 +146,12 @@ class Classifier:
         return (x * std + mean).clamp(0, 1)
 
     def proba_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Softmax probabilities of each view (normalised input tensors)."""
-        return [F.softmax(predict_batch(self.runner, v.to(self.device)).float(), dim=1).cpu() for v in views]
+        """Softmax probabilities of each view (normalised input tensors), after the run's temperature
+        (``evaluate --calibrate``) when it has one."""
+        t = self.config.temperature or 1.0
+        return [
+            F.softmax(predict_batch(self.runner, v.to(self.device)).float() / t, dim=1).cpu() for v in views
+        ]
 
     def predict_proba(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
         """Class probabilities (N, K) of a normalised batch, averaged over the TTA views."""
@@ -176,10 +184,16 @@ def predict(
     batch_size: int = 32,
     device: str = "cpu",
     backend: str = "auto",
+    ood: bool = True,
+    reject_ood: bool = False,
 ) -> list[Prediction]:
     """Top-k classes per image (folders searched recursively, hidden files skipped); a file that
     cannot be read gets a row with its ``error`` and the rest go on. ``[p.to_dict() for p in ...]``
-    is the ``predict --json`` output."""
+    is the ``predict --json`` output.
+
+    With ``ood`` and a run that has an out-of-distribution detector, each row gets an ``ood`` field
+    (``{"flagged", "score", "threshold"}``; features of the plain view from the eager model);
+    ``reject_ood`` answers ``unknown`` for flagged images (see :mod:`convnets.trust`)."""
     check_tta(tta)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
     files = expand_paths(paths)
@@ -189,8 +203,16 @@ def predict(
         x, errors = clf.load_files(chunk, base=(tta == "10crop"))
         probs = clf.predict_proba(x, tta).numpy() if x is not None else None
         tops = iter(top_classes(probs, clf.class_names, top_k) if probs is not None else [])
-        for i, f in enumerate(chunk):
-            results.append(Prediction(f, error=errors[i]) if i in errors else Prediction(f, top=next(tops)))
+        rows = [
+            Prediction(f, error=errors[i]) if i in errors else Prediction(f, top=next(tops))
+            for i, f in enumerate(chunk)
+        ]
+        if ood and clf.trust is not None and x is not None:
+            plain = tta_views(x, "none", clf.image_size)[0]
+            clf.trust.annotate_torch(
+                clf.model, plain.to(clf.device), [r for r in rows if r.error is None], reject_ood
+            )
+        results += rows
     return results
 
 

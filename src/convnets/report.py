@@ -103,6 +103,65 @@ def _img(uri: str, alt: str, cls: str = "plot") -> str:
     return f'<img class="{cls}" src="{uri}" alt="{html.escape(alt)}">'
 
 
+def _trust_sections(result, clf: Classifier) -> list[str]:
+    """Why the worst mistakes happened (Grad-CAM), error analysis, calibration, unfamiliar inputs."""
+    from .calibration import Reliability, plot_reliability
+    from .explain import overlays
+
+    m, parts = result.metrics, []
+    if result.mistake_images:
+        maps = overlays(
+            clf.model,
+            torch.stack(result.mistake_images),
+            *clf.config.normalization(),
+            [pred for _, pred in result.mistake_classes],
+        )
+        buf = io.BytesIO()
+        captions = [f"pred: {w['pred']} ({w['confidence']:.0%})\ntrue: {w['true']}" for w in result.mistakes]
+        plot_image_grid(maps, captions, buf, title="where the evidence for the wrong class is (Grad-CAM)")
+        parts.append(
+            "<h3>Why: the worst mistakes with their heat maps</h3>"
+            + _img(_png_data_uri(buf.getvalue()), "Grad-CAM of the mistakes")
+        )
+    parts.append(
+        "<h3>Error analysis</h3>"
+        f"<p>balanced accuracy <b>{m['balanced_accuracy']:.4f}</b>, macro-F1 <b>{m['macro_f1']:.4f}</b> "
+        f"(accuracy {m['accuracy']:.4f})</p>"
+    )
+    if m["most_confused"]:
+        rows = [[c["true"], c["predicted"], c["count"], f"{c['share']:.1%}"] for c in m["most_confused"]]
+        parts.append(_table(["true", "predicted as", "images", "of the class"], rows, left=2))
+    losses = [t for t in m["top_losses"] if t["true"] != t["predicted"]]
+    if losses:
+        rows = [[t["id"], t["true"], t["predicted"], f"{t['prob']:.3f}", f"{t['loss']:.2f}"] for t in losses]
+        parts.append(
+            "<p>top losses</p>" + _table(["image", "true", "predicted", "probability", "loss"], rows, left=3)
+        )
+    cal = m["calibration"]
+    t = cal["temperature"]
+    buf = io.BytesIO()
+    plot_reliability(buf, {f"T = {t:.2f}" if t else "model": Reliability(**cal["reliability"])})
+    note = (
+        f"temperature {t:.3f} (fitted by <code>evaluate --calibrate</code>)"
+        if t
+        else "no temperature fitted (<code>convnets evaluate RUN_DIR DATA --calibrate</code> fits one)"
+    )
+    parts.append(
+        f"<h3>Calibration</h3><p>expected calibration error <b>{cal['ece']:.4f}</b>; {note}</p>"
+        + _img(_png_data_uri(buf.getvalue()), "reliability diagram")
+    )
+    ood = m.get("ood")
+    if ood is not None:
+        shown = ", ".join(html.escape(i) for i in ood["flagged_ids"][:10])
+        parts.append(
+            "<h3>Unlike the training data</h3>"
+            f"<p>{ood['flagged']} of {ood['n']} images ({ood['share']:.1%}) flagged by the "
+            f"out-of-distribution detector (threshold {ood['threshold']:.2f}; about 5% expected on "
+            f"images like the validation split){': ' + shown if shown else ''}</p>"
+        )
+    return parts
+
+
 def report(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -195,6 +254,7 @@ def report(
         parts.append(
             "<h3>Per-class metrics</h3>" + _table(["class", "precision", "recall", "F1", "support"], rows)
         )
+        parts += _trust_sections(result, clf)
     elif (run_dir / CONFUSION_FILE).is_file():
         uri = _png_data_uri((run_dir / CONFUSION_FILE).read_bytes())
         parts.append("<p class='muted'>the trainer's confusion matrix:</p>" + _img(uri, "confusion matrix"))

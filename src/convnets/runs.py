@@ -37,6 +37,8 @@ CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "export.json"
+COST_FILE = "cost.json"  # params and multiply-adds, cached by the server (serve/model_info.py)
+OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the OOD detector (convnets.ood)
 
 # The files whose presence means "a run is already here" (train refuses to overwrite them).
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
@@ -59,6 +61,20 @@ class DataSource:
 class BestEpoch:
     epoch: int | None = None
     val_acc: float | None = None
+    val_bal_acc: float | None = None  # set when classes are imbalanced: the best epoch is chosen by it
+
+
+@dataclass
+class OODConfig:
+    """The out-of-distribution detector fitted for the run (``convnets.ood``); its arrays are in
+    ``file`` beside config.json."""
+
+    method: str = "mahalanobis-l2"
+    threshold: float = 0.0  # scores above it are flagged
+    quantile: float = 0.95  # share of the validation images that pass
+    file: str = OOD_FILE
+    n_train: int = 0
+    n_val: int = 0
 
 
 @dataclass
@@ -84,6 +100,8 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     best: BestEpoch | None = None
+    temperature: float | None = None  # logits / T before softmax (``evaluate --calibrate``)
+    ood: OODConfig | None = None
     schema_version: int = SCHEMA_VERSION
     # Keys this version does not know (written by tools or later additions): kept on a rewrite.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +117,9 @@ class RunConfig:
         if isinstance(self.data, dict):
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
-            self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc")})
+            self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc", "val_bal_acc")})
+        if isinstance(self.ood, dict):
+            self.ood = OODConfig(**self.ood)
         from .data.decode import RESIZE_MODES  # numpy/Pillow only: still torch-free
 
         if self.resize not in RESIZE_MODES:
@@ -126,7 +146,9 @@ class RunConfig:
         out["mean"] = list(self.mean) if self.mean is not None else None
         out["std"] = list(self.std) if self.std is not None else None
         out["data"] = asdict(self.data) if self.data is not None else None
-        out["best"] = asdict(self.best) if self.best is not None else None
+        if self.best is not None:  # val_bal_acc only where classes were imbalanced
+            out["best"] = {k: v for k, v in asdict(self.best).items() if k != "val_bal_acc" or v is not None}
+        out["ood"] = asdict(self.ood) if self.ood is not None else None
         return {**out, **self.extra}
 
     @classmethod

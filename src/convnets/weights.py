@@ -200,6 +200,8 @@ def load_state_dict_into(
     mismatches (checkpoint shape vs model shape) when the tensors do not fit.
     """
     state = dict(state)
+    if hasattr(model, "adapt_state_dict"):  # timm/torchvision wrappers: the library's own key layout
+        state = model.adapt_state_dict(state)
     model_state = model.state_dict()
     missing, unexpected, shapes = _mismatches(model_state, state)
     notes: list[str] = []
@@ -415,7 +417,15 @@ def create_pretrained(
     source_norm = (tuple(cfg.mean), tuple(cfg.std))
     input_hw = list(cfg.input_size[1:])
 
-    if isinstance(weights, str) and weights.lower() == "imagenet":
+    if name.startswith("timm/") and isinstance(weights, str) and not _is_local(weights):
+        # "imagenet" or a timm pretrained tag ("a1_in1k"): timm's weights from the Hugging Face hub
+        from .models.external import fetch_timm_weights
+
+        path, tag_cfg, source = fetch_timm_weights(name, weights)
+        state, _ = load_weights_file(path)
+        source_norm = (tuple(tag_cfg.mean), tuple(tag_cfg.std))
+        input_hw = list(tag_cfg.input_size[1:])
+    elif isinstance(weights, str) and weights.lower() == "imagenet":
         path, entry = fetch_imagenet_weights(name)
         state, _ = load_weights_file(path)
         preprocess = entry.transforms()
@@ -447,6 +457,12 @@ def create_pretrained(
         "model_kwargs": kwargs,
     }
     return model
+
+
+def _is_local(weights: str) -> bool:
+    """A path (file or run folder) rather than a name such as "imagenet" or a timm tag."""
+    suffixes = (".safetensors", ".pth", ".pt", ".bin")
+    return os.sep in weights or Path(weights).exists() or Path(weights).suffix in suffixes
 
 
 def _from_run(

@@ -18,8 +18,11 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "predict",
+    "explain",
+    "doctor",
     "ensemble",
     "export",
+    "serve",
     "report",
     "compare",
     "pick",
@@ -27,6 +30,7 @@ COMMAND_MODULES = [
     "cost_cmd",
     "augment_preview",
     "experiment",
+    "shard",
 ]
 
 

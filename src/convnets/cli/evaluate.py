@@ -28,6 +28,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first fit a temperature (and the out-of-distribution detector) on the run's validation "
+        "split and store them in the run: predict then reports calibrated probabilities",
+    )
     add_backend_argument(p)
     p.set_defaults(func=run)
 
@@ -38,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path(args.run_dir) / "eval"
     try:
         result = evaluate(
-            args.run_dir, args.data, tta=args.tta, batch_size=args.batch_size, out=out, backend=args.backend
+            args.run_dir,
+            args.data,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            out=out,
+            backend=args.backend,
+            calibrate=args.calibrate,
         )
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from e
@@ -66,7 +78,38 @@ def format_result(result) -> str:
             f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
             f"  {row['support']:7d}"
         )
+    lines.extend(format_analysis(result))
     if result.skipped:
         lines.append(f"skipped {len(result.skipped)} unreadable file(s), e.g. {result.skipped[0]['file']}")
     lines.extend(f"wrote {path}" for path in result.files.values())
     return "\n".join(lines)
+
+
+def format_analysis(result) -> list[str]:
+    """Balanced accuracy, macro-F1, calibration, confused pairs, top losses and OOD share as text."""
+    m = result.metrics
+    cal = m["calibration"]
+    t = cal["temperature"]
+    lines = [
+        f"balanced accuracy {m['balanced_accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}   "
+        f"ECE {cal['ece']:.4f}"
+        + (f" (temperature {t:.3f})" if t else " (no temperature: --calibrate fits one)")
+    ]
+    if result.calibration is not None:
+        lines.append("calibrated on the run's validation split: " + result.calibration.summary())
+    if m["most_confused"]:
+        lines.append(
+            "most confused: "
+            + ", ".join(f"{c['true']} -> {c['predicted']} {c['count']}x" for c in m["most_confused"][:5])
+        )
+    wrong = [t for t in m["top_losses"] if t["true"] != t["predicted"]][:5]
+    if wrong:
+        lines.append("top losses (true -> predicted, probability):")
+        lines.extend(f"  {t['id']}: {t['true']} -> {t['predicted']} {t['prob']:.3f}" for t in wrong)
+    ood = m.get("ood")
+    if ood is not None:
+        lines.append(
+            f"unlike the training data: {ood['flagged']} of {ood['n']} images ({ood['share']:.1%}) "
+            f"flagged by the OOD detector (about 5% expected on images like the validation split)"
+        )
+    return lines

@@ -20,23 +20,36 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("pattern", nargs="?", default=None, help='glob filter, e.g. "resnet*"')
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also every torchvision classifier (torchvision/NAME) and, with timm installed, every timm "
+        f"architecture (timm/NAME); their cost is computed when the pattern leaves at most {COST_LIMIT}",
+    )
     p.set_defaults(func=run)
 
 
-def model_rows(pattern: str | None = None) -> list[dict]:
-    """One dict per registered model (the data behind the table)."""
+COST_LIMIT = 20  # library models whose cost `models --all` computes (each is built and run once)
+
+
+def model_rows(pattern: str | None = None, all: bool = False) -> list[dict]:  # noqa: A002
+    """One dict per registered model (the data behind the table); ``all`` adds the timm/torchvision
+    ones (params and multiply-adds None when more than COST_LIMIT of them match)."""
     from .. import get_model_cfg, list_models
     from ..cost import default_num_classes, model_cost
+    from ..models.external import is_external
 
+    names = list_models(pattern, all=all)
+    costly = sum(map(is_external, names)) <= COST_LIMIT
     rows = []
-    for name in list_models(pattern):
+    for name in names:
         cfg = get_model_cfg(name)
-        report = model_cost(name)
+        report = model_cost(name) if costly or not is_external(name) else None
         rows.append(
             {
                 "name": name,
-                "params": report.params,
-                "macs": report.macs,
+                "params": report.params if report else None,
+                "macs": report.macs if report else None,
                 "num_classes": default_num_classes(name),
                 "input_size": list(cfg.input_size),
                 "min_size": cfg.min_size,
@@ -54,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from .cost_cmd import table
 
     start = time.perf_counter()
-    rows = model_rows(args.pattern)
+    rows = model_rows(args.pattern, all=args.all)
     if not rows:
         raise CLIError(f"no model matches {args.pattern!r}; run `convnets models` for the list")
     if args.json:
@@ -63,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     body = [
         [
             r["name"],
-            format_count(r["params"]),
-            format_count(r["macs"]),
+            "-" if r["params"] is None else format_count(r["params"]),
+            "-" if r["macs"] is None else format_count(r["macs"]),
             "x".join(map(str, r["input_size"])),
             str(r["num_classes"]),
             r["torchvision"] or "-",

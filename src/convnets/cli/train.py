@@ -84,6 +84,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=SCHEDULES, help="(default cosine)")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
     g.add_argument("--label-smoothing", type=float, help="(default 0)")
+    g.add_argument(
+        "--balance",
+        choices=("none", "loss", "sampler", "auto"),
+        help="imbalanced classes: class-weighted loss or class-balanced sampler; auto (default) uses "
+        "the weighted loss when the largest class is over 3x the smallest, and says so",
+    )
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     g.add_argument(
         "--early-stopping",

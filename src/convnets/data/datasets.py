@@ -32,17 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .decode import ImageReadError, fit, load_base, to_mode
+from .decode import ImageReadError, cpu_count, fit, load_base, to_mode
 from .pca import cache_root
 
 CACHE_MODES = (None, "memory", "disk")
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class BaseDataset(Dataset):

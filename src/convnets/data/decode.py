@@ -49,6 +49,14 @@ class ImageReadError(Exception):
     """A file that cannot be used as an image; the message says why."""
 
 
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 

@@ -22,8 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import cpu_count
-from .decode import ImageReadError, SkippedImageWarning, is_image_file, probe
+from .decode import ImageReadError, SkippedImageWarning, cpu_count, is_image_file, probe
 
 PRESPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 

@@ -34,6 +34,7 @@ from .folder import DatasetError, find_presplit, scan_folder
 from .images import expand_paths, read_images, to_input
 from .loaders import ImageLoader
 from .pca import cached_pca_stats, channel_stats
+from .shards import is_shard_source
 from .split import stratified_split
 
 NORMALIZE_MODES = ("auto", "imagenet", "inception", "dataset", "none")
@@ -278,6 +279,8 @@ def load_data(
             data_root,
             resize,
         )
+    elif is_shard_source(path):  # WebDataset shards written by `convnets shard`
+        return _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std, seed, num_workers)
     elif path.exists():
         resize = resize or "center-crop"
         parts, skipped = _folder_parts(
@@ -369,6 +372,52 @@ def _build(
             ld.test = test
             ld.pca = pca
     return DataSplits(train, val, parts.class_names, mean, std, parts.split, test, resize, skipped)
+
+
+def _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std, seed, num_workers):
+    """Streams over shards (``data/shards.py``), with the folder pipeline's normalisation and transforms."""
+    from torch.utils.data import DataLoader
+
+    from .loaders import collate, default_num_workers
+    from .shards import shard_splits
+
+    stats: dict[str, Any] = {}
+
+    def train_transform(bases) -> Any:
+        m, s, mode = mean, std, normalize
+        if mode == "dataset" or (mode == "auto" and mean is None):
+            m, s, mode = *channel_stats(bases(STATS_SAMPLE)), "auto"
+        stats["mean"], stats["std"] = resolve_normalization(mode, m, s, in_chans)
+        pca = None
+        if needs_pca(augment):
+            key = ["pca-shards-v1", str(in_chans), str(size), str(path.resolve())]
+            pca = cached_pca_stats(key, lambda: bases(STATS_SAMPLE))
+        return build_train_transform(augment, size, in_chans, stats["mean"], stats["std"], pca)
+
+    train, val, index = shard_splits(
+        path,
+        image_size=size,
+        in_chans=in_chans,
+        batch_size=batch_size,
+        seed=seed,
+        train_transform_for=train_transform,
+        eval_transform_for=lambda: build_eval_transform(size, stats["mean"], stats["std"]),
+    )
+    workers = default_num_workers() if num_workers is None else num_workers
+    skipped: list = []
+    split = {"shards": str(path.resolve()), "train": sum(c for _, c in train.shards)}
+
+    def loader(stream):
+        if stream is None:
+            return None
+        ld = DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+        ld.skipped, ld.split = skipped, split
+        return ld
+
+    mean, std = stats["mean"], stats["std"]
+    train_loader, val_loader = loader(train), loader(val)
+    names = index.class_names
+    return DataSplits(train_loader, val_loader, names, mean, std, split, None, "center-crop", skipped)
 
 
 def image_dataset_from_directory(

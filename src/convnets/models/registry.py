@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .base import ModelCfg
+from .external import is_external
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, ModelCfg] = {}
@@ -30,16 +31,25 @@ def _ensure_loaded() -> None:
     from . import _families  # noqa: F401
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, optionally filtered by a glob pattern (``"resnet*"``)."""
+def list_models(pattern: str | None = None, all: bool = False) -> list[str]:  # noqa: A002 - timm's name
+    """Registered model names, optionally filtered by a glob pattern (``"resnet*"``); ``all`` adds
+    every ``torchvision/NAME`` classifier and, when timm is installed, every ``timm/NAME``."""
     import fnmatch
 
     _ensure_loaded()
-    names = sorted(_MODELS)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    names = [n for n in sorted(_MODELS) if pattern is None or fnmatch.fnmatch(n, pattern)]
+    if all:
+        from .external import list_external
+
+        names += list_external(pattern)
+    return names
 
 
 def get_model_cfg(name: str) -> ModelCfg:
+    if is_external(name):
+        from .external import external_cfg
+
+        return external_cfg(name)
     _ensure_loaded()
     if name not in _CFGS:
         raise KeyError(_unknown(name))
@@ -59,6 +69,9 @@ def builder_defaults(name: str) -> tuple[int, int]:
     (LeNet-5: 10 classes, 1 channel; CIFAR ResNets: 10, 3; ImageNet models: 1000, 3)."""
     import inspect
 
+    if is_external(name):
+        get_model_cfg(name)  # an unknown name fails here, with suggestions
+        return 1000, 3
     _ensure_loaded()
     if name not in _MODELS:
         raise KeyError(_unknown(name))
@@ -91,6 +104,10 @@ def create_model(
         from ..weights import create_pretrained
 
         return create_pretrained(name, weights, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if is_external(name):  # timm/NAME, torchvision/NAME: see models/external.py
+        from .external import create_external
+
+        return create_external(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = name
     return model

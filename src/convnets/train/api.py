@@ -73,9 +73,23 @@ def train(
     dist_info = ddp.init_distributed(device)
     try:
         trainer = _build_trainer(data, model, run_dir, opts, device, dist_info, resume_state, log)
-        return trainer.fit()
+        result = trainer.fit()
+        if dist_info.is_main:
+            _fit_ood(run_dir, trainer.log)
+        return result
     finally:
         ddp.cleanup_distributed()
+
+
+def _fit_ood(run_dir: Path, log) -> None:
+    """Fit the out-of-distribution detector on the finished run (convnets.trust): one forward pass
+    over its training and validation images, so predict flags inputs unlike them from the start."""
+    from ..trust import calibrate_run
+
+    try:
+        calibrate_run(run_dir, temperature=False, log=log)
+    except (ValueError, OSError, RuntimeError) as e:  # a run without usable data still trained fine
+        warnings.warn(f"out-of-distribution detector not fitted: {e}", stacklevel=2)
 
 
 def _resume_setup(run_dir: Path, opts: TrainOptions, given: dict, data, model):
@@ -157,17 +171,22 @@ def _build_trainer(
     train_set = splits.train.dataset
     val_set = splits.val.dataset if splits.val is not None else None
     num_classes = len(splits.class_names)
-    phases = plan_phases(
-        opts, model, len(train_set) / num_classes, opts.lr, log=say if is_main else (lambda _m: None)
-    )
+    streaming = isinstance(train_set, torch.utils.data.IterableDataset)  # shards: no random access
+    n_train = train_set.total if streaming else len(train_set)
+    n_val = 0 if val_set is None else (val_set.total if streaming else len(val_set))
+    quiet_log = say if is_main else (lambda _m: None)
+    phases = plan_phases(opts, model, n_train / num_classes, opts.lr, log=quiet_log)
+    if streaming:  # the feature cache indexes the training set; a stream is read afresh each epoch
+        for phase in phases:
+            phase.cached = False
     if opts.weights is not None and opts.freeze is None:
         opts.freeze = "none" if phases[0].name == "train" else "base"
     from_checkpoint = normalization[0] is not None
     config = _run_config(data, model_name, opts, splits, head, phases, from_checkpoint)
     if is_main:
         say(
-            f"{model_name}: {num_classes} classes, {len(train_set):,} training / "
-            f"{len(val_set) if val_set is not None else 0:,} validation images at {image_size}x{image_size}, "
+            f"{model_name}: {num_classes} classes, {n_train:,} training / "
+            f"{n_val:,} validation images at {image_size}x{image_size}, "
             f"device {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}"
         )
     return Trainer(
@@ -253,6 +272,9 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
+    from ..doctor.duplicates import warn_split_duplicates  # doctor's cheap pre-check (exact copies)
+
+    warn_split_duplicates(splits.split)
     if len(splits.class_names) < 2:
         raise TrainConfigError(
             f"DATA {data}: found {len(splits.class_names)} class; classification needs at least 2"

@@ -88,6 +88,7 @@ class TrainOptions:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    balance: str = "auto"  # imbalanced classes: none, loss, sampler, auto (balance.py)
     grad_accum: int = 1
     early_stopping: int | None = None
     # transfer learning
@@ -131,7 +132,15 @@ def check_options(opts: TrainOptions) -> None:
     def bad(option: str, why: str) -> TrainConfigError:
         return TrainConfigError(f"{_flag(option)}: {why}")
 
-    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
+    from .balance import BALANCE_MODES
+
+    choices = {
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+        "precision": PRECISIONS,
+        "device": DEVICES,
+        "balance": BALANCE_MODES,
+    }
     for name, allowed in choices.items():
         if getattr(opts, name) not in allowed:
             raise bad(name, f"must be one of {', '.join(allowed)}, got {getattr(opts, name)!r}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
@@ -39,6 +39,7 @@ from ..runs import (
     RunConfig,
 )
 from . import distributed as ddp
+from .balance import balanced_accuracy, dataset_labels, resolve_balance
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
 from .options import TrainOptions
@@ -218,6 +219,7 @@ to ``config.json`` (``best`` is filled in here).
         # (seed, epoch, sample), whatever the number of worker processes - so a resume is exact.
         # Without augmentation the transform is deterministic and plain indices skip the seeding.
         self.seeded = augmenting and _takes_seeded_keys(train_set)
+        self.streaming = isinstance(train_set, IterableDataset)  # WebDataset shards (data/shards.py)
         self._train_batches = _BatchList()
         self._train_loader: DataLoader | None = None
         self._val_loader: DataLoader | None = None
@@ -227,7 +229,11 @@ to ``config.json`` (``best`` is filled in here).
         self.channels_last = bool(opts.channels_last)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        # --balance (balance.py): class weights in the loss, or class-balanced epochs.
+        self._labels = dataset_labels(train_set)
+        self.balance = resolve_balance(opts.balance, self._labels, len(self.class_names))
+        weight = self.balance.class_weights().to(device) if self.balance.mode == "loss" else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=opts.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss()
 
         # Progress through the run (all saved in last.pt).
@@ -260,6 +266,9 @@ to ``config.json`` (``best`` is filled in here).
             if self.main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._write_config()
+            balance_note = self.balance.message(self.class_names)
+            if balance_note:
+                self.log(balance_note)
             while self.phase_index < len(self.phases):
                 phase = self.phases[self.phase_index]
                 if self.epoch_in_phase < phase.epochs:
@@ -366,6 +375,8 @@ to ``config.json`` (``best`` is filled in here).
         if phase.cached:
             n = len(self._epoch_keys(0)) * (self.opts.feature_views if self.augmenting else 1)
             return math.ceil(n / self.opts.batch_size)
+        if self.streaming:  # shards: the stream knows this rank's share (equal on every rank)
+            return math.ceil(len(self.train_set) / self.opts.batch_size)
         return len(self._epoch_batches(0))
 
     def _epoch_keys(self, epoch: int, shuffle: bool = True) -> list:
@@ -378,6 +389,11 @@ to ``config.json`` (``best`` is filled in here).
         )
         sampler.set_epoch(epoch)
         positions = list(sampler)
+        if shuffle and self.balance.mode == "sampler":
+            world = self.dist.world_size
+            drawn = self.balance.draw(self._labels, self.opts.seed, epoch)
+            drawn += drawn[: (-len(drawn)) % world]  # every rank gets as many, like DistributedSampler
+            positions = drawn[self.dist.rank :: world]
         if not self.seeded:
             return positions
         g = torch.Generator().manual_seed(self.opts.seed * 1_000_003 + epoch)
@@ -399,9 +415,13 @@ to ``config.json`` (``best`` is filled in here).
             fx, fy = self.features["train"]
             g = torch.Generator().manual_seed(self.opts.seed * 100_003 + epoch)
             order = torch.randperm(len(fx), generator=g)
+            if self.balance.mode == "sampler":
+                order = torch.tensor(self.balance.draw(fy, self.opts.seed, epoch))
             bs = self.opts.batch_size
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             return ((fx[b], fy[b]) for b in batches[start:]), len(batches)
+        if self.streaming:
+            return self._stream_batches(epoch, start)
         batches = self._epoch_batches(epoch)
         self._train_batches.set(batches, start)
         if self._train_loader is None:  # one loader for the run: its worker processes persist
@@ -415,6 +435,24 @@ to ``config.json`` (``best`` is filled in here).
                 worker_init_fn=_seed_worker if self.num_workers else None,
             )
         return iter(self._train_loader), len(batches)
+
+    def _stream_batches(self, epoch: int, start: int) -> tuple[Iterator, int]:
+        """Shards (an IterableDataset): the stream splits the epoch across ranks and workers itself;
+        a resume mid-epoch reads past the batches already done."""
+        import itertools
+
+        self.train_set.set_epoch(epoch)
+        if self._train_loader is None:
+            self._train_loader = DataLoader(
+                self.train_set,
+                batch_size=self.opts.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                pin_memory=self.device.type == "cuda",
+                worker_init_fn=_seed_worker if self.num_workers else None,
+            )
+        n = math.ceil(len(self.train_set) / self.opts.batch_size)
+        return itertools.islice(iter(self._train_loader), start, None), n
 
     def _train_epoch(self, phase: Phase) -> dict[str, float]:
         epoch = self.epochs_done  # 0-based; shown as epoch + 1
@@ -530,27 +568,39 @@ to ``config.json`` (``best`` is filled in here).
         """Validation loss and accuracy (summed over all ranks' shards)."""
         if self.val_set is None:
             return None
-        loss_sum = correct = seen = 0.0
+        k = len(self.class_names)
+        loss_sum = 0.0
+        per_class = torch.zeros(2, k, dtype=torch.float64)  # right, seen per true class
         if phase.cached:
             head = self.model.get_classifier()
             vx, vy = self.features["val"]
-            for i in range(0, len(vx), 1024):
-                logits = head(vx[i : i + 1024].to(self.device))
-                y = vy[i : i + 1024].to(self.device)
-                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
+            batches = (
+                (head(vx[i : i + 1024].to(self.device)), vy[i : i + 1024].to(self.device))
+                for i in range(0, len(vx), 1024)
+            )
         else:
-            for logits, y in self._predict_batches(ddp.shard(list(range(len(self.val_set))), self.dist)):
-                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-        loss_sum, correct, seen = ddp.all_reduce_sum([loss_sum, correct, seen], self.dist, self.device)
-        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+            batches = self._predict_batches(ddp.shard(list(range(len(self.val_set))), self.dist))
+        for logits, y in batches:
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            right = logits.argmax(1) == y
+            per_class[0] += torch.bincount(y[right].cpu(), minlength=k).double()
+            per_class[1] += torch.bincount(y.cpu(), minlength=k).double()
+        totals = ddp.all_reduce_sum([loss_sum, *per_class.flatten().tolist()], self.dist, self.device)
+        loss_sum, right, seen = totals[0], totals[1 : 1 + k], totals[1 + k :]
+        n = max(sum(seen), 1)
+        return {"loss": loss_sum / n, "acc": sum(right) / n, "bal_acc": balanced_accuracy(right, seen)}
 
-    def _predict_batches(self, indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _predict_batches(
+        self, indices: list[int], whole: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.model.eval()
-        if self._val_loader is None or self._val_loader.sampler != indices:
+        if isinstance(self.val_set, IterableDataset):  # shards: the stream splits itself across ranks
+            dataset = self.val_set.whole() if whole else self.val_set
+            loader = DataLoader(
+                dataset, batch_size=self.opts.batch_size * 2, num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+            )
+        elif self._val_loader is None or self._val_loader.sampler != indices:
             # Kept for the run (persistent workers): a validation pass per epoch would otherwise
             # start its worker processes again every time.
             self._val_loader = DataLoader(
@@ -562,7 +612,9 @@ to ``config.json`` (``best`` is filled in here).
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
             )
-        for batch in self._val_loader:
+        if not isinstance(self.val_set, IterableDataset):
+            loader = self._val_loader
+        for batch in loader:
             x, y = self._unpack(batch)
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -584,19 +636,25 @@ to ``config.json`` (``best`` is filled in here).
             "train_acc": train["acc"],
             "val_loss": val["loss"] if val else None,
             "val_acc": val["acc"] if val else None,
+            "val_bal_acc": val["bal_acc"] if val else None,
             "lr": train["lr"],
             "seconds": round(train["seconds"], 3),
         }
         self.history.append(record)
-        score = val["acc"] if val else train["acc"]  # without a validation split, the last epoch wins
-        improved = self.best["val_acc"] is None or score > self.best["val_acc"] or val is None
+        # Without a validation split, the last epoch wins; with imbalanced classes the balanced accuracy
+        # decides (plain accuracy would reward ignoring the small classes).
+        key = "val_bal_acc" if self.balance.imbalanced else "val_acc"
+        score = record[key] if val else train["acc"]
+        improved = self.best.get(key) is None or score > self.best[key] or val is None
         if improved:
-            self.best = {"epoch": self.epochs_done, "val_acc": score if val else None}
+            self.best = {"epoch": self.epochs_done, "val_acc": record["val_acc"]}
+            if self.balance.imbalanced:
+                self.best["val_bal_acc"] = record["val_bal_acc"]
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         stop = False
         if self.opts.early_stopping and val is not None:
-            if val["acc"] > self.early["best"]:
-                self.early = {"best": val["acc"], "bad_epochs": 0}
+            if score > self.early["best"]:
+                self.early = {"best": score, "bad_epochs": 0}
             else:
                 self.early["bad_epochs"] += 1
                 stop = self.early["bad_epochs"] >= self.opts.early_stopping
@@ -629,6 +687,8 @@ to ``config.json`` (``best`` is filled in here).
             if record["val_acc"] is not None
             else ""
         )
+        if record["val_acc"] is not None and self.balance.imbalanced:
+            val += f" bal acc {record['val_bal_acc']:.4f}"
         self.log(
             f"epoch {record['epoch']:>3}/{self._total_epochs()} [{record['phase']}] train loss "
             f"{record['train_loss']:.4f} acc {record['train_acc']:.4f}{val} | lr {record['lr']:.2e} | "
@@ -715,7 +775,7 @@ to ``config.json`` (``best`` is filled in here).
                     y_pred = self.model.get_classifier()(vx.to(self.device)).argmax(1).tolist()
                 y_true = vy.tolist()
             else:
-                for logits, y in self._predict_batches(list(range(len(self.val_set)))):
+                for logits, y in self._predict_batches(list(range(len(self.val_set))), whole=True):
                     y_pred += logits.argmax(1).tolist()
                     y_true += y.tolist()
             plot_confusion_matrix(

@@ -1,0 +1,94 @@
+"""`convnets doctor DATA`: unusable files, duplicates and leakage, class balance, odd images and likely
+label errors in a class-per-folder dataset (or the split a run used)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import CLIError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "doctor",
+        help="check a dataset: unreadable files, duplicates/leakage, imbalance, label errors",
+        description="Check a class-per-folder dataset before training on it. DATA is a folder of class "
+        "sub-folders, a root holding train/ and val/ (or test/), or a run folder (its saved train/val "
+        "split is checked). Prints a summary of each kind of problem, then the details.",
+    )
+    p.add_argument("data", metavar="DATA", help="data folder, pre-split root or run folder")
+    p.add_argument("--val", metavar="DIR", help="validation folder (class sub-folders) to check against DATA")
+    p.add_argument("--test", metavar="DIR", help="test folder (class sub-folders) to check against DATA")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="pretrained checkpoint for the label check (frozen features + logistic regression); "
+        "without it a tiny CNN is trained per fold",
+    )
+    p.add_argument("--model", default="mobilenet_v2", help="architecture of --weights (default mobilenet_v2)")
+    p.add_argument(
+        "--normalize",
+        choices=["imagenet", "inception"],
+        help="input normalisation --weights expect when the file does not say (inception = [-1, 1])",
+    )
+    p.add_argument("--no-labels", action="store_true", help="skip the label check (the slowest part)")
+    p.add_argument(
+        "--near-threshold",
+        type=float,
+        default=None,
+        help="similarity (registered NCC of grey thumbnails) for near duplicates; default 0.95",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: 2 x CPUs, at most 8)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (a section per kind of problem)"
+    )
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with thumbnails")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 on leakage across splits or label conflicts (for CI)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..doctor import DoctorError, diagnose
+    from ..doctor.duplicates import NEAR_THRESHOLD
+
+    threshold = NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold
+    if not 0 < threshold <= 1:
+        raise CLIError("--near-threshold must be in (0, 1]")
+    try:
+        report = diagnose(
+            args.data,
+            args.val,
+            args.test,
+            weights=args.weights,
+            model=args.model,
+            normalize=args.normalize,
+            labels=not args.no_labels,
+            near_threshold=threshold,
+            workers=args.workers,
+            progress=not args.json,
+        )
+    except DoctorError as e:
+        raise CLIError(str(e)) from e
+    except (FileNotFoundError, ValueError, KeyError) as e:  # bad --weights / --model
+        raise CLIError(str(e).strip("'\"")) from e
+    if args.html:
+        path = report.write_html(args.html)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_text())
+    if args.strict and (report.leakage or report.conflicts):
+        print(
+            f"convnets doctor --strict: {len(report.leakage)} leakage and {len(report.conflicts)} conflict "
+            "group(s)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

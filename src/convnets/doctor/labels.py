@@ -1,0 +1,219 @@
+"""Likely label errors: out-of-fold predicted probabilities from a quick model, ranked by confident
+learning (``cleanlab.filter.find_label_issues``).
+
+Every image gets class probabilities from a model that never saw it (k-fold), so an image whose
+folder label disagrees confidently with what the rest of its class looks like stands out. Two quick
+models:
+
+* with ``weights`` (a pretrained checkpoint, e.g. ImageNet MobileNetV2): the frozen backbone's pooled
+  features (``forward_head(forward_features(x), pre_logits=True)``), then a standardised logistic
+  regression, ``sklearn.model_selection.cross_val_predict`` over 5 stratified folds;
+* without weights: a tiny CNN (three conv-BN-ReLU-pool stages, 32x32 RGB thumbnails from the decode
+  pass, horizontal flips) trained from scratch for a few epochs per fold. It learns colour, layout
+  and coarse shape: enough to expose flipped labels in a set where classes differ visibly; for
+  photos of similar things, pass ``weights``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+N_FOLDS = 5
+STEPS_PER_FOLD = 150  # tiny-CNN training steps per fold (batch 64)
+WIDTHS = (8, 16, 32)  # its three stages' channels
+
+
+class LabelCheckError(RuntimeError):
+    """The label check cannot run (a missing library, too few images per class)."""
+
+
+@dataclass
+class LabelResult:
+    """Out-of-fold probabilities and cleanlab's ranked issues (indices into the rows given)."""
+
+    method: str
+    class_names: list[str]
+    pred_probs: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+    ranked: list[int]  # likely label errors, most likely first
+    quality: np.ndarray  # (N,) cleanlab's label quality score (low = suspicious)
+    folds: int
+    oof_accuracy: float
+    seconds: float
+
+
+def _folds(labels: np.ndarray) -> int:
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        raise LabelCheckError("a class has a single image: out-of-fold predictions need two per class")
+    return min(N_FOLDS, smallest)
+
+
+def tiny_cnn_probs(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    folds: int,
+    seed: int = 0,
+    epochs: int | None = None,
+) -> np.ndarray:
+    """Out-of-fold class probabilities of a tiny CNN trained from scratch on (N, 32, 32, 3) uint8
+    thumbnails: about ``STEPS_PER_FOLD`` steps of batch 64 per fold (at least 4 epochs), on one
+    thread (these layers are too small to gain from more, and a busy machine punishes spinning ones)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
+    import torch
+    from sklearn.model_selection import StratifiedKFold
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x_all = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255)
+    x_all = (x_all - x_all.mean(dim=(0, 2, 3), keepdim=True)) / (
+        x_all.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+    )
+    x_all = x_all.contiguous(memory_format=torch.channels_last)  # a third faster for these small convs
+    y_all = torch.from_numpy(labels).long()
+    batch = 64
+    if epochs is None:
+        steps_per_epoch = max(1, int(np.ceil(len(labels) * (folds - 1) / folds / batch)))
+        epochs = int(np.clip(STEPS_PER_FOLD // steps_per_epoch, 4, 20))
+    out = np.zeros((len(labels), num_classes), np.float32)
+
+    def block(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+        )
+
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+        model = nn.Sequential(
+            block(3, WIDTHS[0]),
+            block(WIDTHS[0], WIDTHS[1]),
+            block(WIDTHS[1], WIDTHS[2]),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(WIDTHS[2], num_classes),
+        ).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=3e-3, total_steps=epochs * int(np.ceil(len(train_idx) / batch))
+        )
+        tr = torch.from_numpy(train_idx)
+        model.train()
+        for _ in range(epochs):
+            for chunk in tr[torch.randperm(len(tr))].split(batch):
+                xb, yb = x_all[chunk], y_all[chunk]
+                flip = torch.rand(len(xb)) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                loss = nn.functional.cross_entropy(model(xb), yb, label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        model.eval()
+        with torch.inference_mode():
+            xt = x_all[torch.from_numpy(test_idx)]
+            logits = (model(xt) + model(xt.flip(3))) / 2
+            out[test_idx] = torch.softmax(logits, dim=1).numpy()
+    return out
+
+
+def backbone_features(
+    paths: list[str], weights: str, model_name: str, normalize: str | None = None, batch_size: int = 32
+) -> np.ndarray:
+    """Pooled features (N, D) of a frozen pretrained backbone (the vector entering its classifier)."""
+    import torch
+
+    from ..data.images import read_image, to_input
+    from ..models import create_model
+
+    model = create_model(model_name, weights=weights, **({"normalize": normalize} if normalize else {}))
+    model.eval()
+    cfg = model.pretrained_cfg
+    size = tuple(int(v) for v in cfg["input_size"][1:])
+    feats = []
+    with torch.inference_mode():
+        for s in range(0, len(paths), batch_size):
+            views = [read_image(p, size) for p in paths[s : s + batch_size]]
+            x = torch.from_numpy(to_input(views, cfg["mean"], cfg["std"]))
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
+    return np.concatenate(feats)
+
+
+def linear_probs(features: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Out-of-fold probabilities of a standardised logistic regression on fixed features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(clf, features, labels, cv=cv, method="predict_proba").astype(np.float32)
+
+
+def find_label_issues(
+    labels: list[str],
+    rgb: np.ndarray | None = None,
+    paths: list[str] | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    model_name: str = "mobilenet_v2",
+    normalize: str | None = None,
+    seed: int = 0,
+) -> LabelResult:
+    """Rank the rows most likely mislabelled. ``rgb`` (N, 32, 32, 3) thumbnails feed the tiny CNN;
+    with ``weights`` the backbone reads ``paths`` at its own input size instead."""
+    import time
+
+    try:
+        from cleanlab.filter import find_label_issues as cl_find
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError as e:
+        raise LabelCheckError(
+            "the label check needs cleanlab: pip install 'convnets[doctor]' (or pip install cleanlab)"
+        ) from e
+
+    start = time.perf_counter()
+    class_names = sorted(set(labels))
+    if len(class_names) < 2:
+        raise LabelCheckError("a label check needs at least two classes")
+    index = {name: i for i, name in enumerate(class_names)}
+    y = np.array([index[name] for name in labels], dtype=np.int64)
+    folds = _folds(y)
+    if weights is not None:
+        method = f"{model_name} features ({weights}) + logistic regression, {folds}-fold"
+        probs = linear_probs(
+            backbone_features(list(paths or []), str(weights), model_name, normalize), y, folds, seed
+        )
+    else:
+        method = f"tiny CNN on 32x32 thumbnails, {folds}-fold"
+        probs = tiny_cnn_probs(rgb, y, len(class_names), folds, seed)
+    probs = np.clip(probs, 1e-6, 1)
+    probs /= probs.sum(axis=1, keepdims=True)
+    ranked = cl_find(labels=y, pred_probs=probs, return_indices_ranked_by="self_confidence")
+    quality = get_label_quality_scores(y, probs)
+    return LabelResult(
+        method,
+        class_names,
+        probs,
+        y,
+        [int(i) for i in ranked],
+        quality,
+        folds,
+        float((probs.argmax(1) == y).mean()),
+        time.perf_counter() - start,
+    )
