@@ -33,7 +33,8 @@ from torch import nn
 from .data.decode import CROP_RATIO, ImageReadError
 from .data.images import expand_paths, read_images, to_input
 from .inference import inference_module, predict_batch
-from .predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction, top_k
+from .predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
+from .predictions import top_k as top_classes  # predict() has a top_k argument
 from .runs import RunConfig
 from .trust import RunTrust
 
@@ -203,7 +204,7 @@ def predict(
         chunk = files[start : start + batch_size]
         x, errors = clf.load_files(chunk, base=(tta == "10crop"))
         probs = clf.predict_proba(x, tta).numpy() if x is not None else None
-        tops = iter(_top_k(probs, clf.class_names, top_k) if probs is not None else [])
+        tops = iter(top_classes(probs, clf.class_names, top_k) if probs is not None else [])
         rows = [
             Prediction(f, error=errors[i]) if i in errors else Prediction(f, top=next(tops))
             for i, f in enumerate(chunk)
@@ -224,5 +225,3 @@ def measure_latency(clf: Classifier, runs: int = 5, warmup: int = 2) -> float:
     x = torch.randn(1, clf.in_chans, *clf.image_size, device=clf.device)
     return latency_ms(clf.runner, x, warmup=warmup, runs=runs)
 
-
-_top_k = top_k  # predict's keyword argument shadows the function's name
