@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 
+from ..backends import EXPORTED_BACKENDS
 from . import CLIError
 
 API_KEY_ENV = "CONVNETS_API_KEY"
@@ -30,7 +31,12 @@ def add_parser(subparsers) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--backend", default="auto", help="what runs the model: auto (default) or onnxruntime")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *EXPORTED_BACKENDS),
+        help="what runs the exported model: auto (default) = the fastest engine here that passed its check",
+    )
     p.add_argument(
         "--max-batch",
         type=_max_batch,
