@@ -86,3 +86,10 @@ def test_map_peaks_on_the_planted_evidence(name, one_thread):
         on[r : r + square, c : c + square] = True
         assert heat[r + square // 2, c + square // 2] > 0.6, f"square at {(r, c)}: map {heat[on].mean():.2f}"
         assert heat[on].mean() > 1.5 * heat[~on].mean()  # a flat map (the bug) gives equal means
+
+
+def test_finding_the_map_keeps_the_training_modes():
+    model = create_model("torchvision/resnet18", num_classes=2).train()
+    model.body.layer1.eval()  # a frozen stage's BatchNorm, as transfer learning keeps it
+    assert model.feature_map_module() is model.body.layer4
+    assert model.body.training and model.body.layer2.training and not model.body.layer1.training

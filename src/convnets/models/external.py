@@ -289,19 +289,21 @@ def _last_spatial_module(body: nn.Module, min_size: int) -> str:
     with the same output, and is taken."""
     first_conv = next(m for m in body.modules() if isinstance(m, nn.Conv2d))
     size = max(min_size, 64)  # big enough for every torchvision stride, small enough to be quick
-    x = torch.zeros(1, first_conv.in_channels, size, size)
+    w = first_conv.weight
+    x = torch.zeros(1, first_conv.in_channels, size, size, device=w.device, dtype=w.dtype)
     ran: list[tuple[str, nn.Module, object]] = []
     handles = [
         m.register_forward_hook(lambda m, i, o, name=name: ran.append((name, m, o)))
         for name, m in body.named_modules()
         if name
     ]
-    was_training = body.training
+    modes = [(m, m.training) for m in body.modules()]  # e.g. a frozen base's BN kept in eval mode
     try:
         with torch.no_grad():
             body.eval()(x)
     finally:
-        body.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
