@@ -117,18 +117,17 @@ def auto_precision(device_type: str, model=None) -> tuple[str, str]:
     """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
-    precision"). On CPUs that is nowhere yet: on the AMX Xeon, bf16 autocast trained resnet50 faster
-    (1.3-1.7x when not starved of cores) but reached 0.838 validation accuracy on SIGNS from scratch
-    against fp32's 0.884 (one seed, 5 epochs), and mobilenet_v2 (depthwise convolutions) was no faster
-    (0.75-0.96x); CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So CPUs train in
-    fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native bf16 (Ampere
-    and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
+    precision"). On CPUs that is nowhere yet: on the AMX Xeon, ``--precision bf16`` trains ResNet-50
+    1.9-2.1x and MobileNetV2 1.2x faster than fp32 (with ``train/bf16_backward.py``), but from scratch
+    on SIGNS it reached 0.906 validation accuracy against fp32's 0.925 (mean of 3 seeds): more than the
+    1 point a default may lose. CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So
+    CPUs train in fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native
+    bf16 (Ampere and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's
+    MPS in fp32.
     """
     if device_type == "cpu":
         if not cpu_has_amx_bf16():
             return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
-        if model is not None and has_grouped_convolutions(model):
-            return "fp32", "AMX CPU, but depthwise convolutions measured no faster in bf16"
         return "fp32", "AMX CPU: bf16 is faster but was less accurate from scratch; --precision bf16 opts in"
     if device_type == "cuda":
         import torch
