@@ -138,8 +138,9 @@ def shrunk_precision(x: np.ndarray) -> np.ndarray:
     """Inverse of the Ledoit-Wolf shrunk covariance of the rows of ``x`` (taken as centred): the same
     as ``sklearn.covariance.LedoitWolf(assume_centered=True).fit(x).precision_`` (Ledoit & Wolf 2004,
     scikit-learn's ``ledoit_wolf_shrinkage``), without importing scikit-learn. With any shrinkage the
-    matrix is positive definite, so a Cholesky solve replaces the eigendecomposition of a
-    pseudo-inverse (0.1 s instead of 0.4 s for 1280 features on 2 cores)."""
+    matrix is positive definite and well conditioned, so a plain inverse replaces the
+    eigendecomposition of scikit-learn's pseudo-inverse: 0.26 s against 0.91 s for 262 x 1280 features
+    on the 2-core Xeon (interleaved, median of 5; a Cholesky-based inverse took 0.43 s)."""
     x = np.asarray(x, dtype=np.float64)
     n, p = x.shape
     cov = x.T @ x / n
@@ -153,9 +154,8 @@ def shrunk_precision(x: np.ndarray) -> np.ndarray:
     shrunk = (1.0 - shrinkage) * cov
     shrunk.flat[:: p + 1] += shrinkage * mu
     if shrinkage > 0:
-        chol = np.linalg.cholesky(shrunk)
-        inv_chol = np.linalg.solve(chol, np.eye(p))
-        return inv_chol.T @ inv_chol
+        precision = np.linalg.inv(shrunk)
+        return (precision + precision.T) / 2
     return np.linalg.pinv(shrunk, hermitian=True)  # no shrinkage: the estimate may be singular
 
 
