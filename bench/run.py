@@ -10,6 +10,14 @@ settings, one changed at a time), inference (vs torchvision and ONNX Runtime), f
 (``prepare_for_inference`` options), transfer (frozen-base head phase, bench/transfer_head.py + Keras),
 data (bench/data_pipeline.py), tta (time to 0.90 on alpaca).
 
+Optional sections, run only when ``--only`` names them (each is its own script, heavy, with its own
+hand-written analysis in RESULTS.md: a run refreshes a marked block inside that section and keeps the
+prose): shards (bench/shards.py: WebDataset shards vs the folder), backends (bench/backends.py:
+exported-model engines; ``--backends-run RUN`` adds its accuracy and cold-start parts), precision
+(bench/train_precision.py: training step fp32 vs bf16).
+
+    .venv/bin/python bench/run.py --only shards,precision --quick
+
 Every figure is the median of the repetitions after warm-up, with (min-max); peers run interleaved in
 the same run, each in its own process, and are compared as ratios (bench/common.py explains why).
 Sections not selected keep their previous text in RESULTS.md and their previous entry in results.json.
@@ -40,6 +48,7 @@ from common import (  # noqa: E402
 )
 
 SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta", "serve"]
+OPTIONAL_SECTIONS = ["shards", "backends", "precision"]  # heavy: only when --only names them
 TITLES = {
     "peak": "Machine fp32 matmul peak",
     "train": "Training throughput",
@@ -50,6 +59,11 @@ TITLES = {
     "data": "Data pipeline",
     "tta": "Time to accuracy",
     "serve": "Serving",
+    # The optional sections' titles are those of their hand-written sections in RESULTS.md (the run's
+    # output goes into a marked block there, see SHARED_SECTIONS): keep them in step.
+    "shards": "Shards vs folder (bench/shards.py)",
+    "backends": "Inference backends and cold start (exported model, issue #15)",
+    "precision": "Training precision (`--precision auto`): fp32 vs bf16 on an Intel Xeon with AMX",
 }
 GOALS = {"vs_torchvision": 1.3, "vs_keras": 1.8, "peak_resnet50": 0.90, "peak_mobilenet_v2": 0.50}
 
@@ -379,6 +393,55 @@ def section_serve(args, state) -> tuple[str, dict]:
         return "From bench/serve.py:\n\n" + proc.stdout.strip(), json.loads(out.read_text())
 
 
+def _script_section(script: str, options: list[str], env: dict | None = None) -> tuple[str, dict]:
+    """Run bench/<script> in its own process: its markdown (stdout) is the section, stdout and exit
+    status its results.json entry."""
+    import os
+
+    cmd = [sys.executable, str(BENCH_DIR / script), *options]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent), env={**os.environ, **(env or {})}
+    )
+    data = {"command": " ".join(["bench/" + script, *options]), "returncode": proc.returncode}
+    if proc.returncode != 0:
+        return f"bench/{script} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", data
+    data["stdout"] = proc.stdout[-20000:]
+    return f"From `{data['command']}`:\n\n" + proc.stdout.strip(), data
+
+
+def section_shards(args, state) -> tuple[str, dict]:
+    """bench/shards.py: feeding the trainer from WebDataset shards vs from the image folder."""
+    quick = ["--images", "300", "--size", "48", "--image-size", "32", "--batch-size", "16", "--limit", "120"]
+    options = (quick if args.quick else []) + ["--reps", str(args.reps)]
+    return _script_section("shards.py", options, env={"OMP_NUM_THREADS": "1"})  # as its docstring runs it
+
+
+def section_backends(args, state) -> tuple[str, dict]:
+    """bench/backends.py: ONNX Runtime / OpenVINO / int8 engines on an exported run (the speed part;
+    accuracy and cold start need a trained alpaca run: --backends-run)."""
+    import tempfile
+
+    options = ["--reps", str(args.reps)]
+    if args.quick:
+        options += ["--models", "mobilenet_v2", "--calls1", "2", "--calibration", "16", "--cold-reps", "1"]
+    if args.backends_run is not None:
+        options += ["--run", str(args.backends_run)]
+    else:
+        options += ["--part", "speed"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "backends.json"
+        md, data = _script_section("backends.py", [*options, "--json", str(out)])
+        if out.is_file():
+            data["results"] = json.loads(out.read_text())
+    return md, data
+
+
+def section_precision(args, state) -> tuple[str, dict]:
+    """bench/train_precision.py: convnets' training step in fp32 and bf16, interleaved in one process."""
+    options = ["--reps", str(args.reps)] + (["--models", "mobilenet_v2:32:2"] if args.quick else [])
+    return _script_section("train_precision.py", options)
+
+
 RUNNERS = {
     "peak": section_peak,
     "train": section_train,
@@ -389,6 +452,9 @@ RUNNERS = {
     "data": section_data,
     "tta": section_tta,
     "serve": section_serve,
+    "shards": section_shards,
+    "backends": section_backends,
+    "precision": section_precision,
 }
 
 
@@ -408,7 +474,7 @@ def _previous_sections(path: Path) -> dict[str, str]:
 
 # Sections whose prose another engineer writes by hand (their script's analysis): a run refreshes only
 # the block between the markers and keeps the rest of their text.
-SHARED_SECTIONS = {"data", "transfer"}
+SHARED_SECTIONS = {"data", "transfer"}  # (and every optional section: see write_results)
 _BEGIN, _END = "<!-- bench/run.py output: begin -->", "<!-- bench/run.py output: end -->"
 
 
@@ -444,7 +510,7 @@ def write_results(out_dir: Path, machine: dict, new_md: dict[str, str], new_data
         "",
     ]
     body = []
-    known_titles = set(TITLES.values())
+    known_titles = {TITLES[key] for key in SECTIONS}
     for key in SECTIONS:
         title = TITLES[key]
         text = new_md.get(key, old.get(title))
@@ -452,9 +518,17 @@ def write_results(out_dir: Path, machine: dict, new_md: dict[str, str], new_data
             text = _merge_shared(old[title], new_md[key])
         if text:
             body += [f"## {title}", "", text.strip(), ""]
-    for title, text in old.items():  # sections other engineers added by hand are kept
+    # Sections other engineers added by hand are kept, in their order; an optional section that ran
+    # refreshes its block inside its hand-written section, or is added at the end the first time.
+    optional = {TITLES[key]: key for key in OPTIONAL_SECTIONS}
+    for title, text in old.items():
         if title not in known_titles:
+            if optional.get(title) in new_md:
+                text = _merge_shared(text, new_md[optional[title]])
             body += [f"## {title}", "", text, ""]
+    for key in OPTIONAL_SECTIONS:
+        if key in new_md and TITLES[key] not in old:
+            body += [f"## {TITLES[key]}", "", new_md[key].strip(), ""]
     md_path.write_text("\n".join(header + body).rstrip() + "\n")
 
 
@@ -462,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 repetitions (smoke run)")
     parser.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all of these), or the optional "
+        f"sections, run only when named: {','.join(OPTIONAL_SECTIONS)}",
     )
     parser.add_argument(
         "--reps", type=int, default=None, help="timed repetitions per figure (default 5; 2 quick)"
@@ -471,16 +548,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-compile", action="store_true", help="skip the torch.compile rows (slow to compile)"
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="folder for RESULTS.md and results.json")
+    parser.add_argument(
+        "--backends-run",
+        type=Path,
+        default=None,
+        help="backends: an alpaca MobileNetV2 run folder, for bench/backends.py's accuracy and cold-start parts",
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.reps = args.reps or (2 if args.quick else 5)
     selected = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(selected) - set(SECTIONS))
+    unknown = sorted(set(selected) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        parser.error(
+            f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + OPTIONAL_SECTIONS)}"
+        )
     if "train" in selected and "peak" not in selected:
         selected.append("peak")  # the % of peak column needs the peak from the same run
-    selected = [s for s in SECTIONS if s in selected]
+    selected = [s for s in SECTIONS + OPTIONAL_SECTIONS if s in selected]
 
     from convnets.runtime import tune_malloc
 

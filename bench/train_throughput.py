@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -75,12 +76,15 @@ class ConvnetsPeer(_TorchPeer):
 
         from convnets.models.registry import create_model
         from convnets.runtime import describe_cpu, prefers_channels_last
+        from convnets.train.bf16_backward import FastBf16ConvBackward
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
         from convnets.train.trainer import build_optimizer
 
         super().__init__(spec)
         torch.manual_seed(0)
-        opts = TrainOptions(precision=spec.get("precision", "fp32"))
+        # "bf16-plain": bf16 autocast without the trainer's backward picker (train/bf16_backward.py).
+        plain_bf16 = spec.get("precision") == "bf16-plain"
+        opts = TrainOptions(precision="bf16" if plain_bf16 else spec.get("precision", "fp32"))
         opts.lr = DEFAULT_LR[opts.optimizer]
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
@@ -97,13 +101,14 @@ class ConvnetsPeer(_TorchPeer):
             )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.autocast = opts.precision == "bf16"
+        self.backward_mode = FastBf16ConvBackward() if self.autocast and not plain_bf16 else nullcontext()
         self.forward = torch.compile(self.model) if spec.get("compile") else self.model
         self.meta.update(
             channels_last=self.channels_last,
             malloc_tuned=describe_cpu()["malloc_tuned"],
             optimizer=opts.optimizer,
             fused_optimizer=bool(self.optimizer.defaults.get("fused")),
-            precision=opts.precision,
+            precision=spec.get("precision", "fp32"),
             compile=bool(spec.get("compile")),
         )
 
@@ -119,7 +124,8 @@ class ConvnetsPeer(_TorchPeer):
             logits = self.forward(x)
             loss = self.criterion(logits, self.y)
         bool(torch.isfinite(loss.detach()).item())
-        loss.backward()
+        with self.backward_mode:
+            loss.backward()
         loss.item()
         (logits.argmax(1) == self.y).sum().item()
         self.optimizer.step()

@@ -104,3 +104,22 @@ def test_shared_sections_keep_the_hand_written_analysis():
     assert merged.startswith(old) and "| fresh | table |" in merged
     again = bench_run._merge_shared(merged, "| newer | table |")
     assert again.startswith(old) and "newer" in again and "fresh" not in again
+
+
+def test_optional_sections_run_only_when_named_and_refresh_their_block(tmp_path, capsys):
+    title = bench_run.TITLES["precision"]
+    hand_written = f"# Benchmarks\n\n## {title}\n\nHand-written reading.\n\n## Notes\n\nmine\n"
+    (tmp_path / "RESULTS.md").write_text(hand_written)
+    assert set(bench_run.OPTIONAL_SECTIONS) == {"shards", "backends", "precision"}
+    assert not set(bench_run.OPTIONAL_SECTIONS) & set(bench_run.SECTIONS)  # not in the default run
+    assert bench_run.main(["--quick", "--only", "precision", "--reps", "1", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    section = md.split(f"## {title}")[1].split("## Notes")[0]
+    assert "Hand-written reading." in section and "bench/train_precision.py --reps 1" in section
+    assert "| mobilenet_v2 | 32 | 2 | bf16 |" in section  # the script's own table, from its run
+    assert "mine" in md
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["sections"]["precision"]["returncode"] == 0
+    with pytest.raises(SystemExit):
+        bench_run.main(["--only", "shardz", "--out", str(tmp_path)])
+    assert "shards" in capsys.readouterr().err

@@ -18,7 +18,13 @@ mobilenet_v1/v2, efficientnet_b*       ``features`` (ends with the 1x1 head conv
 resnet*                                ``layer4``
 cifar resnets (and their plain twins)  ``layer3``
 googlenet (inception v1)               ``inception5b``
+timm/NAME                              its ``forward_features`` output
+torchvision/NAME                       ``feature_map_module()`` (e.g. ``body.layer4``)
 =====================================  =====================================
+
+A model whose ``forward_features`` is not the last spatial map (a wrapped torchvision network: it
+pools inside its own forward) names the module that gives it, ``ConvNet.feature_map_module()``;
+the map is then read there, still in one forward (a hook keeps that module's output).
 
 ``target_layer(model, name)`` picks any other module by its dotted name (an earlier stage gives a
 finer, less class-specific map).
@@ -73,6 +79,9 @@ def target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
             raise ValueError(
                 f"--layer: {type(model).__name__} has no module {name!r} (top level: {known})"
             ) from None
+    module = _feature_map_module(model)
+    if module is not None:
+        return module
     for cls in type(model).__mro__:
         attr = _LAST_STAGE.get(cls.__name__)
         if attr is not None:
@@ -84,6 +93,13 @@ def target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
         f"no default Grad-CAM layer for {type(model).__name__}: pass a layer name "
         f"(one of {', '.join(n for n, _ in model.named_children())})"
     )
+
+
+def _feature_map_module(model: nn.Module) -> nn.Module | None:
+    """The model's own answer to "which module gives the last spatial map", when forward_features
+    does not (``ConvNet.feature_map_module``)."""
+    ask = getattr(model, "feature_map_module", None)
+    return ask() if callable(ask) else None
 
 
 @dataclass
@@ -117,14 +133,26 @@ def grad_cam(
     with torch.inference_mode(False), torch.enable_grad():
         x = images.detach().clone()
         if layer is None:
-            # The last conv stage is the ConvNet contract's forward_features output, so one forward
-            # gives the activations, the logits and (before any backward) the predicted class.
-            # Captum's LayerGradCam needs the target class before its own forward: for "explain the
-            # prediction" that is a second forward, 1.9x the time in bench/explain.py.
-            with torch.no_grad():
-                activations = model.forward_features(x)
-            activations.requires_grad_(True)
-            logits = model.forward_head(activations).float()
+            feature_map = _feature_map_module(model)
+            # One forward gives the activations, the logits and (before any backward) the predicted
+            # class. Captum's LayerGradCam needs the target class before its own forward: for
+            # "explain the prediction" that is a second forward, 1.9x the time in bench/explain.py.
+            if feature_map is None:
+                # The last conv stage is the ConvNet contract's forward_features output: the trunk
+                # runs without building a graph.
+                with torch.no_grad():
+                    activations = model.forward_features(x)
+                activations.requires_grad_(True)
+                logits = model.forward_head(activations).float()
+            else:
+                # The model pools inside forward_features: keep the output of the module it names.
+                kept: list[torch.Tensor] = []
+                handle = feature_map.register_forward_hook(lambda m, i, out: kept.append(out))
+                try:
+                    logits = model(x.requires_grad_(True)).float()
+                finally:
+                    handle.remove()
+                activations = kept[-1]
             probs, classes, predicted = _targets(logits, target_class)
             score = logits.gather(1, torch.tensor(classes).view(-1, 1)).sum()
             (grads,) = torch.autograd.grad(score, activations)

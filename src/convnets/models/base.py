@@ -72,3 +72,10 @@ class ConvNet(nn.Module):
     def stages(self) -> list[nn.Module]:
         """The base as ordered groups, input side first (what ``--fine-tune-last N`` counts)."""
         raise NotImplementedError
+
+    def feature_map_module(self) -> nn.Module | None:
+        """The module whose output is the last spatial feature map (N, C, h, w), for a model whose
+        ``forward_features`` does not return that map (a wrapped torchvision network pools inside its
+        own forward, so its ``forward_features`` is the pooled vector as a 1x1 map); ``None`` when
+        ``forward_features`` is that map, as for every family written here. Grad-CAM reads it."""
+        return None

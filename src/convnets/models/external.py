@@ -10,7 +10,8 @@ head, cached features, ``--fine-tune-last N``, export and serving work on it unc
   map and the pooled vector). For torchvision the last ``nn.Linear`` is replaced by ``nn.Identity``, so
   ``body(x)`` is exactly the vector that entered it (pooling, norm and any MLP before it included);
   ``forward_features`` returns it as a 1x1 map, because torchvision models have no common split
-  between the trunk and the pooling.
+  between the trunk and the pooling. The last spatial map (what Grad-CAM reads) is the output of
+  ``feature_map_module()``: found once by running the network and watching its modules' outputs.
 - ``classifier``: an ``nn.Linear`` (``get_classifier``), after ``head_drop``.
 - ``stages()``: timm's own parameter groups (``group_matcher``: stem, each stage, the head's norm merged
   into the last stage); for torchvision, the top-level children holding parameters (descending into a
@@ -174,6 +175,7 @@ class ExternalConvNet(ConvNet):
         self.default_cfg = default_cfg
         self._source_classifier = source_classifier  # the classifier's key prefix in the library's layout
         self._neck = neck or []  # torchvision: modules between the trunk and the classifier
+        self._feature_map: str | None = None  # torchvision: body's module giving the last spatial map
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.library == "timm":
@@ -186,6 +188,13 @@ class ExternalConvNet(ConvNet):
         else:
             x = x.flatten(1)
         return x if pre_logits else self.classifier(self.head_drop(x))
+
+    def feature_map_module(self) -> nn.Module | None:
+        if self.library == "timm":
+            return None  # timm's forward_features is the last feature map, before its pooling
+        if self._feature_map is None:
+            self._feature_map = _last_spatial_module(self.body, self.default_cfg.min_size)
+        return self.body.get_submodule(self._feature_map)
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier
@@ -269,6 +278,40 @@ class ExternalConvNet(ConvNet):
 
 
 MIN_STAGES = 4  # fewer top-level groups than this: descend into the biggest one
+
+
+def _last_spatial_module(body: nn.Module, min_size: int) -> str:
+    """The name of ``body``'s module whose output is the last spatial feature map: run one small
+    batch and take the last module, in the order they ran, whose output is a 4-D tensor, before the
+    last adaptive pooling module (torchvision's global pooling, VGG's 7x7 one; the squeeze-excitation
+    blocks' pools run earlier). Networks that pool functionally (DenseNet, ShuffleNet, MNASNet) have
+    no such module: the last 4-D output then. A container that ends with that module runs after it,
+    with the same output, and is taken."""
+    first_conv = next(m for m in body.modules() if isinstance(m, nn.Conv2d))
+    size = max(min_size, 64)  # big enough for every torchvision stride, small enough to be quick
+    w = first_conv.weight
+    x = torch.zeros(1, first_conv.in_channels, size, size, device=w.device, dtype=w.dtype)
+    ran: list[tuple[str, nn.Module, object]] = []
+    handles = [
+        m.register_forward_hook(lambda m, i, o, name=name: ran.append((name, m, o)))
+        for name, m in body.named_modules()
+        if name
+    ]
+    modes = [(m, m.training) for m in body.modules()]  # e.g. a frozen base's BN kept in eval mode
+    try:
+        with torch.no_grad():
+            body.eval()(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+        for h in handles:
+            h.remove()
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    last_pool = max((i for i, (_, m, _) in enumerate(ran) if isinstance(m, pools)), default=len(ran))
+    spatial = [name for name, _, out in ran[:last_pool] if isinstance(out, torch.Tensor) and out.ndim == 4]
+    if not spatial:
+        raise ValueError(f"{type(body).__name__} has no module with a 4-D (N, C, h, w) output")
+    return spatial[-1]
 
 
 def _has_params(module: nn.Module) -> bool:

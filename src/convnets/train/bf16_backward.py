@@ -1,0 +1,143 @@
+"""Fast bf16 convolution backward on CPU: per layer shape, the fastest of the ways to get each gradient.
+
+Under bf16 autocast on an AMX CPU, oneDNN runs convolution forwards and most input gradients on fast
+AMX kernels, but some bf16 backward kernels are far slower than another way to the same numbers
+(2 threads, Intel Xeon with AMX; bench/RESULTS.md, "Training precision"):
+
+- the weight gradient of dense convolutions on small feature maps (``brgconv_bwd_w``): ResNet-50 at
+  64 px, 512->512 3x3 at 2x2 took 10.2 ms against 0.7 ms as one bf16 matmul over the unfolded input;
+- the input gradient of stride-2 depthwise convolutions, which falls back to a non-AMX kernel
+  (``brgconv_strided:avx512_core_bf16``): MobileNetV2's 576-channel one took 58 ms against 0.5 ms
+  in fp32 (1 thread).
+
+So while ``loss.backward()`` runs, :class:`FastBf16ConvBackward` (a dispatch mode: the model is not
+changed, so it works for timm/torchvision backbones and under DDP) answers ``convolution_backward``
+for bf16 CPU convolutions with, for each gradient, the fastest of: oneDNN in bf16, oneDNN in fp32
+(inputs cast up, result cast back), and for the dense weight gradient a matmul. It times them on the
+first call of each shape and keeps the winner, so where oneDNN's bf16 kernel is fastest it stays.
+Hand-written because neither PyTorch nor oneDNN choose between these; every candidate is a PyTorch op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_aten = torch.ops.aten
+BF16, FP32, MATMUL = "bf16", "fp32", "matmul"
+
+
+def weight_grad_matmul(
+    grad_out: torch.Tensor, x: torch.Tensor, kernel: int, stride: int, padding: int
+) -> torch.Tensor:
+    """A square, ungrouped, undilated convolution's weight gradient as grad_out^T @ im2col(x).
+
+    Works in NHWC (the channels-last layout training uses, so the permutes are free) and returns an
+    ``(out, in, k, k)`` tensor with channels-last strides.
+    """
+    out_ch, in_ch = grad_out.shape[1], x.shape[1]
+    g = grad_out.permute(0, 2, 3, 1).reshape(-1, out_ch)  # (N*Ho*Wo, out)
+    if kernel == 1 and stride == 1 and padding == 0:
+        return (g.t() @ x.permute(0, 2, 3, 1).reshape(-1, in_ch)).view(out_ch, in_ch, 1, 1)
+    nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
+    cols = nhwc.unfold(1, kernel, stride).unfold(2, kernel, stride)  # (N, Ho, Wo, in, kh, kw)
+    cols = cols.permute(0, 1, 2, 4, 5, 3).reshape(-1, kernel * kernel * in_ch)  # (N*Ho*Wo, kh*kw*in)
+    return (g.t() @ cols).view(out_ch, kernel, kernel, in_ch).permute(0, 3, 1, 2)
+
+
+def _square(pair) -> int | None:
+    return int(pair[0]) if len(pair) == 2 and pair[0] == pair[1] else None
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``ref``'s dtype and memory format (autograd would otherwise copy it into them)."""
+    channels_last = ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return t.to(ref.dtype).contiguous(memory_format=layout)
+
+
+class FastBf16ConvBackward(TorchDispatchMode):
+    """Use around ``loss.backward()``. ``choices`` maps (gradient, shapes) to the way picked; it
+    persists across steps, so keep one instance per training run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.choices: dict[tuple, str] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is _aten.convolution_backward.default and not kwargs and self._applies(args):
+            return self._backward(func, args)
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _applies(args) -> bool:
+        grad_out, x, weight, *_ = args
+        return x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+
+    def _backward(self, func, args):
+        grad_out, x, weight, _, stride, padding, dilation, transposed, _, groups, mask = args
+
+        def onednn(output_mask: list[bool]):
+            return func(*args[:-1], output_mask)
+
+        def onednn_fp32(index: int) -> torch.Tensor:
+            output_mask = [i == index for i in range(3)]
+            up = (grad_out.float(), x.float(), weight.float())
+            return func(*up, *args[3:-1], output_mask)[index]
+
+        key = (
+            tuple(grad_out.shape),
+            tuple(x.shape),
+            tuple(weight.shape),
+            tuple(stride),
+            tuple(padding),
+            groups,
+        )
+        ways_in: dict[str, Callable] = {
+            BF16: lambda: onednn([True, False, False])[0],
+            FP32: lambda: onednn_fp32(0),
+        }
+        ways_w: dict[str, Callable] = {
+            BF16: lambda: onednn([False, True, False])[1],
+            FP32: lambda: onednn_fp32(1),
+        }
+        k, s, p = weight.shape[-1], _square(stride), _square(padding)
+        dense = not transposed and groups == 1 and weight.dim() == 4 and list(dilation) == [1, 1]
+        if dense and weight.shape[2] == k and s is not None and p is not None:
+            ways_w[MATMUL] = lambda: weight_grad_matmul(grad_out, x, k, s, p)
+
+        way_in = self._pick(("input", *key), ways_in) if mask[0] else None
+        way_w = self._pick(("weight", *key), ways_w) if mask[1] else None
+        if way_in in (BF16, None) and way_w in (BF16, None):
+            return onednn(mask)  # oneDNN's own kernels for both: one call, as without this mode
+        grad_in = grad_w = grad_bias = None
+        if way_in is not None:
+            grad_in = _like(ways_in[way_in](), x)
+        if way_w is not None:
+            grad_w = _like(ways_w[way_w](), weight)
+        if mask[2]:
+            grad_bias = grad_out.sum((0, 2, 3)) if grad_out.dim() == 4 else onednn([False, False, True])[2]
+        return grad_in, grad_w, grad_bias
+
+    def _pick(self, key: tuple, ways: dict[str, Callable]) -> str:
+        if key not in self.choices:
+            self.choices[key] = self._fastest(ways)
+        return self.choices[key]
+
+    @staticmethod
+    def _fastest(ways: dict[str, Callable]) -> str:
+        """Best of two timed calls each, after a warm-up call (first calls pay oneDNN's kernel generation)."""
+        times = {}
+        for name, fn in ways.items():
+            fn()
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            times[name] = best
+        return min(times, key=times.get)

@@ -1,0 +1,117 @@
+"""The fastest way to each bf16 convolution gradient on CPU (convnets.train.bf16_backward)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convnets.train import bf16_backward as bb
+from convnets.train.bf16_backward import FastBf16ConvBackward, weight_grad_matmul
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize(
+    "in_ch, out_ch, size, kernel, stride, padding",
+    [(5, 7, 9, 3, 1, 1), (6, 4, 8, 1, 1, 0), (6, 4, 9, 1, 2, 0), (3, 8, 11, 7, 2, 3), (4, 4, 5, 3, 2, 1)],
+)
+@pytest.mark.parametrize("layout", [CL, torch.contiguous_format])
+def test_weight_grad_matmul_equals_the_convolution_backward(
+    in_ch, out_ch, size, kernel, stride, padding, layout
+):
+    torch.manual_seed(0)
+    x = torch.randn(3, in_ch, size, size, dtype=torch.float64).contiguous(memory_format=layout)
+    w = torch.randn(out_ch, in_ch, kernel, kernel, dtype=torch.float64)
+    gy = torch.randn_like(F.conv2d(x, w, stride=stride, padding=padding))
+    expected = torch.ops.aten.convolution_backward(
+        gy, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, [False, True, False]
+    )[1]
+    torch.testing.assert_close(weight_grad_matmul(gy, x, kernel, stride, padding), expected)
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)  # with a bias: its gradient still comes from oneDNN
+        self.depthwise = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)  # no matmul way
+        self.point = nn.Conv2d(16, 24, 1, bias=False)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.point(self.depthwise(F.relu(self.body(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def _grads(model, x, y, mode=None):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    if mode is None:
+        loss.backward()
+    else:
+        with mode:
+            loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("choice", [bb.MATMUL, bb.FP32, bb.BF16])
+def test_training_grads_match_oneDNN_whichever_way_is_chosen(monkeypatch, choice):
+    torch.manual_seed(0)
+    model = _Net().to(memory_format=CL)
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=CL)
+    y = torch.randint(0, 5, (4,))
+    reference = _grads(model, x, y)
+
+    def prefer(ways):  # the wanted way where it is offered (matmul: dense weight gradients only)
+        return choice if choice in ways else bb.FP32
+
+    monkeypatch.setattr(FastBf16ConvBackward, "_fastest", staticmethod(prefer))
+    mode = FastBf16ConvBackward()
+    for _ in range(2):  # the second step reuses the cached choices
+        grads = _grads(model, x, y, mode)
+    # Four convolutions, each one shape: weight gradients of all four, input gradients of all but
+    # the stem (the image needs none).
+    assert sorted(k[0] for k in mode.choices) == ["input"] * 3 + ["weight"] * 4
+    expected_weight_ways = {choice} if choice != bb.MATMUL else {bb.MATMUL, bb.FP32}  # depthwise: fp32
+    assert {v for k, v in mode.choices.items() if k[0] == "weight"} == expected_weight_ways
+    for name, g in grads.items():
+        assert g.dtype == torch.float32, name
+        if g.dim() == 4:  # the weight's own layout, or autograd copies every step
+            assert g.is_contiguous(memory_format=CL) == reference[name].is_contiguous(memory_format=CL)
+        # bf16 products summed in a different order (or in fp32): equal to bf16 rounding.
+        torch.testing.assert_close(g, reference[name], rtol=2e-2, atol=2e-3, msg=name)
+
+
+def test_fp32_and_other_ops_pass_through_untouched():
+    torch.manual_seed(0)
+    model = _Net()
+    x, y = torch.randn(2, 3, 12, 12), torch.randint(0, 5, (2,))
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    mode = FastBf16ConvBackward()
+    with mode:
+        F.cross_entropy(model(x), y).backward()
+    assert mode.choices == {}  # fp32: never timed, never replaced
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, expected[n]), n
+
+
+def test_the_timing_picks_the_fastest_way():
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.01)
+
+    ways = {bb.BF16: slow, bb.FP32: lambda: time.sleep(0.002), bb.MATMUL: slow}
+    assert FastBf16ConvBackward._fastest(ways) == bb.FP32
+    assert FastBf16ConvBackward._fastest({bb.BF16: lambda: None, bb.MATMUL: slow}) == bb.BF16
+    assert len(calls) == 9  # a warm-up and two timed calls for each slow way
