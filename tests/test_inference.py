@@ -147,6 +147,25 @@ def test_untraceable_model_falls_back_to_eager_unless_jit_is_forced():
         prepare_for_inference(_Untraceable(), example_input=torch.randn(1, 3, 8, 8), jit=True)
 
 
+class _StatefulForward(nn.Module):
+    """Python-side state the tracer silently bakes in as a constant: the trace disagrees with the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x) * self.calls
+
+
+def test_a_trace_that_disagrees_with_the_model_falls_back_to_eager():
+    with pytest.warns(UserWarning, match="TorchScript"):
+        fast = prepare_for_inference(_StatefulForward(), example_input=torch.randn(1, 3, 8, 8), fold_bn=False)
+    assert isinstance(fast, _StatefulForward)
+
+
 # --- inference_module: the backend predict/evaluate run on ----------------------------------------
 
 

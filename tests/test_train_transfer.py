@@ -207,3 +207,41 @@ def test_fast_feature_extraction_matches_the_eager_base():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # the model itself is untouched: its BatchNorm layers are still there
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_head_only_run_fits_the_ood_detector_on_its_cached_features(pretrained, tmp_path, monkeypatch):
+    """After a head-only run the detector comes from the cached base features (no second pass over the
+    images) and equals the one fitted afterwards by running the saved model over the run's split."""
+    import numpy as np
+
+    import convnets.trust as trust
+    from convnets.ood import OODDetector
+    from convnets.runs import RunConfig
+
+    ckpt, shapes = pretrained
+    run = tmp_path / "run"
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the OOD fit ran the model over the images again")
+
+    with monkeypatch.context() as m:
+        m.setattr(trust, "split_features", no_second_pass)
+        train(
+            shapes,
+            model="resnet20",
+            out=run,
+            weights=str(ckpt),
+            freeze="base",
+            epochs=2,
+            workers=0,
+            quiet=True,
+        )
+    config = RunConfig.read(run)
+    assert config.ood is not None and config.ood.n_train > 0 and config.ood.n_val > 0
+    cached = OODDetector.load(run, config.ood)
+    trust.calibrate_run(run, temperature=False)  # the general path: the saved model over the split
+    config = RunConfig.read(run)
+    refit = OODDetector.load(run, config.ood)
+    assert (refit.n_train, refit.n_val) == (cached.n_train, cached.n_val)
+    np.testing.assert_allclose(refit.centres, cached.centres, atol=1e-4)
+    assert refit.threshold == pytest.approx(cached.threshold, rel=1e-3)

@@ -68,6 +68,18 @@ def test_no_mistakes_leaves_the_temperature_at_one():
     assert fit_temperature(probs, np.array([0, 1])) == 1.0
 
 
+@pytest.mark.parametrize("n, p", [(30, 80), (200, 16)])
+def test_shrunk_precision_equals_scikit_learns_ledoit_wolf(n, p):
+    from sklearn.covariance import LedoitWolf
+
+    from convnets.ood import shrunk_precision
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(0, 1, (n, p)) @ rng.normal(0, 1, (p, p)) / np.sqrt(p)  # correlated features
+    expected = LedoitWolf(assume_centered=True).fit(x).precision_
+    np.testing.assert_allclose(shrunk_precision(x), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
+
+
 def test_ood_detector_on_gaussian_clusters(tmp_path):
     rng = np.random.default_rng(0)
     centres = np.array([[4.0] * 16, [4.0, -4.0] * 8])  # two directions (the detector sees directions)
@@ -298,7 +310,13 @@ def test_report_shows_heat_maps_of_mistakes_calibration_and_ood(patch_run):
     shutil.move(red[0], data / "blue" / "moved-red.png")
     shutil.move(blue[0], data / "red" / "moved-blue.png")
     page = report(patch_run / "run", patch_run / "report.html", data=data, backend="eager").read_text()
-    for heading in ("Why: the worst mistakes with their heat maps", "Error analysis", "Calibration",
-                    "Unlike the training data", "balanced accuracy", "top losses"):
+    for heading in (
+        "Why: the worst mistakes with their heat maps",
+        "Error analysis",
+        "Calibration",
+        "Unlike the training data",
+        "balanced accuracy",
+        "top losses",
+    ):
         assert heading in page, heading
     assert "moved-red.png" in page and "moved-blue.png" in page  # the top losses name the files

@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 
-
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -189,7 +188,12 @@ def prepare_for_inference(
                 # A TracerWarning means data-dependent control flow was baked into the trace: wrong
                 # for other inputs, so treat it as "cannot trace".
                 warnings.simplefilter("error", torch.jit.TracerWarning)
-                scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+                # check_trace re-traces the model to compare the graphs: 0.3-0.7 s for mobilenet_v2 on
+                # 2 cores, a tenth of a frozen-base run's feature pass on small data. Comparing the
+                # trace's output with the eager model's once keeps the check that matters, for ~0.02 s.
+                traced = torch.jit.trace(model, x, check_trace=False)
+                torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+                scripted = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         except Exception as e:  # noqa: BLE001 - untraceable model: the eager path still works
             if jit:
                 raise

@@ -5,8 +5,12 @@ Softmax confidence is a poor alarm (it is high far from the data too), so the de
 penultimate features instead (the pooled vector entering the last Linear), scaled to unit length:
 the Mahalanobis distance to the nearest training class centre under one shared covariance (Lee et
 al. 2018, "A simple unified framework for detecting out-of-distribution samples"). The covariance
-is Ledoit-Wolf shrunk (scikit-learn): a run has far fewer training images than feature dimensions,
+is Ledoit-Wolf shrunk: a run has far fewer training images than feature dimensions,
 and the plain estimate would be singular.
+
+The covariance is computed here (:func:`shrunk_precision`, checked against scikit-learn's
+``LedoitWolf`` in the tests) rather than by scikit-learn: importing it and its pseudo-inverse by
+eigendecomposition took ~1 s of every training run's finish on 2 cores, for ten lines of numpy.
 
 The threshold is the ``quantile`` (0.95) of the validation images' scores, so about 95% of images
 like the training data pass; anything further than that is flagged ``ood``.
@@ -59,8 +63,6 @@ class OODDetector:
     ) -> OODDetector:
         """Class centres and shared covariance from the training features; the threshold at the
         ``quantile`` of the validation scores (or of the training scores when there is no validation)."""
-        from sklearn.covariance import LedoitWolf
-
         x = _unit(train_features)
         y = np.asarray(train_labels, dtype=np.int64)
         if len(x) < 2:
@@ -72,7 +74,7 @@ class OODDetector:
             centres[c] = x[y == c].mean(0)
         # A class with no training image keeps a centre at infinity: nothing is ever near it.
         centres[np.setdiff1d(np.arange(k), classes)] = np.inf
-        precision = LedoitWolf(assume_centered=True).fit(x - centres[y]).precision_
+        precision = shrunk_precision(x - centres[y])
         detector = cls(centres.astype(np.float32), precision.astype(np.float32), 0.0, quantile, len(x))
         held_out = np.asarray(val_features) if val_features is not None and len(val_features) else x
         detector.threshold = float(np.quantile(detector.score(held_out), quantile))
@@ -130,6 +132,31 @@ class OODDetector:
         return cls(
             arrays["centres"], arrays["precision"], cfg.threshold, cfg.quantile, cfg.n_train, cfg.n_val
         )
+
+
+def shrunk_precision(x: np.ndarray) -> np.ndarray:
+    """Inverse of the Ledoit-Wolf shrunk covariance of the rows of ``x`` (taken as centred): the same
+    as ``sklearn.covariance.LedoitWolf(assume_centered=True).fit(x).precision_`` (Ledoit & Wolf 2004,
+    scikit-learn's ``ledoit_wolf_shrinkage``), without importing scikit-learn. With any shrinkage the
+    matrix is positive definite and well conditioned, so a plain inverse replaces the
+    eigendecomposition of scikit-learn's pseudo-inverse: 0.26 s against 0.91 s for 262 x 1280 features
+    on the 2-core Xeon (interleaved, median of 5; a Cholesky-based inverse took 0.43 s)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, p = x.shape
+    cov = x.T @ x / n
+    mu = np.trace(cov) / p
+    x2 = x**2
+    beta_sum = float(np.sum(x2.T @ x2)) / n
+    delta_sum = float(np.sum(cov**2))  # = sum((x.T @ x)**2) / n**2
+    beta = (beta_sum - delta_sum) / (p * n)
+    delta = (delta_sum - 2.0 * mu * np.trace(cov) + p * mu**2) / p
+    shrinkage = 0.0 if beta == 0 else min(beta, delta) / delta
+    shrunk = (1.0 - shrinkage) * cov
+    shrunk.flat[:: p + 1] += shrinkage * mu
+    if shrinkage > 0:
+        precision = np.linalg.inv(shrunk)
+        return (precision + precision.T) / 2
+    return np.linalg.pinv(shrunk, hermitian=True)  # no shrinkage: the estimate may be singular
 
 
 def ood_field(score: float, threshold: float) -> dict[str, Any]:

@@ -22,7 +22,15 @@ from .calibration import Calibration, plot_reliability
 from .ood import OODDetector
 from .runs import OODConfig, RunConfig
 
-__all__ = ["UNKNOWN", "RunTrust", "TrustFit", "calibrate_run", "ood_warning", "split_features"]
+__all__ = [
+    "UNKNOWN",
+    "RunTrust",
+    "SplitFeatures",
+    "TrustFit",
+    "calibrate_run",
+    "ood_warning",
+    "split_features",
+]
 
 CALIBRATION_FILE = "calibration.png"  # reliability before/after the fitted temperature
 
@@ -102,10 +110,14 @@ def calibrate_run(
     out: str | os.PathLike | None = None,
     batch_size: int = 64,
     model=None,
+    features: SplitFeatures | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrustFit:
     """Fit the temperature (on the validation split) and/or the OOD detector (centres on the training
     split, threshold at ``quantile`` of the validation scores) and store them in ``run_dir``.
+
+    ``features``: the split's features when the caller already has them (a head-only training run's
+    cached base features); otherwise :func:`split_features` runs the model over the split.
 
     Writes ``calibration.png`` (reliability before/after the temperature) into ``out`` (default:
     the run folder).
@@ -114,7 +126,7 @@ def calibrate_run(
 
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
-    feats = split_features(run_dir, batch_size=batch_size, model=model)
+    feats = features if features is not None else split_features(run_dir, batch_size=batch_size, model=model)
     fit = TrustFit()
     if temperature:
         if len(feats.val_labels) == 0:
