@@ -206,3 +206,30 @@ def test_refuses_unknown_model_and_existing_run(trained, shapes, capsys):
     assert main(["train", str(shapes), "--model", "lenet5", "--out", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "--resume" in err
+
+
+def test_confusion_matrix_reuses_the_best_epochs_validation_pass(shapes, tmp_path, monkeypatch):
+    """No extra pass over the validation split at the end: the best epoch's predictions are the
+    restored weights' predictions."""
+    from convnets.train.trainer import Trainer
+
+    finish = Trainer._finish
+    seen: dict = {}
+
+    def checking_finish(self):
+        seen["reused"] = self._best_predictions
+        self.model.load_state_dict(self.best_state)
+        y_true, y_pred = [], []
+        for logits, y in self._predict_batches(list(range(len(self.val_set))), whole=True):
+            y_pred += logits.argmax(1).tolist()
+            y_true += y.tolist()
+        seen["fresh"] = (y_true, y_pred)
+        seen["best_epoch"], seen["epochs"] = self.best["epoch"], len(self.history)
+        return finish(self)
+
+    monkeypatch.setattr(Trainer, "_finish", checking_finish)
+    args = ["train", str(shapes), "--model", "lenet5", "--out", str(tmp_path / "run"), "--epochs", "4"]
+    assert main([*args, "--lr", "3e-3", "--workers", "0", "--quiet"]) == 0
+    assert seen["reused"] is not None and len(seen["reused"][0]) == len(seen["fresh"][0]) > 0
+    assert seen["reused"] == seen["fresh"], (seen["best_epoch"], seen["epochs"])
+    assert (tmp_path / "run" / "confusion_matrix.png").is_file()

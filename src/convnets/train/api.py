@@ -90,7 +90,11 @@ def _fit_ood(run_dir: Path, trainer: Trainer) -> None:
     from ..trust import calibrate_run
 
     try:
-        calibrate_run(run_dir, temperature=False, features=_cached_split_features(trainer), log=trainer.log)
+        # The trainer's model holds the best weights already: no reload from disk (on CPU, where the
+        # detector's pass runs).
+        model = trainer.model if trainer.device.type == "cpu" else None
+        features = _cached_split_features(trainer)
+        calibrate_run(run_dir, temperature=False, features=features, model=model, log=trainer.log)
     except (ValueError, OSError, RuntimeError) as e:  # a run without usable data still trained fine
         warnings.warn(f"out-of-distribution detector not fitted: {e}", stacklevel=2)
 

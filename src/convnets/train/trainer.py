@@ -261,6 +261,8 @@ to ``config.json`` (``best`` is filled in here).
         self.early = {"best": -1.0, "bad_epochs": 0}
         self.partial: dict | None = None  # an epoch interrupted mid-way (batches done, running sums)
         self.features: dict | None = None  # cached base features while the head phase runs
+        self._epoch_predictions: tuple[list[int], list[int]] | None = None  # last validation pass
+        self._best_predictions: tuple[list[int], list[int]] | None = None  # the best epoch's (not in last.pt)
         self.step = 0  # optimizer steps in the current phase
         self._resume = resume_state
         self._stop_signal: int | None = None
@@ -600,14 +602,20 @@ to ``config.json`` (``best`` is filled in here).
             )
         else:
             batches = self._predict_batches(ddp.shard(list(range(len(self.val_set))), self.dist))
+        predictions: tuple[list[int], list[int]] = ([], [])  # (true, predicted), for the confusion matrix
         for logits, y in batches:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            right = logits.argmax(1) == y
+            predicted = logits.argmax(1)
+            predictions[0].extend(y.tolist())
+            predictions[1].extend(predicted.tolist())
+            right = predicted == y
             per_class[0] += torch.bincount(y[right].cpu(), minlength=k).double()
             per_class[1] += torch.bincount(y.cpu(), minlength=k).double()
         totals = ddp.all_reduce_sum([loss_sum, *per_class.flatten().tolist()], self.dist, self.device)
         loss_sum, right, seen = totals[0], totals[1 : 1 + k], totals[1 + k :]
         n = max(sum(seen), 1)
+        # One process saw the whole split: the best epoch's predictions make the final confusion matrix.
+        self._epoch_predictions = None if self.dist.enabled else predictions
         return {"loss": loss_sum / n, "acc": sum(right) / n, "bal_acc": balanced_accuracy(right, seen)}
 
     def _predict_batches(
@@ -671,6 +679,7 @@ to ``config.json`` (``best`` is filled in here).
             if self.balance.imbalanced:
                 self.best["val_bal_acc"] = record["val_bal_acc"]
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self._best_predictions = self._epoch_predictions if val else None
         stop = False
         if self.opts.early_stopping and val is not None:
             if score > self.early["best"]:
@@ -787,7 +796,11 @@ to ``config.json`` (``best`` is filled in here).
             plot_curves(self.history, self.run_dir / CURVES_FILE, title=f"{name} - {self.run_dir.name}")
         if self.val_set is not None and len(self.val_set):
             y_true, y_pred = [], []
-            if self.features is not None and self.features["val"] is not None and not self.dist.enabled:
+            if self._best_predictions is not None:
+                # The best epoch's validation pass ran the weights now restored, in eval mode, on the
+                # same images: its predictions are the confusion matrix (no pass over the split again).
+                y_true, y_pred = self._best_predictions
+            elif self.features is not None and self.features["val"] is not None and not self.dist.enabled:
                 # A head-only run: the frozen base never changed, so the cached validation features
                 # give the best model's predictions without another pass through the network.
                 vx, vy = self.features["val"]
