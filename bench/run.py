@@ -14,7 +14,8 @@ Optional sections, run only when ``--only`` names them (each is its own script, 
 hand-written analysis in RESULTS.md: a run refreshes a marked block inside that section and keeps the
 prose): shards (bench/shards.py: WebDataset shards vs the folder), backends (bench/backends.py:
 exported-model engines; ``--backends-run RUN`` adds its accuracy and cold-start parts), precision
-(bench/train_precision.py: training step fp32 vs bf16).
+(bench/train_precision.py: training step fp32 vs bf16), wholeprocess (bench/whole_process.py:
+``convnets train`` as whole processes against a torchvision script and Keras).
 
     .venv/bin/python bench/run.py --only shards,precision --quick
 
@@ -48,7 +49,7 @@ from common import (  # noqa: E402
 )
 
 SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta", "serve"]
-OPTIONAL_SECTIONS = ["shards", "backends", "precision"]  # heavy: only when --only names them
+OPTIONAL_SECTIONS = ["shards", "backends", "precision", "wholeprocess"]  # heavy: only when --only names them
 TITLES = {
     "peak": "Machine fp32 matmul peak",
     "train": "Training throughput",
@@ -64,6 +65,7 @@ TITLES = {
     "shards": "Shards vs folder (bench/shards.py)",
     "backends": "Inference backends and cold start (exported model, issue #15)",
     "precision": "Training precision (`--precision auto`): fp32 vs bf16 on an Intel Xeon with AMX",
+    "wholeprocess": "Whole processes on small data (bench/whole_process.py, issue #15 item 3)",
 }
 GOALS = {"vs_torchvision": 1.3, "vs_keras": 1.8, "peak_resnet50": 0.90, "peak_mobilenet_v2": 0.50}
 
@@ -442,6 +444,12 @@ def section_precision(args, state) -> tuple[str, dict]:
     return _script_section("train_precision.py", options)
 
 
+def section_wholeprocess(args, state) -> tuple[str, dict]:
+    """bench/whole_process.py: `convnets train` as whole processes against a torchvision script and Keras."""
+    options = ["--reps", str(args.reps)] + (["--quick"] if args.quick else [])
+    return _script_section("whole_process.py", options)
+
+
 RUNNERS = {
     "peak": section_peak,
     "train": section_train,
@@ -455,6 +463,7 @@ RUNNERS = {
     "shards": section_shards,
     "backends": section_backends,
     "precision": section_precision,
+    "wholeprocess": section_wholeprocess,
 }
 
 
