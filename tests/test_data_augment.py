@@ -153,3 +153,31 @@ def test_augment_preview_writes_grid(tmp_path):
     assert rc == 0 and out.is_file()
     with Image.open(out) as im:
         assert im.size[0] > 100 and im.size[1] > 60
+
+
+@pytest.mark.parametrize("base", [(73, 73), (70, 81), (50, 60), (65, 64), (64, 64)])
+def test_plain_crop_normalize_equals_torchvision(base):
+    from torchvision.transforms import v2
+
+    from convnets.data.augment import CenterCropNormalize
+
+    x, size = torch.randint(0, 256, (3, *base), dtype=torch.uint8), (64, 64)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    steps = [v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    expected = v2.Compose(steps)(x)
+    torch.testing.assert_close(CenterCropNormalize(size, mean, std)(x), expected)
+
+
+def test_training_without_augmentation_never_imports_torchvision(tmp_path):
+    """torchvision's package import pulls in torch._dynamo (~1 s cold); a run that does not augment
+    (the default) has no use for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from convnets.train import train; "
+        f"train('digits', model='lenet5', epochs=1, out={str(tmp_path / 'run')!r}, workers=0, quiet=True); "
+        "print(sorted(m for m in sys.modules if m.startswith('torchvision'))[:3])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900)  # noqa: E501
+    assert out.stdout.strip().splitlines()[-1] == "[]"

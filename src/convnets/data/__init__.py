@@ -17,7 +17,7 @@ from .._lazy import lazy_exports
 # exported model start without torch).
 _EXPORTS = {
     "BUILTIN_NAMES": "builtin",
-    "ColorShift": "augment",
+    "ColorShift": "augment_ops",
     "DataSplits": "pipeline",
     "DatasetError": "folder",
     "IMAGE_EXTENSIONS": "decode",
@@ -25,7 +25,7 @@ _EXPORTS = {
     "ImageLoader": "loaders",
     "ImageReadError": "decode",
     "OPS": "augment",
-    "PCAColor": "augment",
+    "PCAColor": "augment_ops",
     "PRESETS": "augment",
     "SeededSampler": "loaders",
     "SkippedImageWarning": "decode",

@@ -1,4 +1,4 @@
-"""Augmentation: named ops, presets, and the train / eval transforms built on torchvision v2.
+"""Augmentation: named ops, presets, and the train / eval transforms (ops on torchvision v2, augment_ops.py).
 
 An augmentation *spec* is any of
 
@@ -20,8 +20,8 @@ rotate [15]    rotation by a uniform angle in [-param, param] degrees     v2.Ran
 shear [10]     shear by up to param degrees along x and y                 v2.RandomAffine
 elastic [50]   local warping, displacement strength alpha (sigma 5)       v2.ElasticTransform
 jitter [0.2]   brightness, contrast (and saturation for RGB) +-param      v2.ColorJitter
-colorshift     per-channel offsets uniform in [-param, param] [0.1]       ColorShift (here)
-pca [0.1]      AlexNet PCA colour augmentation, alpha ~ N(0, param)       PCAColor (here)
+colorshift     per-channel offsets uniform in [-param, param] [0.1]       ColorShift (augment_ops)
+pca [0.1]      AlexNet PCA colour augmentation, alpha ~ N(0, param)       PCAColor (augment_ops)
 =============  =========================================================  ====================================
 
 Geometric ops run first, in the order given, on the uint8 base image (cheap); if none of them is a
@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.transforms import InterpolationMode, v2
 
 PRESETS: dict[str, list[str]] = {
     "none": [],
@@ -54,122 +53,25 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-class ColorShift(v2.Transform):
-    """Add an independent uniform offset in [-max_shift, max_shift] to each channel of a float image.
-
-    torchvision has no per-channel additive shift (ColorJitter scales, and shifts hue), hence this
-    small transform.
-    """
-
-    def __init__(self, max_shift: float = 0.1) -> None:
-        super().__init__()
-        if max_shift < 0:
-            raise ValueError(f"colorshift: max shift must be >= 0, got {max_shift}")
-        self.max_shift = float(max_shift)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        channels = v2.functional.get_dimensions(flat_inputs[0])[0]
-        return {"offsets": (torch.rand(channels) * 2 - 1) * self.max_shift}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        _require_float(inpt, "colorshift")
-        return inpt + params["offsets"].to(inpt.dtype)[:, None, None]
-
-
-class PCAColor(v2.Transform):
-    """AlexNet's PCA colour augmentation (Krizhevsky, Sutskever & Hinton 2012, section 4.1).
-
-    To each pixel ``I_xy = [R, G, B]`` add ``[p1 p2 p3] [a1*l1, a2*l2, a3*l3]^T`` where ``p_i`` and
-    ``l_i`` are the eigenvectors and eigenvalues of the 3x3 covariance of the training set's RGB
-    values (here pixels in [0, 1]) and ``a_i ~ N(0, sigma)`` is drawn once per image. The same
-    vector is added to every pixel, so the image's spatial structure is untouched. (Works for any
-    channel count; with one channel it is a random brightness offset scaled by the variance.)
-    """
-
-    def __init__(self, eigvals: torch.Tensor, eigvecs: torch.Tensor, sigma: float = 0.1) -> None:
-        super().__init__()
-        self.eigvals = torch.as_tensor(eigvals, dtype=torch.float32)
-        self.eigvecs = torch.as_tensor(eigvecs, dtype=torch.float32)  # columns are p_i
-        if self.eigvecs.shape != (len(self.eigvals), len(self.eigvals)):
-            raise ValueError("pca: eigvecs must be C x C with one column per eigenvalue")
-        self.sigma = float(sigma)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        alpha = torch.randn(len(self.eigvals)) * self.sigma
-        return {"delta": self.eigvecs @ (alpha * self.eigvals)}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        _require_float(inpt, "pca")
-        if inpt.shape[-3] != len(self.eigvals):
-            raise ValueError(
-                f"pca: statistics are for {len(self.eigvals)} channels, image has {inpt.shape[-3]}"
-            )
-        return inpt + params["delta"].to(inpt.dtype)[:, None, None]
-
-
-def _require_float(inpt: torch.Tensor, name: str) -> None:
-    if not inpt.is_floating_point():
-        raise TypeError(f"{name} works on float images in [0, 1]; got {inpt.dtype}")
-
-
 @dataclass(frozen=True)
 class OpInfo:
     kind: str  # "geometric" or "colour"
     default: float
-    build: Callable[[float, tuple[int, int], int, Any], v2.Transform]
     doc: str
 
 
-_BILINEAR = InterpolationMode.BILINEAR
-
-
-def _jitter(s: float, size: tuple[int, int], in_chans: int, pca: Any) -> v2.Transform:
-    return v2.ColorJitter(brightness=s, contrast=s, saturation=s if in_chans == 3 else 0)
-
-
-def _pca(sigma: float, size: tuple[int, int], in_chans: int, pca: Any) -> v2.Transform:
-    if pca is None:
-        raise ValueError(
-            "augmentation op 'pca' needs colour statistics of the training set; "
-            "they are computed by load_data / image_dataset_from_directory (pass pca=...)"
-        )
-    eigvals, eigvecs = pca
-    return PCAColor(eigvals, eigvecs, sigma)
-
-
+# The ops themselves (torchvision v2 transforms) are built by augment_ops.build_op.
 OPS: dict[str, OpInfo] = {
-    "hflip": OpInfo("geometric", 0.5, lambda p, s, c, _: v2.RandomHorizontalFlip(p), "mirror left-right"),
-    "vflip": OpInfo("geometric", 0.5, lambda p, s, c, _: v2.RandomVerticalFlip(p), "mirror top-bottom"),
-    "crop": OpInfo(
-        "geometric",
-        0,
-        lambda p, s, c, _: v2.RandomCrop(s, padding=int(p) or None, pad_if_needed=True),
-        "random crop (param: padding)",
-    ),
-    "rrc": OpInfo(
-        "geometric",
-        0.25,
-        lambda p, s, c, _: v2.RandomResizedCrop(s, scale=(p, 1.0), interpolation=_BILINEAR, antialias=True),
-        "random-resized crop (param: min area scale)",
-    ),
-    "rotate": OpInfo(
-        "geometric",
-        15,
-        lambda p, s, c, _: v2.RandomRotation(p, interpolation=_BILINEAR),
-        "rotation (degrees)",
-    ),
-    "shear": OpInfo(
-        "geometric",
-        10,
-        lambda p, s, c, _: v2.RandomAffine(degrees=0, shear=(-p, p, -p, p), interpolation=_BILINEAR),
-        "shear (degrees)",
-    ),
-    "elastic": OpInfo(
-        "geometric", 50, lambda p, s, c, _: v2.ElasticTransform(alpha=p, sigma=5.0), "local warping (alpha)"
-    ),
-    "jitter": OpInfo("colour", 0.2, _jitter, "brightness/contrast/saturation jitter"),
-    "colorshift": OpInfo("colour", 0.1, lambda p, s, c, _: ColorShift(p), "per-channel offsets"),
-    "pca": OpInfo("colour", 0.1, _pca, "AlexNet PCA colour (sigma)"),
+    "hflip": OpInfo("geometric", 0.5, "mirror left-right"),
+    "vflip": OpInfo("geometric", 0.5, "mirror top-bottom"),
+    "crop": OpInfo("geometric", 0, "random crop (param: padding)"),
+    "rrc": OpInfo("geometric", 0.25, "random-resized crop (param: min area scale)"),
+    "rotate": OpInfo("geometric", 15, "rotation (degrees)"),
+    "shear": OpInfo("geometric", 10, "shear (degrees)"),
+    "elastic": OpInfo("geometric", 50, "local warping (alpha)"),
+    "jitter": OpInfo("colour", 0.2, "brightness/contrast/saturation jitter"),
+    "colorshift": OpInfo("colour", 0.1, "per-channel offsets"),
+    "pca": OpInfo("colour", 0.1, "AlexNet PCA colour (sigma)"),
 }
 CROP_OPS = frozenset({"crop", "rrc"})
 
@@ -232,30 +134,45 @@ def build_train_transform(
     mean: Sequence[float],
     std: Sequence[float],
     pca: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> v2.Compose:
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (C, H', W') base image -> augmented, normalised float (C, H, W)."""
     ops = parse_ops(spec)
-    size = tuple(image_size)
-    geometric = [(n, p) for n, p in ops if OPS[n].kind == "geometric"]
-    colour = [(n, p) for n, p in ops if OPS[n].kind == "colour"]
-    steps: list[v2.Transform] = []
-    if not any(n in CROP_OPS for n, _ in geometric):
-        steps.append(v2.CenterCrop(size))
-    steps += [OPS[n].build(p, size, in_chans, pca) for n, p in geometric]
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    steps += [OPS[n].build(p, size, in_chans, pca) for n, p in colour]
-    steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
+    if not ops:  # no augmentation: the eval transform, without importing torchvision
+        return build_eval_transform(image_size, mean, std)
+    from .augment_ops import compose
+
+    kinds = {name: info.kind for name, info in OPS.items()}
+    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca, kinds, CROP_OPS)
 
 
 def build_eval_transform(
     image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 base image -> centre H x W crop (no-op for ``resize="resize"`` bases), float, normalised."""
-    return v2.Compose(
-        [
-            v2.CenterCrop(tuple(image_size)),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    return CenterCropNormalize(image_size, mean, std)
+
+
+class CenterCropNormalize:
+    """uint8 (C, H', W') -> centre H x W crop, float in [0, 1], normalised: what v2.CenterCrop +
+    ToDtype(scale=True) + Normalize compute (the same crop offsets and zero padding of a smaller image),
+    in plain torch so that a run without augmentation never imports torchvision."""
+
+    def __init__(self, image_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.size = (int(image_size[0]), int(image_size[1]))
+        self.mean = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        height, width = image.shape[-2:]
+        if height < h or width < w:  # as torchvision: pad with zeros to the size, then crop
+            ph, pw = max(h - height, 0), max(w - width, 0)
+            pad = (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2)
+            image = torch.nn.functional.pad(image, pad)
+            height, width = image.shape[-2:]
+        top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+        image = image[..., top : top + h, left : left + w]
+        return (image.float().div_(255.0) - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"CenterCropNormalize(size={self.size})"

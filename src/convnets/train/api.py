@@ -166,14 +166,19 @@ def _source(data: str | Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__
+
+    try:  # the installed distribution's version: importing torchvision costs ~1 s (torch._dynamo)
+        torchvision_version = version("torchvision")
+    except PackageNotFoundError:
+        torchvision_version = "not installed"
 
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version,
         "convnets": __version__,
     }
 

@@ -1,0 +1,131 @@
+"""The augmentation ops as torchvision v2 transforms (imported only when a run augments).
+
+``augment.py`` holds the names, presets and parsing and builds the train/eval transforms; it imports
+this module, and with it torchvision (whose package import pulls in ``torch._dynamo``: ~1 s of a
+cold start on 2 cores), only when the spec names at least one op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+_BILINEAR = InterpolationMode.BILINEAR
+
+
+class ColorShift(v2.Transform):
+    """Add an independent uniform offset in [-max_shift, max_shift] to each channel of a float image.
+
+    torchvision has no per-channel additive shift (ColorJitter scales, and shifts hue), hence this
+    small transform.
+    """
+
+    def __init__(self, max_shift: float = 0.1) -> None:
+        super().__init__()
+        if max_shift < 0:
+            raise ValueError(f"colorshift: max shift must be >= 0, got {max_shift}")
+        self.max_shift = float(max_shift)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        channels = v2.functional.get_dimensions(flat_inputs[0])[0]
+        return {"offsets": (torch.rand(channels) * 2 - 1) * self.max_shift}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        _require_float(inpt, "colorshift")
+        return inpt + params["offsets"].to(inpt.dtype)[:, None, None]
+
+
+class PCAColor(v2.Transform):
+    """AlexNet's PCA colour augmentation (Krizhevsky, Sutskever & Hinton 2012, section 4.1).
+
+    To each pixel ``I_xy = [R, G, B]`` add ``[p1 p2 p3] [a1*l1, a2*l2, a3*l3]^T`` where ``p_i`` and
+    ``l_i`` are the eigenvectors and eigenvalues of the 3x3 covariance of the training set's RGB
+    values (here pixels in [0, 1]) and ``a_i ~ N(0, sigma)`` is drawn once per image. The same
+    vector is added to every pixel, so the image's spatial structure is untouched. (Works for any
+    channel count; with one channel it is a random brightness offset scaled by the variance.)
+    """
+
+    def __init__(self, eigvals: torch.Tensor, eigvecs: torch.Tensor, sigma: float = 0.1) -> None:
+        super().__init__()
+        self.eigvals = torch.as_tensor(eigvals, dtype=torch.float32)
+        self.eigvecs = torch.as_tensor(eigvecs, dtype=torch.float32)  # columns are p_i
+        if self.eigvecs.shape != (len(self.eigvals), len(self.eigvals)):
+            raise ValueError("pca: eigvecs must be C x C with one column per eigenvalue")
+        self.sigma = float(sigma)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        alpha = torch.randn(len(self.eigvals)) * self.sigma
+        return {"delta": self.eigvecs @ (alpha * self.eigvals)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        _require_float(inpt, "pca")
+        if inpt.shape[-3] != len(self.eigvals):
+            raise ValueError(
+                f"pca: statistics are for {len(self.eigvals)} channels, image has {inpt.shape[-3]}"
+            )
+        return inpt + params["delta"].to(inpt.dtype)[:, None, None]
+
+
+def _require_float(inpt: torch.Tensor, name: str) -> None:
+    if not inpt.is_floating_point():
+        raise TypeError(f"{name} works on float images in [0, 1]; got {inpt.dtype}")
+
+
+def _pca(sigma: float, in_chans: int, pca: Any) -> v2.Transform:
+    if pca is None:
+        raise ValueError(
+            "augmentation op 'pca' needs colour statistics of the training set; "
+            "they are computed by load_data / image_dataset_from_directory (pass pca=...)"
+        )
+    eigvals, eigvecs = pca
+    return PCAColor(eigvals, eigvecs, sigma)
+
+
+def build_op(name: str, p: float, size: tuple[int, int], in_chans: int, pca: Any) -> v2.Transform:
+    """One parsed op (``augment.OPS`` names it) as a v2 transform."""
+    if name == "hflip":
+        return v2.RandomHorizontalFlip(p)
+    if name == "vflip":
+        return v2.RandomVerticalFlip(p)
+    if name == "crop":
+        return v2.RandomCrop(size, padding=int(p) or None, pad_if_needed=True)
+    if name == "rrc":
+        return v2.RandomResizedCrop(size, scale=(p, 1.0), interpolation=_BILINEAR, antialias=True)
+    if name == "rotate":
+        return v2.RandomRotation(p, interpolation=_BILINEAR)
+    if name == "shear":
+        return v2.RandomAffine(degrees=0, shear=(-p, p, -p, p), interpolation=_BILINEAR)
+    if name == "elastic":
+        return v2.ElasticTransform(alpha=p, sigma=5.0)
+    if name == "jitter":
+        return v2.ColorJitter(brightness=p, contrast=p, saturation=p if in_chans == 3 else 0)
+    if name == "colorshift":
+        return ColorShift(p)
+    if name == "pca":
+        return _pca(p, in_chans, pca)
+    raise ValueError(f"unknown augmentation op {name!r}")
+
+
+def compose(
+    ops: list[tuple[str, float]],
+    size: tuple[int, int],
+    in_chans: int,
+    mean: list[float],
+    std: list[float],
+    pca: Any,
+    kinds: dict[str, str],
+    crop_ops: frozenset[str],
+) -> v2.Compose:
+    """Geometric ops on the uint8 base, then float, then colour ops, then normalisation."""
+    geometric = [(n, p) for n, p in ops if kinds[n] == "geometric"]
+    colour = [(n, p) for n, p in ops if kinds[n] == "colour"]
+    steps: list[v2.Transform] = []
+    if not any(n in crop_ops for n, _ in geometric):
+        steps.append(v2.CenterCrop(size))
+    steps += [build_op(n, p, size, in_chans, pca) for n, p in geometric]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps += [build_op(n, p, size, in_chans, pca) for n, p in colour]
+    steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
