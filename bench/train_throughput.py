@@ -78,7 +78,7 @@ class ConvnetsPeer(_TorchPeer):
         from convnets.runtime import describe_cpu, prefers_channels_last
         from convnets.train.bf16_backward import FastBf16ConvBackward
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
-        from convnets.train.trainer import build_optimizer
+        from convnets.train.trainer import build_optimizer, clamps_out_of_place
 
         super().__init__(spec)
         torch.manual_seed(0)
@@ -88,6 +88,7 @@ class ConvnetsPeer(_TorchPeer):
         opts.lr = DEFAULT_LR[opts.optimizer]
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
+        clamps_out_of_place(self.model)  # as the Trainer does
         # api.train resolves channels_last=None the same way on CPU; the ablation can flip it.
         self.channels_last = prefers_channels_last(self.model) != bool(spec.get("flip_memory_format"))
         if self.channels_last:

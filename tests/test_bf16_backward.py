@@ -115,3 +115,17 @@ def test_the_timing_picks_the_fastest_way():
     assert FastBf16ConvBackward._fastest(ways) == bb.FP32
     assert FastBf16ConvBackward._fastest({bb.BF16: lambda: None, bb.MATMUL: slow}) == bb.BF16
     assert len(calls) == 9  # a warm-up and two timed calls for each slow way
+
+
+def test_training_makes_clamps_out_of_place_with_the_same_outputs():
+    from convnets.models import create_model
+    from convnets.train.trainer import clamps_out_of_place
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    assert clamps_out_of_place(model) > 0
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.Hardtanh))
+    torch.testing.assert_close(model(x), before)
+    assert clamps_out_of_place(model) == 0

@@ -118,7 +118,7 @@ def auto_precision(device_type: str, model=None) -> tuple[str, str]:
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
     precision"). On CPUs that is nowhere yet: on the AMX Xeon, ``--precision bf16`` trains ResNet-50
-    1.9-2.1x and MobileNetV2 1.2x faster than fp32 (with ``train/bf16_backward.py``), but from scratch
+    1.8-2.1x and MobileNetV2 1.3x faster than fp32 (with ``train/bf16_backward.py``), but from scratch
     on SIGNS it reached 0.906 validation accuracy against fp32's 0.925 (mean of 3 seeds): more than the
     1 point a default may lose. CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So
     CPUs train in fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native
