@@ -86,6 +86,20 @@ def test_unreadable_files_are_reported_with_the_data_layer_reason(planted, repor
     assert report.usable == report.files - 3
 
 
+def test_a_split_of_only_unreadable_files_is_reported_not_fatal(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            random_picture(rng, (32, 32), 0.3).save(tmp_path / "train" / cls / f"{i}.png")
+        (tmp_path / "val" / cls / "0.jpg").write_bytes(b"not an image")
+    r = diagnose(tmp_path, labels=False, progress=False)
+    assert sorted(Path(u.path).parent.name for u in r.unreadable) == ["a", "b"]
+    assert r.classes.counts["val"] == {"a": 0, "b": 0}
+    assert r.classes.counts["train"] == {"a": 4, "b": 4}
+
+
 def test_class_counts_imbalance_and_odd_images(tmp_path):
     rng = np.random.default_rng(0)
     for cls, n in (("big", 12), ("small", 3)):

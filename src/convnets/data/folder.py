@@ -82,11 +82,14 @@ def scan_folder(
     max_pixels: int | None = None,
     on_error: str = "skip",
     min_classes: int = 2,
+    allow_empty: bool = False,
 ) -> FolderScan:
     """List and header-check the images of a class-per-folder dataset.
 
     With ``class_names`` (a validation folder, or a saved split), those define the label numbers;
     a sub-folder that is not one of them is an error, and a class may have no images.
+    ``allow_empty``: return a scan with no usable image (its ``skipped`` says why) instead of raising;
+    for ``convnets doctor``, which reports the unreadable files.
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -156,6 +159,6 @@ def scan_folder(
                 f"{root} has only {len(names)} class ({', '.join(names)}); a classifier needs at least "
                 f"{min_classes} class sub-folders"
             )
-    if not scan.rel_paths:
+    if not scan.rel_paths and not allow_empty:
         raise DatasetError(f"no usable images in {root}")
     return scan

@@ -100,7 +100,7 @@ def folder_source(name: str, folder: str | os.PathLike) -> SplitSource:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SkippedImageWarning)  # collected in scan.skipped instead
-            scan = scan_folder(folder, min_classes=0)
+            scan = scan_folder(folder, min_classes=0, allow_empty=True)
     except DatasetError as e:
         raise DoctorError(f"{name} folder: {e}") from None
     folders = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
