@@ -141,8 +141,7 @@ def build_train_transform(
         return build_eval_transform(image_size, mean, std)
     from .augment_ops import compose
 
-    kinds = {name: info.kind for name, info in OPS.items()}
-    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca, kinds, CROP_OPS)
+    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca)
 
 
 def build_eval_transform(

@@ -115,14 +115,14 @@ def compose(
     mean: list[float],
     std: list[float],
     pca: Any,
-    kinds: dict[str, str],
-    crop_ops: frozenset[str],
 ) -> v2.Compose:
     """Geometric ops on the uint8 base, then float, then colour ops, then normalisation."""
-    geometric = [(n, p) for n, p in ops if kinds[n] == "geometric"]
-    colour = [(n, p) for n, p in ops if kinds[n] == "colour"]
+    from .augment import CROP_OPS, OPS
+
+    geometric = [(n, p) for n, p in ops if OPS[n].kind == "geometric"]
+    colour = [(n, p) for n, p in ops if OPS[n].kind == "colour"]
     steps: list[v2.Transform] = []
-    if not any(n in crop_ops for n, _ in geometric):
+    if not any(n in CROP_OPS for n, _ in geometric):
         steps.append(v2.CenterCrop(size))
     steps += [build_op(n, p, size, in_chans, pca) for n, p in geometric]
     steps.append(v2.ToDtype(torch.float32, scale=True))
