@@ -256,6 +256,37 @@ def test_caches_give_the_same_images(tmp_path, cache):
         assert len(list((tmp_path / "cache").rglob("*.npy"))) == 8
 
 
+def test_auto_cache_holds_a_small_folder_in_memory_and_a_large_one_not(tmp_path, monkeypatch):
+    from convnets.data import datasets
+
+    root = make_folder(tmp_path / "d", {"a": 4, "b": 4}, fmt="JPEG")
+    kw = dict(image_size=16, augment="none", normalize="imagenet", val_split=None, cache="auto")
+    small = load_data(root, **kw)
+    assert small.train.dataset.dataset.cache == "memory"
+    assert small.train.num_workers == 0  # in memory: nothing left to decode in workers
+    decoded = []
+    monkeypatch.setattr(datasets.FileDataset, "_decode", lambda self, i: decoded.append(i))
+    for _ in range(2):
+        assert len(torch.cat([x for x, _ in small.train])) == 8
+    assert decoded == []  # both epochs read the memory cache
+    monkeypatch.undo()
+    # 8 images x 18 x 18 x 3 bytes (the base size for 16 px) is over a 1 kB budget
+    monkeypatch.setattr(datasets, "memory_cache_budget", lambda: 1000)
+    assert load_data(root, **kw).train.dataset.dataset.cache is None
+
+
+def test_workers_default_leaves_the_cores_to_the_training_threads(monkeypatch):
+    from convnets.data import loaders
+
+    monkeypatch.setattr(loaders, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert loaders.default_num_workers(in_memory=False) == 0  # intra-op threads hold all 8 cores
+    assert loaders.default_num_workers(in_memory=False, device_type="cuda") == 8  # the GPU computes
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert loaders.default_num_workers(in_memory=False) == 6
+    assert loaders.default_num_workers(in_memory=True, device_type="cuda") == 0
+
+
 def test_load_images_reports_unreadable_files(tmp_path):
     make_folder(tmp_path / "d", {"a": 3, "b": 2})
     (tmp_path / "d" / "a" / "bad.png").write_bytes(b"nope")

@@ -162,6 +162,25 @@ def patch_run(tmp_path_factory):
     return base
 
 
+def test_training_fits_the_detector_on_its_own_images_as_a_refit_from_disk_does(patch_run, tmp_path):
+    """train() fits the detector over the trainer's in-memory images; calibrate_run later re-reads the
+    folder. Both must see the same images the same way."""
+    import shutil
+
+    from convnets.runs import RunConfig
+    from convnets.trust import calibrate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(patch_run / "run", run)
+    config = RunConfig.read(run)
+    from_training = OODDetector.load(run, config.ood)
+    calibrate_run(run, temperature=False)
+    refit = OODDetector.load(run, RunConfig.read(run).ood)
+    probe = np.random.default_rng(0).normal(size=(16, from_training.centres.shape[1])).astype(np.float32)
+    assert refit.threshold == pytest.approx(from_training.threshold, rel=1e-4)
+    np.testing.assert_allclose(refit.score(probe), from_training.score(probe), rtol=1e-4)
+
+
 def test_ood_flags_a_third_kind_and_passes_the_runs_own_images(patch_run):
     from convnets.data.images import read_image, to_input
     from convnets.ood import features_and_logits

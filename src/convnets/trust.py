@@ -12,7 +12,7 @@ the temperature changes every probability the run reports, so it is fitted only 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,22 +66,31 @@ class SplitFeatures:
     val_labels: np.ndarray
 
 
-def split_features(run_dir: str | os.PathLike, *, batch_size: int = 64, model=None) -> SplitFeatures:
+def split_features(
+    run_dir: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    model=None,
+    loaders: tuple[Iterable, Iterable | None] | None = None,
+) -> SplitFeatures:
     """Run the model (eval mode, no augmentation) over the run's own training and validation split,
-    reproduced from config.json."""
+    reproduced from config.json, or over ``loaders`` (training, validation batches of ``(images,
+    labels)``) when the caller holds them already (the trainer, its images maybe in memory)."""
     import torch
 
-    from .evaluate import load_run_splits
     from .ood import features_and_logits
     from .weights import load_run
 
-    config = RunConfig.read(run_dir)
     if model is None:
         model, _ = load_run(run_dir)
-    try:
-        splits = load_run_splits(config, batch_size=batch_size)
-    except ValueError as e:
-        raise ValueError(f"{run_dir}: {e}") from e
+    if loaders is None:
+        from .evaluate import load_run_splits
+
+        try:
+            splits = load_run_splits(RunConfig.read(run_dir), batch_size=batch_size)
+        except ValueError as e:
+            raise ValueError(f"{run_dir}: {e}") from e
+        loaders = (splits.train, splits.val)
 
     def run(loader):
         feats, logits, labels = [], [], []
@@ -96,8 +105,8 @@ def split_features(run_dir: str | os.PathLike, *, batch_size: int = 64, model=No
         return np.concatenate(feats), np.concatenate(logits), np.concatenate(labels).astype(np.int64)
 
     model.eval()
-    train_f, _, train_y = run(splits.train)
-    val_f, val_z, val_y = run(splits.val)
+    train_f, _, train_y = run(loaders[0])
+    val_f, val_z, val_y = run(loaders[1])
     return SplitFeatures(train_f, train_y, val_f, val_z, val_y)
 
 
@@ -111,13 +120,15 @@ def calibrate_run(
     batch_size: int = 64,
     model=None,
     features: SplitFeatures | None = None,
+    loaders: tuple[Iterable, Iterable | None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrustFit:
     """Fit the temperature (on the validation split) and/or the OOD detector (centres on the training
     split, threshold at ``quantile`` of the validation scores) and store them in ``run_dir``.
 
     ``features``: the split's features when the caller already has them (a head-only training run's
-    cached base features); otherwise :func:`split_features` runs the model over the split.
+    cached base features); otherwise :func:`split_features` runs the model over the split (over
+    ``loaders`` when given).
 
     Writes ``calibration.png`` (reliability before/after the temperature) into ``out`` (default:
     the run folder).
@@ -126,7 +137,9 @@ def calibrate_run(
 
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
-    feats = features if features is not None else split_features(run_dir, batch_size=batch_size, model=model)
+    if features is None:
+        features = split_features(run_dir, batch_size=batch_size, model=model, loaders=loaders)
+    feats = features
     fit = TrustFit()
     if temperature:
         if len(feats.val_labels) == 0:

@@ -7,6 +7,8 @@ CIFAR...) or any dataset returning PIL images (``PILDataset``: torchvision's fil
 
 Caching (``cache=``):
 
+* ``"auto"``: ``"memory"`` when the decoded base images fit :func:`memory_cache_budget`, else none.
+  ``convnets train`` uses it: a small photo folder is then decoded once, not once per epoch.
 * ``"memory"``: before the first epoch all base images are decoded in the main process by a thread
   pool (PIL releases the GIL while decoding and resizing) into one uint8 array; worker processes
   inherit it (fork, copy-on-write; the array holds no Python objects so pages stay shared), so no
@@ -35,7 +37,19 @@ from torch.utils.data import Dataset
 from .decode import ImageReadError, cpu_count, fit, load_base, to_mode
 from .pca import cache_root
 
-CACHE_MODES = (None, "memory", "disk")
+CACHE_MODES = (None, "auto", "memory", "disk")
+_MEMORY_CACHE_CAP = 4 * 2**30
+
+
+def memory_cache_budget() -> int:
+    """Bytes ``cache="auto"`` may hold in memory: a quarter of the memory available now, at most 4 GiB
+    (workers share the array copy-on-write, so it is held once)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = 4 * 2**30  # no /proc (macOS, Windows): assume a small machine
+    return min(_MEMORY_CACHE_CAP, available // 4)
 
 
 class BaseDataset(Dataset):
@@ -157,6 +171,9 @@ class FileDataset(BaseDataset):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.files = [str(f) for f in files]
+        if cache == "auto":
+            nbytes = len(self.files) * out_size[0] * out_size[1] * in_chans
+            cache = "memory" if nbytes <= memory_cache_budget() else None
         self.resize = resize
         self.draft = draft
         self.max_pixels = max_pixels

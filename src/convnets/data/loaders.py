@@ -3,11 +3,14 @@
 ``ImageLoader`` wraps a ``torch.utils.data.DataLoader``. Augmentation runs in the loader's worker
 processes while the model trains in the main one:
 
-* ``num_workers`` defaults to the cores this process may use (``os.sched_getaffinity``, at most 8)
-  for datasets that decode files, and to 0 for small in-memory datasets (digits, MNIST, CIFAR):
-  measured on digits at 32x32 with "light" augmentation on the shared 2-core machine, 0 and 2 workers
-  took the same time per epoch within noise (12-16 s vs 11-13 s for 1,438 images, load average 11),
-  so 0 wins by skipping worker start-up and the per-process copies of the arrays.
+* ``num_workers`` (:func:`default_num_workers`) is 0 for in-memory datasets (digits, MNIST, CIFAR, a
+  memory-cached folder): measured on digits at 32x32 with "light" augmentation on the shared 2-core
+  machine, 0 and 2 workers took the same time per epoch within noise (12-16 s vs 11-13 s for 1,438
+  images, load average 11), so 0 wins by skipping worker start-up and the per-process copies of the
+  arrays. For files decoded on the fly it is the cores the CPU's intra-op threads leave free (training
+  on a GPU: the cores, at most 8). Workers beside intra-op threads on the same cores stall them:
+  MobileNetV2 at 160 px on 327 alpaca photos, 2 cores, 2 epochs took 18.9 s with 2 workers and
+  11.1 s with none (bench/RESULTS.md "Data-loading workers").
 * workers are persistent (started once, not every epoch), prefetch 2 batches each, and batches are
   put in pinned memory only when CUDA is available.
 * reproducibility: ``SeededSampler`` (in the main process) draws each epoch's order and one seed per
@@ -24,7 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from .datasets import BaseDataset, Subset, cpu_count
 from .decode import SkippedImageWarning
@@ -68,9 +71,24 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
-def default_num_workers(in_memory: bool = False) -> int:
-    """0 for in-memory datasets; else the usable cores, at most 8."""
-    return 0 if in_memory else min(8, cpu_count())
+def default_num_workers(in_memory: bool = False, device_type: str = "cpu") -> int:
+    """Worker processes for a loader: 0 for in-memory datasets; for files, the usable cores (at most 8)
+    when a GPU does the compute, else the cores torch's intra-op threads leave free."""
+    if in_memory:
+        return 0
+    cores = cpu_count()
+    if device_type != "cpu":
+        return min(8, cores)
+    return max(0, min(8, cores - torch.get_num_threads()))
+
+
+def holds_images_in_memory(dataset) -> bool:
+    """Whether a dataset's base images are in memory (an array, or a memory-cached folder); a stream
+    (shards) or a folder decoded on the fly is not."""
+    base = getattr(dataset, "dataset", dataset)
+    if isinstance(base, IterableDataset):
+        return False
+    return not hasattr(base, "files") or getattr(base, "cache", None) == "memory"
 
 
 class ImageLoader:
@@ -96,7 +114,7 @@ class ImageLoader:
     ):
         base: BaseDataset = subset.dataset
         if num_workers is None:
-            num_workers = default_num_workers(in_memory=not hasattr(base, "files"))
+            num_workers = default_num_workers(in_memory=holds_images_in_memory(base))
         self.dataset = subset
         self.class_names = base.class_names
         self.file_paths = subset.names()

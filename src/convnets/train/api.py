@@ -94,9 +94,29 @@ def _fit_ood(run_dir: Path, trainer: Trainer) -> None:
         # detector's pass runs).
         model = trainer.model if trainer.device.type == "cpu" else None
         features = _cached_split_features(trainer)
-        calibrate_run(run_dir, temperature=False, features=features, model=model, log=trainer.log)
+        loaders = _eval_loaders(trainer) if features is None and model is not None else None
+        calibrate_run(
+            run_dir, temperature=False, features=features, model=model, loaders=loaders, log=trainer.log
+        )
     except (ValueError, OSError, RuntimeError) as e:  # a run without usable data still trained fine
         warnings.warn(f"out-of-distribution detector not fitted: {e}", stacklevel=2)
+
+
+def _eval_loaders(trainer: Trainer):
+    """The trainer's own training and validation images without augmentation, as loaders: the
+    detector's pass then reads the images the run already holds (memory-cached when they fit) instead
+    of scanning and decoding the folder again. None for streams (shards) and runs without validation."""
+    from ..data.datasets import Subset
+    from ..data.loaders import ImageLoader
+
+    train, val = trainer.train_set, trainer.val_set
+    if not isinstance(train, Subset) or not isinstance(val, Subset):
+        return None
+    batch, workers = 2 * trainer.opts.batch_size, trainer.num_workers
+    return tuple(
+        ImageLoader(Subset(s.dataset, s.indices, val.transform), batch_size=batch, num_workers=workers)
+        for s in (train, val)
+    )
 
 
 def _cached_split_features(trainer: Trainer):
@@ -307,7 +327,7 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
             std=std,
             num_workers=opts.workers,
             data_root=opts.data_root,
-            cache=None,
+            cache="auto",  # a folder that fits in memory is decoded once, not every epoch
             split=split,
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
@@ -353,7 +373,9 @@ def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model,
             device.type == "cuda" and opts.precision != "fp32"
         )
     if opts.workers is None:
-        opts.workers = int(getattr(splits.train, "num_workers", 0))
+        from ..data.loaders import default_num_workers, holds_images_in_memory
+
+        opts.workers = default_num_workers(holds_images_in_memory(splits.train.dataset), device.type)
     return precision_why
 
 
