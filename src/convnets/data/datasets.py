@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,13 @@ class BaseDataset(Dataset):
                 self._bad[i] = str(e)
                 failures.append((self.name(i), str(e)))
 
+        bar = _decode_bar(len(self))
         with ThreadPoolExecutor(max_workers=max(1, threads or cpu_count())) as pool:
-            list(pool.map(fill, range(len(self))))
+            for _ in pool.map(fill, range(len(self))):
+                if bar is not None:
+                    bar.update()
+        if bar is not None:
+            bar.close()
         self._memory = memory
         return failures
 
@@ -139,6 +145,15 @@ class BaseDataset(Dataset):
         if transform is not None:
             image = _seeded(transform, image, seed)
         return image, self.labels[i], errors
+
+
+def _decode_bar(total: int):
+    """A progress bar for a long memory-cache fill (~3 ms an image), on a terminal only."""
+    if total < 1000 or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="decode into memory", unit="img", leave=False)
 
 
 def _seeded(transform, image: torch.Tensor, seed: int | None) -> torch.Tensor:
