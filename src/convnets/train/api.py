@@ -107,12 +107,14 @@ def _eval_loaders(trainer: Trainer):
     detector's pass then reads the images the run already holds (memory-cached when they fit) instead
     of scanning and decoding the folder again. None for streams (shards) and runs without validation."""
     from ..data.datasets import Subset
-    from ..data.loaders import ImageLoader
+    from ..data.loaders import ImageLoader, default_num_workers, holds_images_in_memory
 
     train, val = trainer.train_set, trainer.val_set
     if not isinstance(train, Subset) or not isinstance(val, Subset):
         return None
-    batch, workers = 2 * trainer.opts.batch_size, trainer.num_workers
+    # The pass's own default, not --workers (chosen for training): it runs on the CPU, where worker
+    # processes would contend with the model for the cores.
+    batch, workers = 2 * trainer.opts.batch_size, default_num_workers(holds_images_in_memory(train), "cpu")
     return tuple(
         ImageLoader(Subset(s.dataset, s.indices, val.transform), batch_size=batch, num_workers=workers)
         for s in (train, val)
