@@ -10,7 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnets.train import bf16_backward as bb
-from convnets.train.bf16_backward import FastBf16ConvBackward, weight_grad_matmul
+from convnets.train.bf16_backward import (
+    FastBf16ConvBackward,
+    depthwise_input_grad_dilated,
+    weight_grad_matmul,
+)
 
 CL = torch.channels_last
 
@@ -31,6 +35,47 @@ def test_weight_grad_matmul_equals_the_convolution_backward(
         gy, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, [False, True, False]
     )[1]
     torch.testing.assert_close(weight_grad_matmul(gy, x, kernel, stride, padding), expected)
+
+
+@pytest.mark.parametrize(
+    "channels, size, kernel, stride, padding",
+    [(4, 8, 3, 2, 1), (3, 9, 3, 2, 1), (5, 10, 5, 2, 2), (2, 11, 3, 3, 0), (3, 7, 3, 2, 0), (2, 12, 5, 3, 1)]
+    + [(4, 8, 3, 1, 1), (3, 9, 5, 1, 2), (2, 7, 3, 1, 0)],
+)
+def test_dilated_depthwise_input_grad_equals_the_convolution_backward(
+    channels, size, kernel, stride, padding
+):
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, size, size, dtype=torch.float64).contiguous(memory_format=CL)
+    w = torch.randn(channels, 1, kernel, kernel, dtype=torch.float64)
+    gy = torch.randn_like(F.conv2d(x, w, stride=stride, padding=padding, groups=channels))
+    expected = torch.ops.aten.convolution_backward(
+        gy, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], channels, [True, False, False]
+    )[0]
+    got = depthwise_input_grad_dilated(gy, x.shape, w, stride, padding)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_dilated_way_is_offered_for_depthwise_input_grads_only(monkeypatch):
+    torch.manual_seed(0)
+    model = _Net().to(memory_format=CL)
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=CL)
+    y = torch.randint(0, 5, (4,))
+    reference = _grads(model, x, y)
+    offered = []
+
+    def prefer(ways):
+        offered.append(set(ways))
+        return bb.DILATED if bb.DILATED in ways else bb.BF16
+
+    monkeypatch.setattr(FastBf16ConvBackward, "_fastest", staticmethod(prefer))
+    mode = FastBf16ConvBackward()
+    grads = _grads(model, x, y, mode)
+    assert [k[4] for k, v in mode.choices.items() if v == bb.DILATED] == [(2, 2)]  # the depthwise layer
+    assert sum(bb.DILATED in ways for ways in offered) == 1
+    for name, g in grads.items():
+        torch.testing.assert_close(g, reference[name], rtol=2e-2, atol=2e-3, msg=name)
 
 
 class _Net(nn.Module):

@@ -118,12 +118,12 @@ def auto_precision(device_type: str, model=None) -> tuple[str, str]:
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
     precision"). On CPUs that is nowhere yet: on the AMX Xeon, ``--precision bf16`` trains ResNet-50
-    1.8-2.1x and MobileNetV2 1.3x faster than fp32 (with ``train/bf16_backward.py``), but from scratch
-    on SIGNS it reached 0.912 validation accuracy against fp32's 0.922 (mean of 9 seeds, standard error
-    of the difference 0.9 points): not shown to stay within the 1 point a default may lose. CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So
-    CPUs train in fp32 and ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native
-    bf16 (Ampere and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's
-    MPS in fp32.
+    1.8-2.2x and MobileNetV2 1.3-1.4x faster than fp32 (with ``train/bf16_backward.py``), but from
+    scratch on SIGNS it reached 0.912 validation accuracy against fp32's 0.922 (mean of 9 seeds,
+    standard error of the difference 0.9 points): not shown to stay within the 1 point a default may
+    lose. CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So CPUs train in fp32 and
+    ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native bf16 (Ampere and
+    later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
     """
     if device_type == "cpu":
         if not cpu_has_amx_bf16():
