@@ -285,6 +285,9 @@ def test_workers_default_leaves_the_cores_to_the_training_threads(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert loaders.default_num_workers(in_memory=False) == 6
     assert loaders.default_num_workers(in_memory=True, device_type="cuda") == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks share the 8 cores
+    assert loaders.default_num_workers(in_memory=False) == 2  # (8 - 2 x 2 threads) / 2 ranks
+    assert loaders.default_num_workers(in_memory=False, device_type="cuda") == 4
 
 
 def test_load_images_reports_unreadable_files(tmp_path):

@@ -21,6 +21,7 @@ processes while the model trains in the main one:
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -73,13 +74,15 @@ def _worker_init(worker_id: int) -> None:
 
 def default_num_workers(in_memory: bool = False, device_type: str = "cpu") -> int:
     """Worker processes for a loader: 0 for in-memory datasets; for files, the usable cores (at most 8)
-    when a GPU does the compute, else the cores torch's intra-op threads leave free."""
+    when a GPU does the compute, else the cores torch's intra-op threads leave free. Under torchrun
+    the cores are shared by the machine's ranks (``LOCAL_WORLD_SIZE``)."""
     if in_memory:
         return 0
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     cores = cpu_count()
     if device_type != "cpu":
-        return min(8, cores)
-    return max(0, min(8, cores - torch.get_num_threads()))
+        return min(8, cores // ranks)
+    return max(0, min(8, (cores - torch.get_num_threads() * ranks) // ranks))
 
 
 def holds_images_in_memory(dataset) -> bool:
