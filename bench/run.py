@@ -15,7 +15,8 @@ hand-written analysis in RESULTS.md: a run refreshes a marked block inside that 
 prose): shards (bench/shards.py: WebDataset shards vs the folder), backends (bench/backends.py:
 exported-model engines; ``--backends-run RUN`` adds its accuracy and cold-start parts), precision
 (bench/train_precision.py: training step fp32 vs bf16), wholeprocess (bench/whole_process.py:
-``convnets train`` as whole processes against a torchvision script and Keras).
+``convnets train`` as whole processes against a torchvision script and Keras), workers
+(bench/loader_workers.py: the ``--workers`` default against one worker per core).
 
     .venv/bin/python bench/run.py --only shards,precision --quick
 
@@ -49,7 +50,7 @@ from common import (  # noqa: E402
 )
 
 SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta", "serve"]
-OPTIONAL_SECTIONS = ["shards", "backends", "precision", "wholeprocess"]  # heavy: only when --only names them
+OPTIONAL_SECTIONS = ["shards", "backends", "precision", "wholeprocess", "workers"]  # heavy: only when --only names them
 TITLES = {
     "peak": "Machine fp32 matmul peak",
     "train": "Training throughput",
@@ -66,6 +67,7 @@ TITLES = {
     "backends": "Inference backends and cold start (exported model, issue #15)",
     "precision": "Training precision (`--precision auto`): fp32 vs bf16 on an Intel Xeon with AMX",
     "wholeprocess": "Whole processes on small data (bench/whole_process.py, issue #15 item 3)",
+    "workers": "Data-loading workers (`--workers` default, bench/loader_workers.py)",
 }
 GOALS = {"vs_torchvision": 1.3, "vs_keras": 1.8, "peak_resnet50": 0.90, "peak_mobilenet_v2": 0.50}
 
@@ -450,6 +452,12 @@ def section_wholeprocess(args, state) -> tuple[str, dict]:
     return _script_section("whole_process.py", options)
 
 
+def section_workers(args, state) -> tuple[str, dict]:
+    """bench/loader_workers.py: whole `convnets train` processes with no workers and one per core."""
+    options = ["--reps", str(args.reps)] + (["--quick"] if args.quick else [])
+    return _script_section("loader_workers.py", options)
+
+
 RUNNERS = {
     "peak": section_peak,
     "train": section_train,
@@ -464,6 +472,7 @@ RUNNERS = {
     "backends": section_backends,
     "precision": section_precision,
     "wholeprocess": section_wholeprocess,
+    "workers": section_workers,
 }
 
 

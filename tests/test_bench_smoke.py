@@ -110,7 +110,7 @@ def test_optional_sections_run_only_when_named_and_refresh_their_block(tmp_path,
     title = bench_run.TITLES["precision"]
     hand_written = f"# Benchmarks\n\n## {title}\n\nHand-written reading.\n\n## Notes\n\nmine\n"
     (tmp_path / "RESULTS.md").write_text(hand_written)
-    assert set(bench_run.OPTIONAL_SECTIONS) == {"shards", "backends", "precision", "wholeprocess"}
+    assert set(bench_run.OPTIONAL_SECTIONS) == {"shards", "backends", "precision", "wholeprocess", "workers"}
     assert not set(bench_run.OPTIONAL_SECTIONS) & set(bench_run.SECTIONS)  # not in the default run
     assert bench_run.main(["--quick", "--only", "precision", "--reps", "1", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "RESULTS.md").read_text()
