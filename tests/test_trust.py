@@ -268,6 +268,84 @@ def test_exported_model_gives_the_same_features_and_flags(patch_run):
     assert "ood" not in rows[-1].extra
 
 
+def test_feature_output_name_in_float_and_int8_graphs():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    from convnets.ood import feature_output_name
+
+    def graph(nodes, out):
+        output = helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph(nodes, "g", [], [output]))
+
+    def qdq(x, tag):  # x -> QuantizeLinear -> DequantizeLinear
+        return [
+            helper.make_node("QuantizeLinear", [x, "s", "z"], [f"{tag}_q"]),
+            helper.make_node("DequantizeLinear", [f"{tag}_q", "s", "z"], [f"{tag}_dq"]),
+        ], f"{tag}_dq"
+
+    pool = helper.make_node("GlobalAveragePool", ["x"], ["pool"])
+    plain = [
+        pool,
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w"], ["logits"]),
+    ]
+    assert feature_output_name(graph(plain, "logits")) == "flat"
+    q1, pooled = qdq("pool", "p")
+    q2, flat = qdq("flat", "f")
+    q3, logits = qdq("gemm", "l")
+    int8 = [pool, *q1, helper.make_node("Flatten", [pooled], ["flat"]), *q2,
+            helper.make_node("Gemm", [flat, "w", "b"], ["gemm"]), *q3]
+    assert feature_output_name(graph(int8, logits)) == "pool"  # the float pool, before any rounding
+    with pytest.raises(ValueError, match="final Linear"):
+        feature_output_name(graph([pool], "pool"))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_engines_give_the_detectors_features_in_the_same_pass(patch_run, backend):
+    pytest.importorskip("onnxruntime")
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from convnets.data.images import read_image
+    from convnets.exported import ExportedModel, ensure_exported, pixels_of
+    from convnets.ood import FeatureSession
+    from convnets.runs import RunConfig
+
+    run = patch_run / "run"
+    config = RunConfig.read(run)
+    mine = sorted((patch_run / "data" / "blue").glob("*.png"))[:3]
+    files = [*_third_kind(patch_run / f"others_{backend}", n=4), *mine]
+    views = [read_image(f, config.image_size, config.in_chans, config.resize) for f in files]
+    _, reference = FeatureSession(ensure_exported(run))(pixels_of(views))
+    model = ExportedModel.open(run, backend, features=True)
+    probs, features = model.predict_views_with_features(views)
+    np.testing.assert_allclose(probs, model.predict_views(views), atol=2e-2)
+    # OpenVINO runs bf16 on AMX CPUs: features to bf16 rounding, fp32 elsewhere
+    np.testing.assert_allclose(features, reference, rtol=3e-2, atol=3e-2 * float(np.abs(reference).max()))
+
+
+def test_served_rows_carry_the_ood_field(patch_run):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from convnets.runs import RunConfig
+    from convnets.serve import create_app
+    from convnets.trust import calibrate_run
+
+    run = patch_run / "run"
+    if RunConfig.read(run).ood is None:
+        calibrate_run(run, temperature=False)
+    others = _third_kind(patch_run / "others_served", n=3)
+    mine = sorted((patch_run / "data" / "red").glob("*.png"))[:3]
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in [*others, *mine]]
+    files.append(("files", ("broken.png", b"not an image", "image/png")))
+    with TestClient(create_app(run, backend="onnxruntime", max_batch=4)) as client:
+        rows = client.post("/v1/predict", files=files).json()["predictions"]
+    assert [r["ood"]["flagged"] for r in rows[:-1]] == [True] * 3 + [False] * 3
+    assert "ood" not in rows[-1] and rows[-1]["error"]
+
+
 def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
     """End to end through the CLI: train fitted the detector; predict flags a third kind (torch and
     exported paths), --reject-ood answers unknown, evaluate --calibrate stores a temperature that

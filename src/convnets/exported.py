@@ -192,6 +192,11 @@ class Engine(Protocol):
         """float32 (N, C, H, W) pixels in [0, 1] -> float32 logits (N, K)."""
         ...
 
+    def run_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` and the penultimate features (N, D) of the same pass (engines opened with
+        ``features=True``: the out-of-distribution detector's input)."""
+        ...
+
 
 def _threads(threads: int | None) -> int:
     if threads:
@@ -211,6 +216,7 @@ class OrtEngine:
         threads: int | None = None,
         name: str = "onnxruntime",
         spin: bool = True,
+        features: bool = False,
     ):
         try:
             import onnxruntime as ort
@@ -223,14 +229,33 @@ class OrtEngine:
             # The server's decode threads and event loop share these cores: ORT's pool threads must not
             # busy-wait between operators (measured: 2x the CPU per image on a busy 2-core machine).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # With features: the same graph with its pooled features as a second output (one pass).
+        graph = _onnx_with_features(path) if features else str(path)
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.logits_name = self.session.get_outputs()[0].name
         self.name, self.path = name, Path(path)
         self.description = f"ONNX Runtime {ort.__version__} {'int8' if name == 'int8' else 'fp32'}"
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        feed = {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)}
+        (out,) = self.session.run([self.logits_name], feed)
         return out
+
+    def run_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        if len(outputs) < 2:
+            raise EngineError(f"{self.path} was opened without its features output")
+        return outputs[0], outputs[1].reshape(len(outputs[1]), -1)
+
+
+def _onnx_with_features(path: str | os.PathLike) -> bytes:
+    from .ood import onnx_with_features
+
+    try:
+        return onnx_with_features(path)
+    except ValueError as e:
+        raise EngineError(f"no features output for the out-of-distribution detector: {e}") from None
 
 
 def openvino_available() -> bool:
@@ -257,6 +282,7 @@ class OpenVinoEngine:
         name: str = "openvino",
         cache_dir: str | os.PathLike | None = None,
         max_shapes: int = 6,
+        features: bool = False,
     ):
         try:
             import openvino as ov
@@ -268,6 +294,9 @@ class OpenVinoEngine:
         self.core = ov.Core()
         self.cache_dir = cache_dir
         self.model = self.core.read_model(str(path))
+        self.features = features
+        if features:  # the pooled features as a second output of the same compiled graph
+            self.model.add_outputs([_feature_output_name(path)])
         self.config = {
             "INFERENCE_PRECISION_HINT": self.precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -297,11 +326,32 @@ class OpenVinoEngine:
         return request
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._infer(pixels, 1)[0]
+
+    def run_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.features:
+            raise EngineError(f"{self.path} was opened without its features output")
+        logits, features = self._infer(pixels, 2)
+        return logits, features.reshape(len(features), -1)
+
+    def _infer(self, pixels: np.ndarray, outputs: int) -> list[np.ndarray]:
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         with self._lock:
             request = self._request(tuple(pixels.shape))
             request.infer({0: pixels})
-            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            tensors = [request.get_output_tensor(i).data for i in range(outputs)]
+            return [np.array(t, dtype=np.float32, copy=True) for t in tensors]
+
+
+def _feature_output_name(path: str | os.PathLike) -> str:
+    import onnx
+
+    from .ood import feature_output_name
+
+    try:
+        return feature_output_name(onnx.load(str(path), load_external_data=False))
+    except ValueError as e:
+        raise EngineError(f"no features output for the out-of-distribution detector: {path}: {e}") from None
 
 
 def int8_runner_order() -> tuple[str, ...]:
@@ -317,15 +367,17 @@ def make_engine(
     threads: int | None = None,
     precision: str | None = None,
     spin: bool = True,
+    features: bool = False,
 ) -> Engine:
     """The engine ``backend`` (not ``auto``) on the run's fresh export; :class:`EngineError` if unusable.
-    ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers)."""
+    ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers).
+    ``features=True``: the engine also gives the penultimate features (``run_with_features``)."""
     run_dir = Path(run_dir)
     cache = run_dir / OPENVINO_CACHE_DIR
     if backend == "onnxruntime":
-        return OrtEngine(run_dir / ONNX_FILE, threads, spin=spin)
+        return OrtEngine(run_dir / ONNX_FILE, threads, spin=spin, features=features)
     if backend == "openvino":
-        return OpenVinoEngine(run_dir / ONNX_FILE, threads, precision, cache_dir=cache)
+        return OpenVinoEngine(run_dir / ONNX_FILE, threads, precision, cache_dir=cache, features=features)
     if backend == "int8":
         info = ExportInfo.read(run_dir)
         path = run_dir / INT8_ONNX_FILE
@@ -340,8 +392,8 @@ def make_engine(
         if int8 is None or not path.is_file():
             raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
         if int8_runner_order()[0] == "openvino":
-            return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache)
-        return OrtEngine(path, threads, name="int8", spin=spin)
+            return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache, features=features)
+        return OrtEngine(path, threads, name="int8", spin=spin, features=features)
     raise EngineError(
         f"unknown exported-model backend {backend!r}; choose from {', '.join(EXPORTED_BACKENDS)}"
     )
@@ -454,19 +506,20 @@ def open_engine(
     config: RunConfig | None = None,
     images: int | None = None,
     spin: bool = True,
+    features: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Engine:
     """The engine for ``backend`` on the run's (fresh) export; ``auto``: the first of
     :func:`auto_candidates` that opens and passes its check against ONNX Runtime fp32 (ONNX Runtime
     for a job of fewer than :data:`AUTO_MIN_IMAGES` ``images``)."""
     if backend != "auto":
-        return make_engine(run_dir, backend, threads=threads, spin=spin)
+        return make_engine(run_dir, backend, threads=threads, spin=spin, features=features)
     small_job = images is not None and images < AUTO_MIN_IMAGES
     for name in ["onnxruntime"] if small_job else auto_candidates(run_dir):
         if name == "onnxruntime":
-            return make_engine(run_dir, name, threads=threads, spin=spin)
+            return make_engine(run_dir, name, threads=threads, spin=spin, features=features)
         try:
-            engine = make_engine(run_dir, name, threads=threads, spin=spin)
+            engine = make_engine(run_dir, name, threads=threads, spin=spin, features=features)
             # int8 was measured on the validation split when written; the others are checked once here.
             if name == "int8":
                 return engine
@@ -525,9 +578,11 @@ class ExportedModel:
         images: int | None = None,
         log: Callable[[str], None] | None = None,
         spin: bool = True,
+        features: bool = False,
     ) -> ExportedModel:
         """``images``: how many images the caller will run, when known (see :func:`open_engine`);
-        ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers)."""
+        ``spin=False``: ONNX Runtime's threads sleep between operators instead of busy-waiting (servers);
+        ``features=True``: :meth:`predict_views_with_features` gives the penultimate features too."""
         if backend not in ("auto", *EXPORTED_BACKENDS):
             raise EngineError(
                 f"backend {backend!r} runs the PyTorch model; an exported model runs on "
@@ -538,7 +593,10 @@ class ExportedModel:
         return cls(
             run_dir,
             config,
-            open_engine(run_dir, backend, threads=threads, config=config, images=images, spin=spin, log=log),
+            open_engine(
+                run_dir, backend, threads=threads, config=config, images=images, spin=spin, features=features,
+                log=log,
+            ),
         )
 
     @property
@@ -558,6 +616,12 @@ class ExportedModel:
         return softmax(
             self.logits(pixels_of(views)) / (self.config.temperature or 1.0)
         )  # evaluate --calibrate
+
+    def predict_views_with_features(self, views: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_views` and the penultimate features (N, D) from the same pass (opened with
+        ``features=True``)."""
+        logits, features = self.engine.run_with_features(pixels_of(views))
+        return softmax(logits / (self.config.temperature or 1.0)), features
 
     def read(self, source: ImageSource) -> np.ndarray:
         """One image as the model's uint8 (H, W, C) view (what ``predict_views`` takes)."""

@@ -180,28 +180,56 @@ def features_and_logits(model, x) -> tuple[Any, Any]:
 # --- the exported model (torch-free) -------------------------------------------------------------
 
 
-def onnx_with_features(onnx_path: str | os.PathLike) -> bytes:
-    """The run's ``model.onnx`` with the penultimate features as a second graph output ("features").
+def feature_output_name(onnx_model) -> str:
+    """The name of the tensor that holds the penultimate features in an ONNX graph (a loaded
+    ``onnx.ModelProto``): the data input of the final Linear, a ``Gemm`` (or ``MatMul`` + ``Add``)
+    whose output is the logits. Raises ValueError when the graph does not end that way.
 
-    The logits come from the final Linear: a ``Gemm`` (or ``MatMul`` + ``Add``) whose data input is
-    the pooled feature vector; that tensor becomes an output too, so one ONNX Runtime pass gives
-    both, without torch. Raises ValueError when the graph does not end that way.
-    """
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
+    In an int8 (QDQ) graph the logits and the features pass through QuantizeLinear/DequantizeLinear
+    pairs, and the features are rounded to 8 bits before the Linear (and before its Flatten). The
+    detector was fitted on float features, so the name returned is the float tensor before the first
+    rounding."""
+    graph = onnx_model.graph
     producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(graph.output[0].name)
+
+    def before_rounding(name: str) -> str:
+        node = producers.get(name)
+        while node is not None and node.op_type == "DequantizeLinear":
+            quantize = producers.get(node.input[0])
+            if quantize is None or quantize.op_type != "QuantizeLinear":
+                break
+            name = quantize.input[0]
+            node = producers.get(name)
+        return name
+
+    node = producers.get(before_rounding(graph.output[0].name))
     if node is not None and node.op_type == "Add":  # MatMul + bias
         node = next(
             (producers[i] for i in node.input if i in producers and producers[i].op_type == "MatMul"), None
         )
     if node is None or node.op_type not in ("Gemm", "MatMul"):
-        raise ValueError(f"{onnx_path}: the logits do not come from a final Linear layer")
-    value = onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)
-    value.name = node.input[0]
-    graph.output.append(value)
+        raise ValueError("the logits do not come from a final Linear layer")
+    name = before_rounding(node.input[0])
+    reshape = producers.get(name)
+    if name != node.input[0] and reshape is not None and reshape.op_type in ("Flatten", "Reshape"):
+        # int8: Flatten(rounded pool) -> round -> Linear; the pool's float output holds the same values
+        name = before_rounding(reshape.input[0])
+    return name
+
+
+def onnx_with_features(onnx_path: str | os.PathLike) -> bytes:
+    """The run's ``model.onnx`` with the penultimate features as a second graph output, so one
+    ONNX Runtime pass gives both, without torch. Raises ValueError when the graph does not end in a
+    Linear layer (:func:`feature_output_name`)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    try:
+        name = feature_output_name(model)
+    except ValueError as e:
+        raise ValueError(f"{onnx_path}: {e}") from None
+    value = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(value)
     return model.SerializeToString()
 
 

@@ -39,9 +39,10 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from ..data.decode import ImageReadError
-from ..exported import ExportedModel
+from ..exported import EngineError, ExportedModel
 from ..predictions import Prediction, top_k
 from ..runs import RunConfig, weights_path
+from ..trust import RunTrust
 from .batching import MicroBatcher, choose_batch_limit
 from .model_info import ModelInfo, read_cost, start_cost_job, write_cost
 
@@ -91,9 +92,12 @@ class ServeOptions:
 def open_model(
     run_dir: str | os.PathLike, backend: str = "auto", threads: int | None = None, log=None
 ) -> ExportedModel:
-    """The run's exported model on ``backend`` (exported first, with torch, if it never was)."""
+    """The run's exported model on ``backend`` (exported first, with torch, if it never was); with
+    the penultimate features as a second output when the run has an out-of-distribution detector."""
     open_params = inspect.signature(ExportedModel.open).parameters
     kwargs: dict[str, Any] = {"threads": threads, "log": log}
+    if "features" in open_params:
+        kwargs["features"] = RunConfig.read(run_dir).ood is not None
     if "spin" in open_params:
         kwargs["spin"] = False  # the server's own threads need the cores between operators
     if "backend" in open_params:
@@ -141,7 +145,9 @@ class ServedModel:
         self.run_dir, self.options, self.model, self.say = run_dir, options, model, say
         self.config = model.config if model is not None else RunConfig.read(run_dir)
         weights_path(run_dir)  # a clear error now, not on the first request
-        self.batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+        # The run's out-of-distribution detector: each answered row gets an ``ood`` field, as in predict.
+        self.trust = RunTrust.read(run_dir, self.config) if self.config.ood is not None else None
+        self.batcher: MicroBatcher[np.ndarray, tuple[np.ndarray, np.ndarray | None]] = MicroBatcher(
             self._run_batch, max_batch=options.max_batch or 1, wait_ms=options.batch_wait_ms
         )
         self.batch_timings: dict[int, float] = {}  # seconds per image by batch size (auto only)
@@ -154,8 +160,15 @@ class ServedModel:
     def backend(self) -> str:
         return getattr(self.model, "backend", self.options.backend) if self.model else self.options.backend
 
-    def _run_batch(self, views: list[np.ndarray]) -> np.ndarray:
-        return self.model.predict_views(views)
+    def _run_batch(self, views: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(probabilities, features or None) per view."""
+        if self.trust is not None and getattr(self.model.engine, "run_with_features", None) is not None:
+            try:
+                probs, features = self.model.predict_views_with_features(views)
+                return list(zip(probs, features))
+            except EngineError:  # opened without features (a model passed in): answer without the field
+                pass
+        return [(p, None) for p in self.model.predict_views(views)]
 
     def load(self) -> None:
         """Open (exporting once if needed) and warm up the model; runs in a worker thread."""
@@ -226,9 +239,12 @@ class ServedModel:
     async def predict(self, decoded: list[tuple[Prediction, np.ndarray | None]], k: int) -> list[Prediction]:
         good = [(row, view) for row, view in decoded if view is not None]
         if good:
-            probs = await self.batcher.submit([view for _, view in good])
-            for (row, _), classes in zip(good, top_k(np.stack(probs), self.config.class_names, k)):
+            results = await self.batcher.submit([view for _, view in good])
+            probs = np.stack([p for p, _ in results])
+            for (row, _), classes in zip(good, top_k(probs, self.config.class_names, k)):
                 row.top = classes
+            if self.trust is not None and all(f is not None for _, f in results):
+                self.trust.annotate([row for row, _ in good], np.stack([f for _, f in results]))
         return [row for row, _ in decoded]
 
 
