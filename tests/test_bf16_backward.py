@@ -133,6 +133,34 @@ def test_training_grads_match_oneDNN_whichever_way_is_chosen(monkeypatch, choice
         torch.testing.assert_close(g, reference[name], rtol=2e-2, atol=2e-3, msg=name)
 
 
+@pytest.mark.parametrize("x_layout", [CL, torch.contiguous_format])
+@pytest.mark.parametrize("w_layout", [CL, torch.contiguous_format])
+def test_picked_gradients_have_the_strides_of_onednns_own(monkeypatch, x_layout, w_layout):
+    """The matmul and dilated ways compute in NHWC; the gradient handed back has the layout aten's
+    kernel gives, which mixes the input's and the weight's (a compiled backward asserts it: with the
+    gradient's layout taken from its own tensor alone, `--compile --precision bf16` failed)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.bfloat16).contiguous(memory_format=x_layout)
+    dense = torch.randn(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=w_layout)
+    depthwise = torch.randn(8, 1, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=w_layout)
+
+    def prefer(ways):
+        return next(w for w in (bb.DILATED, bb.MATMUL, bb.FP32) if w in ways)
+
+    monkeypatch.setattr(FastBf16ConvBackward, "_fastest", staticmethod(prefer))
+    mode = FastBf16ConvBackward()
+    for weight, groups in ((dense, 1), (depthwise, 8)):
+        gy = torch.randn_like(F.conv2d(x, weight, stride=2, padding=1, groups=groups))
+        args = (gy, x, weight, None, [2, 2], [1, 1], [1, 1], False, [0, 0], groups, [True, True, False])
+        expected = torch.ops.aten.convolution_backward(*args)
+        with mode:
+            got = torch.ops.aten.convolution_backward(*args)
+        for g, e in zip(got[:2], expected[:2]):
+            assert g.stride() == e.stride() and g.dtype == e.dtype
+            torch.testing.assert_close(g.float(), e.float(), rtol=2e-2, atol=5e-2)
+    assert set(mode.choices.values()) == {bb.DILATED, bb.MATMUL, bb.FP32}
+
+
 def test_fp32_and_other_ops_pass_through_untouched():
     torch.manual_seed(0)
     model = _Net()

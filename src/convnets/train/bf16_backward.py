@@ -80,11 +80,12 @@ def _square(pair) -> int | None:
     return int(pair[0]) if len(pair) == 2 and pair[0] == pair[1] else None
 
 
-def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` in ``ref``'s dtype and memory format (autograd would otherwise copy it into them)."""
-    channels_last = ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return t.to(ref.dtype).contiguous(memory_format=layout)
+def _strided(t: torch.Tensor, dtype: torch.dtype, strides: tuple[int, ...]) -> torch.Tensor:
+    """``t`` in ``dtype`` with exactly ``strides`` (a copy only where they differ)."""
+    t = t.to(dtype)
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=dtype, device=t.device).copy_(t)
 
 
 class FastBf16ConvBackward(TorchDispatchMode):
@@ -94,6 +95,7 @@ class FastBf16ConvBackward(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.choices: dict[tuple, str] = {}
+        self.strides: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # by shape: in, weight
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is _aten.convolution_backward.default and not kwargs and self._applies(args):
@@ -148,13 +150,25 @@ class FastBf16ConvBackward(TorchDispatchMode):
         if way_in in (BF16, None) and way_w in (BF16, None):
             return onednn(mask)  # oneDNN's own kernels for both: one call, as without this mode
         grad_in = grad_w = grad_bias = None
+        strides_in, strides_w = self._strides(key, func, args)
         if way_in is not None:
-            grad_in = _like(ways_in[way_in](), x)
+            grad_in = _strided(ways_in[way_in](), x.dtype, strides_in)
         if way_w is not None:
-            grad_w = _like(ways_w[way_w](), weight)
+            grad_w = _strided(ways_w[way_w](), weight.dtype, strides_w)
         if mask[2]:
             grad_bias = grad_out.sum((0, 2, 3)) if grad_out.dim() == 4 else onednn([False, False, True])[2]
         return grad_in, grad_w, grad_bias
+
+    def _strides(self, key: tuple, func, args) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The strides oneDNN's own kernel gives the input and weight gradients, from its meta kernel
+        (once per shape): the way picked returns the same layout, as a compiled graph's guards and
+        autograd's layout contract for ``.grad`` expect."""
+        key = (*key, *(tuple(a.stride()) for a in args[:3]))  # the layouts in decide the layouts out
+        if key not in self.strides:
+            meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args[:-1]]
+            grad_in, grad_w, _ = func(*meta, [True, True, False])
+            self.strides[key] = (tuple(grad_in.stride()), tuple(grad_w.stride()))
+        return self.strides[key]
 
     def _pick(self, key: tuple, ways: dict[str, Callable]) -> str:
         if key not in self.choices:
