@@ -38,7 +38,8 @@ def _tiny_run(shapes, out, **options):
 
 @pytest.mark.parametrize("flags", [AMX, ZEN4, AVX2, frozenset()])
 def test_auto_precision_on_cpus_is_fp32_until_bf16_keeps_accuracy(monkeypatch, flags):
-    # bf16 is faster on the AMX CPU but 1.9 points less accurate on SIGNS, 3 seeds (bench/RESULTS.md).
+    # bf16 is faster on the AMX CPU and as accurate on the mean, but its backward picker's timed choices
+    # are not yet reproducible across runs (bench/RESULTS.md, "Training precision").
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     for model in (None, create_model("resnet18", num_classes=2), create_model("mobilenet_v2", num_classes=2)):
         precision, why = runtime.auto_precision("cpu", model)

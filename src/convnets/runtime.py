@@ -117,18 +117,21 @@ def auto_precision(device_type: str, model=None) -> tuple[str, str]:
     """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
-    precision"). On CPUs that is nowhere yet: on the AMX Xeon, ``--precision bf16`` trains ResNet-50
-    1.8-2.2x and MobileNetV2 1.3-1.4x faster than fp32 (with ``train/bf16_backward.py``), but from
-    scratch on SIGNS it reached 0.912 validation accuracy against fp32's 0.922 (mean of 9 seeds,
-    standard error of the difference 0.9 points): not shown to stay within the 1 point a default may
-    lose. CPUs without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). So CPUs train in fp32 and
-    ``--precision bf16`` opts in where the hardware has it. CUDA GPUs with native bf16 (Ampere and
-    later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
+    precision"). On CPUs that is nowhere yet. On the AMX Xeon, ``--precision bf16`` trains ResNet-50
+    1.8-2.2x and MobileNetV2 1.3-1.4x faster than fp32 (with ``train/bf16_backward.py``), and on the
+    mean it kept accuracy (SIGNS from scratch, 12 seeds: -0.4 points; alpaca transfer, 9 seeds: 0.0),
+    but its backward picker times each layer's ways on the first step, so runs with one seed (or a run
+    and its resume) are not yet bit-identical; until its choices persist, bf16 stays opt-in. CPUs
+    without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). CUDA GPUs with native bf16 (Ampere
+    and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
     """
     if device_type == "cpu":
         if not cpu_has_amx_bf16():
             return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
-        return "fp32", "AMX CPU: bf16 is faster but was less accurate from scratch; --precision bf16 opts in"
+        return "fp32", (
+            "AMX CPU: bf16 trains 1.3-2.2x faster at fp32's accuracy but is not yet bit-reproducible; "
+            "--precision bf16 opts in"
+        )
     if device_type == "cuda":
         import torch
 
