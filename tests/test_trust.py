@@ -346,6 +346,26 @@ def test_served_rows_carry_the_ood_field(patch_run):
     assert "ood" not in rows[-1] and rows[-1]["error"]
 
 
+def test_server_answers_without_the_field_when_the_graph_gives_no_features(patch_run, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from convnets import ood
+    from convnets.serve import create_app
+
+    def no_linear(path):
+        raise ValueError("the logits do not come from a final Linear layer")
+
+    monkeypatch.setattr(ood, "onnx_with_features", no_linear)
+    image = next((patch_run / "data" / "red").glob("*.png"))
+    with TestClient(create_app(patch_run / "run", backend="onnxruntime", max_batch=2)) as client:
+        r = client.post("/v1/predict", files=[("files", (image.name, image.read_bytes(), "image/png"))])
+    assert r.status_code == 200
+    (row,) = r.json()["predictions"]
+    assert row["top"] and "ood" not in row
+
+
 def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
     """End to end through the CLI: train fitted the detector; predict flags a third kind (torch and
     exported paths), --reject-ood answers unknown, evaluate --calibrate stores a temperature that

@@ -101,7 +101,14 @@ def open_model(
     if "spin" in open_params:
         kwargs["spin"] = False  # the server's own threads need the cores between operators
     if "backend" in open_params:
-        return ExportedModel.open(run_dir, backend=backend, **kwargs)
+        try:
+            return ExportedModel.open(run_dir, backend=backend, **kwargs)
+        except EngineError as e:
+            if not kwargs.get("features"):
+                raise
+            # A graph the features output cannot be found in: serve without the ood field.
+            _log.warning("convnets serve: rows will have no ood field: %s", e)
+            return ExportedModel.open(run_dir, backend=backend, **{**kwargs, "features": False})
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
     return ExportedModel.open(run_dir, **kwargs)
