@@ -82,6 +82,35 @@ def test_interrupt_then_resume_equals_uninterrupted_run(shapes, tmp_path):
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
+def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, monkeypatch):
+    """bf16 on CPU picks each convolution gradient's way by timing (train/bf16_backward.py); last.pt
+    keeps the picks, so a resumed run whose own timings would pick otherwise gives the same bits."""
+    from convnets.runtime import cpu_has_native_bf16
+    from convnets.train import bf16_backward as bb
+
+    if not cpu_has_native_bf16():
+        pytest.skip("--precision bf16 needs a CPU with native bf16")
+    options = {**COMMON, "precision": "bf16"}
+
+    def pick(way):
+        return staticmethod(lambda ways: way if way in ways else bb.BF16)
+
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", pick(bb.BF16))
+    train(shapes, out=tmp_path / "a", **options)
+
+    def interrupt(_out):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with on_training_forward(3, interrupt), pytest.raises(TrainingInterrupted):
+        train(shapes, out=tmp_path / "b", **options)
+    assert "bf16" in _final_state(tmp_path / "b")["bf16_backward"]
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", pick(bb.FP32))  # timings now say fp32
+    train(None, out=tmp_path / "b", resume=True, quiet=True)
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
 def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     metrics = run / "metrics.jsonl"

@@ -22,6 +22,7 @@ Hand-written because neither PyTorch nor oneDNN choose between these; every cand
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -96,6 +97,17 @@ class FastBf16ConvBackward(TorchDispatchMode):
         super().__init__()
         self.choices: dict[tuple, str] = {}
         self.strides: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # by shape: in, weight
+
+    def state(self) -> str:
+        """The choices made so far, as JSON (a run's ``last.pt`` keeps them: a resumed run then takes
+        the same ways and gives the same bits as an uninterrupted one, whatever its own timings)."""
+        return json.dumps([[list(key), way] for key, way in self.choices.items()])
+
+    def load_state(self, state: str) -> None:
+        def as_tuple(value):
+            return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+        self.choices.update({as_tuple(key): way for key, way in json.loads(state)})
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is _aten.convolution_backward.default and not kwargs and self._applies(args):

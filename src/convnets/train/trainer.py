@@ -765,6 +765,8 @@ to ``config.json`` (``best`` is filled in here).
             # JSON round trip: only plain types, which torch.load(weights_only=True) accepts.
             "options": json.loads(json.dumps(self.config.options)),
             "config": json.loads(json.dumps(self.config.to_dict())),
+            # bf16 on CPU: the backward ways picked by timing, so a resumed run takes the same ones.
+            "bf16_backward": self._backward_mode.state() if self._backward_mode is not None else None,
         }
 
     def _save_last(self) -> None:
@@ -779,6 +781,8 @@ to ``config.json`` (``best`` is filled in here).
         self.epoch_in_phase = int(state["epoch_in_phase"])
         self.early = dict(state["early_stopping"])
         self.partial = state["partial"]
+        if self._backward_mode is not None and state.get("bf16_backward"):
+            self._backward_mode.load_state(state["bf16_backward"])
         best_file = self.run_dir / WEIGHTS_FILE
         if best_file.is_file():
             from safetensors.torch import load_file
