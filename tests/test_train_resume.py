@@ -91,11 +91,8 @@ def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, mo
     if not cpu_has_native_bf16():
         pytest.skip("--precision bf16 needs a CPU with native bf16")
     options = {**COMMON, "precision": "bf16"}
-
-    def pick(way):
-        return staticmethod(lambda ways: way if way in ways else bb.BF16)
-
-    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", pick(bb.BF16))
+    monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "cache"))  # the machine's picks: kept apart
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", _pick(bb.BF16))
     train(shapes, out=tmp_path / "a", **options)
 
     def interrupt(_out):
@@ -104,11 +101,40 @@ def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, mo
     with on_training_forward(3, interrupt), pytest.raises(TrainingInterrupted):
         train(shapes, out=tmp_path / "b", **options)
     assert "bf16" in _final_state(tmp_path / "b")["bf16_backward"]
-    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", pick(bb.FP32))  # timings now say fp32
+    monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "empty"))  # only last.pt knows the picks now
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", _pick(bb.FP32))  # timings now say fp32
     train(None, out=tmp_path / "b", resume=True, quiet=True)
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def _pick(way):
+    from convnets.train import bf16_backward as bb
+
+    return staticmethod(lambda ways: way if way in ways else bb.BF16)
+
+
+def test_bf16_runs_with_one_seed_take_this_machines_picks(shapes, tmp_path, monkeypatch):
+    """A second fresh run reads the picks the first made on this machine (cache_root()/bf16_backward),
+    so the two are bit-identical although the second's own timings would pick otherwise."""
+    from convnets.runtime import cpu_has_native_bf16
+    from convnets.train import bf16_backward as bb
+
+    if not cpu_has_native_bf16():
+        pytest.skip("--precision bf16 needs a CPU with native bf16")
+    options = {**COMMON, "precision": "bf16", "epochs": 1}
+    monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", _pick(bb.BF16))
+    train(shapes, out=tmp_path / "first", **options)
+    assert bb.machine_choices_file().is_file()
+    monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", _pick(bb.FP32))
+    train(shapes, out=tmp_path / "second", **options)
+    monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "elsewhere"))  # no picks: fp32 ways this time
+    train(shapes, out=tmp_path / "third", **options)
+    first, second, third = (_final_state(tmp_path / r)["model"] for r in ("first", "second", "third"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], third[k]) for k in first)  # the picks do change the bits
 
 
 def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:

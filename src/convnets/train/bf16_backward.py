@@ -22,9 +22,11 @@ Hand-written because neither PyTorch nor oneDNN choose between these; every cand
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,16 @@ def depthwise_input_grad_dilated(
     return F.conv2d(spread, weight.flip(2, 3), padding=k - 1 - padding, groups=c)
 
 
+def machine_choices_file() -> Path:
+    """``cache_root()/bf16_backward/<key>.json``: the picks of this CPU model, torch version and
+    intra-op thread count (the timings, and so the picks, depend on all three)."""
+    from ..data.pca import cache_root
+    from ..runtime import describe_cpu
+
+    key = f"{describe_cpu()['cpu']}|{torch.__version__}|{torch.get_num_threads()}"
+    return cache_root() / "bf16_backward" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
 def _square(pair) -> int | None:
     return int(pair[0]) if len(pair) == 2 and pair[0] == pair[1] else None
 
@@ -97,6 +109,35 @@ class FastBf16ConvBackward(TorchDispatchMode):
         super().__init__()
         self.choices: dict[tuple, str] = {}
         self.strides: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # by shape: in, weight
+        self._saved = 0  # how many choices the machine's file holds (save_for_this_machine)
+
+    @classmethod
+    def for_this_machine(cls) -> FastBf16ConvBackward:
+        """A mode that starts from the picks earlier runs made on this machine (same CPU model, torch
+        version and thread count; :func:`machine_choices_file`), so two runs with one seed take the
+        same ways and give the same bits. Save new picks with :meth:`save_for_this_machine`."""
+        mode = cls()
+        try:
+            mode.load_state(machine_choices_file().read_text())
+        except (OSError, ValueError, TypeError):  # none yet, or unreadable: pick afresh
+            pass
+        mode._saved = len(mode.choices)
+        return mode
+
+    def save_for_this_machine(self) -> None:
+        """Write the picks for later runs on this machine when there are new ones (atomic; an
+        unwritable cache only means later runs time again)."""
+        if len(self.choices) == self._saved:
+            return
+        from ..atomic import atomic_write
+
+        try:
+            path = machine_choices_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: tmp.write_text(self.state()))
+            self._saved = len(self.choices)
+        except OSError:
+            pass
 
     def state(self) -> str:
         """The choices made so far, as JSON (a run's ``last.pt`` keeps them: a resumed run then takes

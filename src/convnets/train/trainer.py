@@ -260,7 +260,7 @@ to ``config.json`` (``best`` is filled in here).
         self.scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
         # bf16 on CPU: the fastest way to each convolution gradient (bf16_backward.py).
         cpu_bf16 = opts.precision == "bf16" and device.type == "cpu"
-        self._backward_mode = FastBf16ConvBackward() if cpu_bf16 else None
+        self._backward_mode = FastBf16ConvBackward.for_this_machine() if cpu_bf16 else None
         # --balance (balance.py): class weights in the loss, or class-balanced epochs.
         self._labels = dataset_labels(train_set)
         self.balance = resolve_balance(opts.balance, self._labels, len(self.class_names))
@@ -771,6 +771,8 @@ to ``config.json`` (``best`` is filled in here).
 
     def _save_last(self) -> None:
         atomic_torch_save(self._state(), self.run_dir / LAST_CHECKPOINT)
+        if self._backward_mode is not None and self.dist.is_main:
+            self._backward_mode.save_for_this_machine()
 
     def _load_progress(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
