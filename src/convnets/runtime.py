@@ -113,25 +113,34 @@ def has_grouped_convolutions(model) -> bool:
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
-def auto_precision(device_type: str, model=None) -> tuple[str, str]:
+# Multiply-adds per image under which AMX CPUs still train in fp32: the digits demo's models (LeNet-5,
+# 0.4 M; ResNet-20 at 16 px, 10 M) ran slower and no more accurately in bf16, while every model
+# measured faster was above it (MobileNetV2 at 96 px, 55 M: 1.24x; bench/RESULTS.md).
+BF16_MIN_MACS = 50e6
+
+
+def auto_precision(device_type: str, model=None, macs: float | None = None) -> tuple[str, str]:
     """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
-    precision"). On CPUs that is nowhere yet. On the AMX Xeon, ``--precision bf16`` trains ResNet-50
-    1.8-2.2x and MobileNetV2 1.3-1.4x faster than fp32 (with ``train/bf16_backward.py``), and on the
-    mean it kept accuracy (SIGNS from scratch, 12 seeds: -0.4 points; alpaca transfer, 9 seeds: 0.0),
-    but its backward picker times each layer's ways on the first step, so runs with one seed (or a run
-    and its resume) are not yet bit-identical; until its choices persist, bf16 stays opt-in. CPUs
-    without AMX emulate or barely gain (AMD Zen 4: 1.15x slower). CUDA GPUs with native bf16 (Ampere
-    and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
+    precision"). On the AMX Xeon, bf16 (with ``train/bf16_backward.py``) trains ResNet-50 1.8-2.2x,
+    MobileNetV2 1.2-1.4x and ResNet-18 1.9x faster than fp32, and on the mean it kept accuracy
+    (SIGNS from scratch, 12 seeds: -0.4 points; alpaca transfer, 9 seeds: 0.0); its per-layer picks
+    persist per machine and in ``last.pt``, so seeded runs and resumes repeat. Models under
+    :data:`BF16_MIN_MACS` multiply-adds per image (``macs``, when given) stay fp32. CPUs without AMX
+    emulate bf16 or barely gain (AMD Zen 4: 1.15x slower) and stay fp32. CUDA GPUs with native bf16
+    (Ampere and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in
+    fp32.
     """
     if device_type == "cpu":
         if not cpu_has_amx_bf16():
             return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
-        return "fp32", (
-            "AMX CPU: bf16 trains 1.3-2.2x faster at fp32's accuracy but is not yet bit-reproducible; "
-            "--precision bf16 opts in"
-        )
+        if macs is not None and macs < BF16_MIN_MACS:
+            return "fp32", (
+                f"AMX CPU, but a small model ({macs / 1e6:.1f} M multiply-adds per image): "
+                f"bf16 pays from {BF16_MIN_MACS / 1e6:.0f} M"
+            )
+        return "bf16", "AMX CPU: bf16 measured 1.3-2.2x faster at fp32's accuracy; --precision fp32 opts out"
     if device_type == "cuda":
         import torch
 

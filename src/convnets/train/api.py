@@ -366,7 +366,7 @@ def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model,
         opts.lr = DEFAULT_LR[opts.optimizer]
     if opts.weight_decay is None:
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
-    opts.precision, precision_why = resolve_precision(opts.precision, device, model)
+    opts.precision, precision_why = resolve_precision(opts.precision, device, model, image_size, in_chans)
     if opts.channels_last is None:
         # CPU: NHWC for depthwise-convolution networks, and for all on AVX-512 CPUs (measured; see
         # prefers_channels_last).

@@ -233,15 +233,25 @@ def resolve_augment(opts: TrainOptions) -> str:
     return AUTO_AUGMENT["scratch" if opts.weights is None else "transfer"]
 
 
-def resolve_precision(precision: str, device: torch.device, model=None) -> tuple[str, str]:
+def resolve_precision(
+    precision: str, device: torch.device, model=None, image_size: int | None = None, in_chans: int = 3
+) -> tuple[str, str]:
     """``auto`` -> bf16 or fp32 for ``model`` on ``device`` (``runtime.auto_precision``: bf16 where it
     was measured faster and as accurate), with the reason for the run's log line; other values pass
-    through."""
+    through. On AMX CPUs the model's multiply-adds at ``image_size`` decide (one batch-1 pass)."""
     if precision != "auto":
         return precision, "requested"
-    from ..runtime import auto_precision
+    from ..runtime import auto_precision, cpu_has_amx_bf16
 
-    return auto_precision(device.type, model)
+    macs = None
+    if device.type == "cpu" and model is not None and image_size and cpu_has_amx_bf16():
+        from ..cost import model_cost
+
+        try:
+            macs = float(model_cost(model, image_size, in_chans).macs)
+        except Exception as e:  # noqa: BLE001 - a model the cost pass cannot run: keep fp32, say why
+            return "fp32", f"AMX CPU, but the model's size could not be measured ({type(e).__name__})"
+    return auto_precision(device.type, model, macs)
 
 
 def resolve_device(name: str) -> torch.device:
