@@ -140,7 +140,7 @@ def auto_precision(device_type: str, model=None, macs: float | None = None) -> t
                 f"AMX CPU, but a small model ({macs / 1e6:.1f} M multiply-adds per image): "
                 f"bf16 pays from {BF16_MIN_MACS / 1e6:.0f} M"
             )
-        return "bf16", "AMX CPU: bf16 measured 1.3-2.2x faster at fp32's accuracy; --precision fp32 opts out"
+        return "bf16", "AMX CPU: bf16 measured 1.2-2.2x faster at fp32's accuracy; --precision fp32 opts out"
     if device_type == "cuda":
         import torch
 
