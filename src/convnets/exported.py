@@ -642,11 +642,17 @@ class ExportedModel:
         top: int = 5,
         batch_size: int = 32,
         tta: str = "none",
+        trust=None,
+        reject_ood: bool = False,
     ) -> list[Prediction]:
         """Rows for ``(name, file path or bytes)`` pairs; an unusable input gets its error row.
-        With ``tta``, each image's probabilities are the mean over its views (as convnets.evaluate)."""
+        With ``tta``, each image's probabilities are the mean over its views (as convnets.evaluate).
+        ``trust`` (a ``trust.RunTrust`` with a detector, on a model opened with ``features=True``, TTA
+        none or flip): rows get the ``ood`` field from the plain view's features of the same pass."""
         if tta not in TTA_MODES:
             raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_MODES)}")
+        # The plain view is the first of "none" and "flip"; ten-crop has none of its own.
+        flag = trust is not None and trust.detector is not None and tta != "10crop"
         rows: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
@@ -660,9 +666,15 @@ class ExportedModel:
             good = [r for r in slots if r.error is None]
             if good:
                 k = len(views[0])  # views per image; stacked view-major so each view is one batch
-                probs = np.mean([self.predict_views([v[i] for v in views]) for i in range(k)], axis=0)
-                for row, classes in zip(good, top_k(probs, self.class_names, top)):
+                per_view, features = [], None
+                if flag:
+                    plain, features = self.predict_views_with_features([v[0] for v in views])
+                    per_view.append(plain)
+                per_view += [self.predict_views([v[i] for v in views]) for i in range(len(per_view), k)]
+                for row, classes in zip(good, top_k(np.mean(per_view, axis=0), self.class_names, top)):
                     row.top = classes
+                if features is not None:
+                    trust.annotate(good, features, reject_ood)
             rows += slots
         return rows
 

@@ -50,9 +50,16 @@ def predict_exported(args: argparse.Namespace) -> list | None:
     files = expand_paths(args.paths)
     if not files:
         return []
+    # The detector's features from the engine's own pass (ten-crop has no plain view: a second pass).
+    ood = not args.no_ood and (Path(args.run_dir) / OOD_FILE).is_file()
+    one_pass = ood and args.tta != "10crop"
     try:
         model = ExportedModel.open(
-            args.run_dir, args.backend, images=len(files), log=lambda msg: print(msg, file=sys.stderr)
+            args.run_dir,
+            args.backend,
+            images=len(files),
+            log=lambda msg: print(msg, file=sys.stderr),
+            features=one_pass,
         )
     except (EngineError, ImportError) as e:
         if args.backend == "auto":
@@ -63,10 +70,12 @@ def predict_exported(args: argparse.Namespace) -> list | None:
             print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
             return None
         raise CLIError(str(e)) from e
-    rows = model.predict([(f, f) for f in files], args.top_k, args.batch_size, tta=args.tta)
-    if not args.no_ood and (Path(args.run_dir) / OOD_FILE).is_file():
-        from ..trust import annotate_exported
+    from ..trust import RunTrust, annotate_exported
 
+    trust = RunTrust.read(args.run_dir) if one_pass else None
+    sources = [(f, f) for f in files]
+    rows = model.predict(sources, args.top_k, args.batch_size, args.tta, trust, args.reject_ood)
+    if ood and not one_pass:
         annotate_exported(args.run_dir, rows, reject=args.reject_ood)
     return rows
 
