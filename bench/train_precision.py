@@ -7,6 +7,11 @@ repetitions after warm-up, and the ratio is bf16 over fp32 per repetition pair. 
 name, the flags that matter (AVX-512, AVX512-BF16, AMX) and the load average go with every row.
 
     .venv/bin/python bench/train_precision.py --models resnet50:64:32,mobilenet_v2:160:32 --reps 5
+    .venv/bin/python bench/train_precision.py --precision fp32,bf16-plain,bf16-unfused,bf16
+
+``bf16`` is what ``--precision bf16`` (and ``auto`` on AMX CPUs) trains with: autocast, the backward
+picker (train/bf16_backward.py) and fused BatchNorm+activation kernels (train/fused_bn_act.py);
+``bf16-unfused`` leaves out the fused kernels, ``bf16-plain`` both.
     .venv/bin/python bench/train_precision.py --threads 1     # a loaded machine: see RESULTS.md
 """
 

@@ -77,6 +77,7 @@ class ConvnetsPeer(_TorchPeer):
         from convnets.models.registry import create_model
         from convnets.runtime import describe_cpu, prefers_channels_last
         from convnets.train.bf16_backward import FastBf16ConvBackward
+        from convnets.train.fused_bn_act import fuse_batchnorm_act
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
         from convnets.train.trainer import build_optimizer, clamps_out_of_place
 
@@ -84,7 +85,9 @@ class ConvnetsPeer(_TorchPeer):
         torch.manual_seed(0)
         # "bf16-plain": bf16 autocast without the trainer's backward picker (train/bf16_backward.py).
         plain_bf16 = spec.get("precision") == "bf16-plain"
-        opts = TrainOptions(precision="bf16" if plain_bf16 else spec.get("precision", "fp32"))
+        # "bf16-unfused": the picker, but BatchNorm and activations in ATen's kernels (fused_bn_act.py).
+        unfused_bn = plain_bf16 or spec.get("precision") == "bf16-unfused"
+        opts = TrainOptions(precision="bf16" if unfused_bn else spec.get("precision", "fp32"))
         opts.lr = DEFAULT_LR[opts.optimizer]
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
@@ -104,6 +107,11 @@ class ConvnetsPeer(_TorchPeer):
         self.autocast = opts.precision == "bf16"
         self.backward_mode = FastBf16ConvBackward() if self.autocast and not plain_bf16 else nullcontext()
         self.forward = torch.compile(self.model) if spec.get("compile") else self.model
+        # bf16: BatchNorm+activation fused as the Trainer does (not for -plain, -unfused or compile).
+        self.fused_bn = fuse_batchnorm_act(
+            self.model, enabled=self.autocast and not unfused_bn and not spec.get("compile")
+        )
+        fused_layers = self.fused_bn.__enter__()
         self.meta.update(
             channels_last=self.channels_last,
             malloc_tuned=describe_cpu()["malloc_tuned"],
@@ -111,6 +119,7 @@ class ConvnetsPeer(_TorchPeer):
             fused_optimizer=bool(self.optimizer.defaults.get("fused")),
             precision=spec.get("precision", "fp32"),
             compile=bool(spec.get("compile")),
+            fused_batchnorm_layers=fused_layers,
         )
 
     def step(self) -> None:

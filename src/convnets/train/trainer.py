@@ -43,6 +43,7 @@ from .balance import balanced_accuracy, dataset_labels, resolve_balance
 from .bf16_backward import FastBf16ConvBackward
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
+from .fused_bn_act import fuse_batchnorm_act, kernel_error
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
 
@@ -261,6 +262,10 @@ to ``config.json`` (``best`` is filled in here).
         # bf16 on CPU: the fastest way to each convolution gradient (bf16_backward.py).
         cpu_bf16 = opts.precision == "bf16" and device.type == "cpu"
         self._backward_mode = FastBf16ConvBackward.for_this_machine() if cpu_bf16 else None
+        # ... and BatchNorm with its activation in fused kernels (fused_bn_act.py); not under
+        # torch.compile, which fuses the graph its own way.
+        self._fuse_bn = cpu_bf16 and not opts.compile
+        self._fuse_bn_logged = False
         # --balance (balance.py): class weights in the loss, or class-balanced epochs.
         self._labels = dataset_labels(train_set)
         self.balance = resolve_balance(opts.balance, self._labels, len(self.class_names))
@@ -493,6 +498,18 @@ to ``config.json`` (``best`` is filled in here).
         return itertools.islice(iter(self._train_loader), start, None), n
 
     def _train_epoch(self, phase: Phase) -> dict[str, float]:
+        with fuse_batchnorm_act(self.model, enabled=self._fuse_bn and not phase.cached) as fused:
+            if self._fuse_bn and not phase.cached and not self._fuse_bn_logged:
+                self._fuse_bn_logged = True
+                why = kernel_error()
+                self.log(
+                    f"bf16 on CPU: {fused} BatchNorm layers run fused with their activation"
+                    if fused or why is None
+                    else f"bf16 on CPU: BatchNorm runs in ATen's kernels (fused kernels unavailable: {why})"
+                )
+            return self._train_epoch_batches(phase)
+
+    def _train_epoch_batches(self, phase: Phase) -> dict[str, float]:
         epoch = self.epochs_done  # 0-based; shown as epoch + 1
         partial = self.partial or {"batch": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
         self.partial = None
