@@ -503,7 +503,7 @@ to ``config.json`` (``best`` is filled in here).
                 self._fuse_bn_logged = True
                 why = kernel_error()
                 self.log(
-                    f"bf16 on CPU: {fused} BatchNorm layers run fused with their activation"
+                    f"bf16 on CPU: fused BatchNorm+activation kernels for {fused} BatchNorm layers"
                     if fused or why is None
                     else f"bf16 on CPU: BatchNorm runs in ATen's kernels (fused kernels unavailable: {why})"
                 )
