@@ -87,7 +87,7 @@ class _BatchNormActFunction(torch.autograd.Function):
                 running_mean.lerp_(mean, momentum)
                 running_var.lerp_(var * (rows / (rows - 1)), momentum)
         ctx.save_for_backward(x, scale, shift, mean, invstd)
-        ctx.bounds, ctx.batch_stats = (lo, hi), batch_stats
+        ctx.bounds, ctx.batch_stats, ctx.lib = (lo, hi), batch_stats, lib
         return y
 
     @staticmethod
@@ -100,7 +100,7 @@ class _BatchNormActFunction(torch.autograd.Function):
         dx = torch.empty_like(x)
         sum_dz = torch.empty(c)
         sum_dzx = torch.empty(c)
-        status = _kernel.bn_act_backward(
+        status = ctx.lib.bn_act_backward(
             grad.data_ptr(), x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), mean.data_ptr(),
             invstd.data_ptr(), *ctx.bounds, int(ctx.batch_stats), dx.data_ptr(), sum_dz.data_ptr(),
             sum_dzx.data_ptr(), torch.get_num_threads(),
