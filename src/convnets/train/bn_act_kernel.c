@@ -41,15 +41,17 @@ static int64_t chunk_rows(int64_t rows, int nthreads) {
 
 /* The two per-channel sums a pass needs. SUMS_STATS: v = x - shift, then v and v * v.
  * SUMS_GRAD: dz = g where lo < x * scale + shift < hi (else 0, as ATen's hardtanh/threshold backward:
- * none at the bounds), then dz and dz * (x - mean). total1, total2 (zeroed, C doubles each) get the
- * sums over all rows: float partial sums per chunk of rows, added up in double. Returns 0, or -1
- * when out of memory. (Plain pointer arguments, not a struct: the compiler then vectorises.) */
-enum { SUMS_STATS, SUMS_GRAD };
+ * none at the bounds), then dz and dz * (x - mean). SUMS_GRAD_FROM_OUTPUT: the same with the mask
+ * read off the clamped output y (lo < y < hi), for the residual form where the clamp's input also
+ * holds the shortcut. total1, total2 (zeroed, C doubles each) get the sums over all rows: float
+ * partial sums per chunk of rows, added up in double. Returns 0, or -1 when out of memory. (Plain
+ * pointer arguments, not a struct: the compiler then vectorises.) */
+enum { SUMS_STATS, SUMS_GRAD, SUMS_GRAD_FROM_OUTPUT };
 
 static int channel_sums(int kind, const uint16_t* restrict x, const uint16_t* restrict g,
-                        const float* restrict shift, const float* restrict scale, const float* restrict mean,
-                        float lo, float hi, int64_t rows, int64_t C, double* total1, double* total2,
-                        int nthreads) {
+                        const uint16_t* restrict y, const float* restrict shift, const float* restrict scale,
+                        const float* restrict mean, float lo, float hi, int64_t rows, int64_t C,
+                        double* total1, double* total2, int nthreads) {
   int failed = 0;
   const int64_t chunk = chunk_rows(rows, nthreads);
 #pragma omp parallel num_threads(nthreads)
@@ -73,7 +75,7 @@ static int channel_sums(int kind, const uint16_t* restrict x, const uint16_t* re
             s1[c] += v;
             s2[c] += v * v;
           }
-        } else {
+        } else if (kind == SUMS_GRAD) {
           const uint16_t* restrict gr = g + r * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; c++) {
@@ -82,6 +84,16 @@ static int channel_sums(int kind, const uint16_t* restrict x, const uint16_t* re
             const float dz = (z > lo && z < hi) ? bf16_to_f32(gr[c]) : 0.f;
             s1[c] += dz;
             s2[c] += dz * (xv - mean[c]);
+          }
+        } else {
+          const uint16_t* restrict gr = g + r * C;
+          const uint16_t* restrict yr = y + r * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; c++) {
+            const float yv = bf16_to_f32(yr[c]);
+            const float dz = (yv > lo && yv < hi) ? bf16_to_f32(gr[c]) : 0.f;
+            s1[c] += dz;
+            s2[c] += dz * (bf16_to_f32(xr[c]) - mean[c]);
           }
         }
       }
@@ -115,7 +127,8 @@ int bn_act_stats(const uint16_t* x, int64_t rows, int64_t C, float* mean, float*
   int failed = !total1 || !total2 || !shift;
   if (!failed) {
     for (int64_t c = 0; c < C; c++) shift[c] = bf16_to_f32(x[c]);
-    failed = channel_sums(SUMS_STATS, x, NULL, shift, NULL, NULL, 0.f, 0.f, rows, C, total1, total2, nthreads);
+    failed = channel_sums(SUMS_STATS, x, NULL, NULL, shift, NULL, NULL, 0.f, 0.f, rows, C, total1, total2,
+                          nthreads);
   }
   if (!failed) {
     for (int64_t c = 0; c < C; c++) {
@@ -159,7 +172,8 @@ int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int6
   float* restrict k = malloc(C * sizeof(float));
   int failed = !total1 || !total2 || !a || !k;
   if (!failed) {
-    failed = channel_sums(SUMS_GRAD, x, g, shift, scale, mean, lo, hi, rows, C, total1, total2, nthreads);
+    failed = channel_sums(SUMS_GRAD, x, g, NULL, shift, scale, mean, lo, hi, rows, C, total1, total2,
+                          nthreads);
   }
   if (!failed) {
     for (int64_t c = 0; c < C; c++) {
@@ -179,6 +193,70 @@ int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int6
         const float z = xv * scale[c] + shift[c];
         const float dz = (z > lo && z < hi) ? bf16_to_f32(gr[c]) : 0.f;
         dr[c] = f32_to_bf16(scale[c] * (dz - a[c] - (xv - mean[c]) * k[c]));
+      }
+    }
+  }
+  free(total1), free(total2), free(a), free(k);
+  return failed ? -1 : 0;
+}
+
+/* The residual form, clamp(batch_norm(x) + identity, lo, hi) (ResNet's bn3, shortcut add and ReLU):
+ * y = clamp(x * scale + shift + identity, lo, hi). */
+void bn_add_act_apply(const uint16_t* restrict x, const uint16_t* restrict identity, int64_t rows, int64_t C,
+                      const float* restrict scale, const float* restrict shift, float lo, float hi,
+                      uint16_t* restrict y, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const uint16_t* restrict xr = x + r * C;
+    const uint16_t* restrict ir = identity + r * C;
+    uint16_t* restrict yr = y + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+      float z = bf16_to_f32(xr[c]) * scale[c] + shift[c] + bf16_to_f32(ir[c]);
+      z = z < lo ? lo : (z > hi ? hi : z);
+      yr[c] = f32_to_bf16(z);
+    }
+  }
+}
+
+/* Its backward: dz = g where lo < y < hi (the output y; else 0) is the shortcut's gradient
+ * d_identity, and BatchNorm's backward of dz as in bn_act_backward gives dx. Returns 0, or -1 when out
+ * of memory. */
+int bn_add_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, const uint16_t* restrict y,
+                        int64_t rows, int64_t C, const float* restrict scale, const float* restrict mean,
+                        const float* restrict invstd, float lo, float hi, int batch_stats,
+                        uint16_t* restrict dx, uint16_t* restrict d_identity, float* sum_dz, float* sum_dzx,
+                        int nthreads) {
+  double* total1 = calloc(C, sizeof(double));
+  double* total2 = calloc(C, sizeof(double));
+  float* restrict a = malloc(C * sizeof(float));
+  float* restrict k = malloc(C * sizeof(float));
+  int failed = !total1 || !total2 || !a || !k;
+  if (!failed) {
+    failed = channel_sums(SUMS_GRAD_FROM_OUTPUT, x, g, y, NULL, NULL, mean, lo, hi, rows, C, total1, total2,
+                          nthreads);
+  }
+  if (!failed) {
+    for (int64_t c = 0; c < C; c++) {
+      sum_dz[c] = (float)total1[c];
+      sum_dzx[c] = (float)total2[c];
+      a[c] = batch_stats ? (float)(total1[c] / rows) : 0.f;
+      k[c] = batch_stats ? (float)(total2[c] / rows * invstd[c] * invstd[c]) : 0.f;
+    }
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+      const uint16_t* restrict xr = x + r * C;
+      const uint16_t* restrict gr = g + r * C;
+      const uint16_t* restrict yr = y + r * C;
+      uint16_t* restrict dr = dx + r * C;
+      uint16_t* restrict ir = d_identity + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) {
+        const float yv = bf16_to_f32(yr[c]);
+        const int pass = yv > lo && yv < hi;
+        const float dz = pass ? bf16_to_f32(gr[c]) : 0.f;
+        ir[c] = pass ? gr[c] : (uint16_t)0;
+        dr[c] = f32_to_bf16(scale[c] * (dz - a[c] - (bf16_to_f32(xr[c]) - mean[c]) * k[c]));
       }
     }
   }

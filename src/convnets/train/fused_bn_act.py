@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import operator
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.fx
 from torch import nn
 
 from .ckernels import c_kernel_error, load_c_kernel
@@ -40,6 +42,11 @@ _SIGNATURES = {
     "bn_act_stats": (_i32, [_ptr, _i64, _i64, _ptr, _ptr, _i32]),
     "bn_act_apply": (None, [_ptr, _i64, _i64, _ptr, _ptr, _f32, _f32, _ptr, _i32]),
     "bn_act_backward": (_i32, [_ptr, _ptr, _i64, _i64, *[_ptr] * 4, _f32, _f32, _i32, *[_ptr] * 3, _i32]),
+    "bn_add_act_apply": (None, [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _f32, _f32, _ptr, _i32]),
+    "bn_add_act_backward": (
+        _i32,
+        [_ptr, _ptr, _ptr, _i64, _i64, *[_ptr] * 3, _f32, _f32, _i32, *[_ptr] * 4, _i32],
+    ),
 }
 _kernel: ctypes.CDLL | None = None  # what load_kernel got; the layers and the autograd function use it
 
@@ -57,6 +64,27 @@ def kernel_error() -> str | None:
     return c_kernel_error(KERNEL_SOURCE)
 
 
+def _normalisation(lib, x, weight, bias, running_mean, running_var, momentum, eps, batch_stats):
+    """(mean, invstd, scale, shift) per channel, float32; with ``batch_stats`` from the batch (and the
+    running statistics, when given, updated in place as BatchNorm does), else the running ones."""
+    n, c, h, w = x.shape
+    rows = n * h * w
+    if batch_stats:
+        mean, var = torch.empty(c), torch.empty(c)
+        if lib.bn_act_stats(x.data_ptr(), rows, c, mean.data_ptr(), var.data_ptr(), torch.get_num_threads()):
+            raise MemoryError("fused BatchNorm: out of memory for the per-thread sums")
+        if running_mean is not None:
+            with torch.no_grad():  # as BatchNorm: the running variance is the unbiased one
+                running_mean.lerp_(mean, momentum)
+                running_var.lerp_(var * (rows / (rows - 1)), momentum)
+    else:
+        mean, var = running_mean.detach().float().clone(), running_var.detach().float()
+    invstd = torch.rsqrt(var + eps)
+    scale = weight.detach().float() * invstd if weight is not None else invstd.clone()
+    shift = bias.detach().float() - mean * scale if bias is not None else -mean * scale
+    return mean, invstd, scale, shift
+
+
 class _BatchNormActFunction(torch.autograd.Function):
     """clamp(batch_norm(x), lo, hi). With ``batch_stats``, normalised by the batch's statistics and
     ``running_mean``/``running_var`` (when given) updated in place; otherwise by the running ones (a
@@ -66,26 +94,14 @@ class _BatchNormActFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, lo, hi, batch_stats):
         lib = _kernel
         n, c, h, w = x.shape
-        rows = n * h * w
-        threads = torch.get_num_threads()
-        if batch_stats:
-            mean = torch.empty(c)
-            var = torch.empty(c)
-            if lib.bn_act_stats(x.data_ptr(), rows, c, mean.data_ptr(), var.data_ptr(), threads) != 0:
-                raise MemoryError("fused BatchNorm: out of memory for the per-thread sums")
-        else:
-            mean, var = running_mean.detach().float().clone(), running_var.detach().float()
-        invstd = torch.rsqrt(var + eps)
-        scale = weight.detach().float() * invstd if weight is not None else invstd.clone()
-        shift = bias.detach().float() - mean * scale if bias is not None else -mean * scale
+        mean, invstd, scale, shift = _normalisation(
+            lib, x, weight, bias, running_mean, running_var, momentum, eps, batch_stats
+        )
         y = torch.empty_like(x)
         lib.bn_act_apply(
-            x.data_ptr(), rows, c, scale.data_ptr(), shift.data_ptr(), lo, hi, y.data_ptr(), threads
-        )
-        if batch_stats and running_mean is not None:
-            with torch.no_grad():  # as BatchNorm: the running variance is the unbiased one
-                running_mean.lerp_(mean, momentum)
-                running_var.lerp_(var * (rows / (rows - 1)), momentum)
+            x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi, y.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
         ctx.save_for_backward(x, scale, shift, mean, invstd)
         ctx.bounds, ctx.batch_stats, ctx.lib = (lo, hi), batch_stats, lib
         return y
@@ -93,9 +109,7 @@ class _BatchNormActFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, scale, shift, mean, invstd = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        if grad.dtype != torch.bfloat16:
-            grad = grad.to(torch.bfloat16)
+        grad = grad.contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
         n, c, h, w = x.shape
         dx = torch.empty_like(x)
         sum_dz = torch.empty(c)
@@ -110,6 +124,45 @@ class _BatchNormActFunction(torch.autograd.Function):
         return dx, sum_dzx * invstd, sum_dz, None, None, None, None, None, None, None
 
 
+class _BatchNormAddActFunction(torch.autograd.Function):
+    """clamp(batch_norm(x) + identity, lo, hi): ResNet's last BatchNorm of a block, the shortcut add
+    and the ReLU after it. The clamp's mask is read off the output, which the next layer keeps anyway."""
+
+    @staticmethod
+    def forward(
+        ctx, x, identity, weight, bias, running_mean, running_var, momentum, eps, lo, hi, batch_stats
+    ):
+        lib = _kernel
+        n, c, h, w = x.shape
+        mean, invstd, scale, shift = _normalisation(
+            lib, x, weight, bias, running_mean, running_var, momentum, eps, batch_stats
+        )
+        y = torch.empty_like(x)
+        lib.bn_add_act_apply(
+            x.data_ptr(), identity.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi,
+            y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, y, scale, mean, invstd)
+        ctx.bounds, ctx.batch_stats, ctx.lib = (lo, hi), batch_stats, lib
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, scale, mean, invstd = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
+        n, c, h, w = x.shape
+        dx, d_identity = torch.empty_like(x), torch.empty_like(x)
+        sum_dz, sum_dzx = torch.empty(c), torch.empty(c)
+        status = ctx.lib.bn_add_act_backward(
+            grad.data_ptr(), x.data_ptr(), y.data_ptr(), n * h * w, c, scale.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr(), *ctx.bounds, int(ctx.batch_stats), dx.data_ptr(), d_identity.data_ptr(),
+            sum_dz.data_ptr(), sum_dzx.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("fused BatchNorm backward: out of memory for the per-thread sums")
+        return dx, d_identity, sum_dzx * invstd, sum_dz, None, None, None, None, None, None, None
+
+
 # An output the fused layer already clamped carries the id of the activation module to skip.
 _ACT_DONE = "_convnets_activation_done"
 
@@ -122,24 +175,29 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
     absorbed: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self._normalisation_args(x)
+        if norm is None:
+            return super().forward(x)
+        y = _BatchNormActFunction.apply(x, *norm[:-1], *self.act_bounds, norm[-1])
+        if self.absorbed is not None:
+            setattr(y, _ACT_DONE, id(self.absorbed))
+        return y
+
+    def _normalisation_args(self, x: torch.Tensor) -> tuple | None:
+        """(weight, bias, running_mean, running_var, momentum, eps, batch_stats) for the kernels, counting
+        the batch as BatchNorm does; None where they don't apply to ``x``."""
         # BatchNorm's own rule: batch statistics in training, or in eval without running statistics.
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         if not self._fusable(x, batch_stats):
-            return super().forward(x)
+            return None
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as BatchNorm
                 momentum = 1.0 / float(self.num_batches_tracked)
-        update = self.training and self.track_running_stats
-        y = _BatchNormActFunction.apply(
-            x, self.weight, self.bias, self.running_mean if update or not batch_stats else None,
-            self.running_var if update or not batch_stats else None, momentum, self.eps, *self.act_bounds,
-            batch_stats,
-        )  # fmt: skip
-        if self.absorbed is not None:
-            setattr(y, _ACT_DONE, id(self.absorbed))
-        return y
+        running = (self.training and self.track_running_stats) or not batch_stats
+        mean, var = (self.running_mean, self.running_var) if running else (None, None)
+        return self.weight, self.bias, mean, var, momentum, self.eps, batch_stats
 
     def _fusable(self, x: torch.Tensor, batch_stats: bool) -> bool:
         return (
@@ -195,11 +253,7 @@ def batchnorm_activation_pairs(model: nn.Module) -> list[tuple[nn.BatchNorm2d, n
     batchnorms = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
     consumers: dict[int, set] = {id(bn): set() for bn in batchnorms}  # per call: the act, or None
     try:
-        import torch.fx
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = torch.fx.symbolic_trace(model).graph
+        graph = _trace_in_training_mode(model).graph
         modules = dict(model.named_modules())
         for node in graph.nodes:
             bn = modules.get(node.target) if node.op == "call_module" else None
@@ -223,6 +277,98 @@ def batchnorm_activation_pairs(model: nn.Module) -> list[tuple[nn.BatchNorm2d, n
 
 
 _PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RESIDUAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bn_add_act(bn: nn.Module, act: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """``act(bn(x) + identity)``: one kernel pair where ``bn`` runs fused and the shortcut has ``x``'s
+    layout, else the three steps."""
+    if isinstance(bn, FusedBatchNorm2d) and identity.shape == x.shape and identity.stride() == x.stride():
+        norm = bn._normalisation_args(x)
+        if norm is not None:
+            if identity.dtype != torch.bfloat16:
+                identity = identity.to(torch.bfloat16)
+            return _BatchNormAddActFunction.apply(x, identity, *norm[:-1], *activation_bounds(act), norm[-1])
+    return act(bn(x) + identity)
+
+
+def _is_add(node) -> bool:
+    plain = node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
+    return (plain or (node.op == "call_method" and node.target in ("add", "add_"))) and not node.kwargs
+
+
+def residual_forward(model: nn.Module) -> torch.fx.GraphModule | None:
+    """``model``'s training forward as a ``torch.fx`` graph in which each BatchNorm -> add -> ReLU/ReLU6
+    chain (a residual block's last BatchNorm, its shortcut and the activation after them), where the
+    BatchNorm output and the sum have no other consumer, is one :func:`bn_add_act` call; it shares the
+    model's modules and parameters. None where the model does not trace or has no such chain. Cached
+    per model."""
+    if model in _RESIDUAL:
+        return _RESIDUAL[model]
+    graph_module = None
+    try:
+        traced = _trace_in_training_mode(model)
+        graph, modules, found = traced.graph, dict(model.named_modules()), 0
+        for add in list(graph.nodes):
+            if not _is_add(add) or len(add.args) != 2 or len(add.users) != 1:
+                continue
+            (act_node,) = add.users
+            act = modules.get(act_node.target) if act_node.op == "call_module" else None
+            if act is None or activation_bounds(act) is None:
+                continue
+            for i, arg in enumerate(add.args):
+                bn = (
+                    modules.get(arg.target)
+                    if isinstance(arg, torch.fx.Node) and arg.op == "call_module"
+                    else None
+                )
+                if (
+                    type(bn) is nn.BatchNorm2d
+                    and len(arg.users) == 1
+                    and isinstance(add.args[1 - i], torch.fx.Node)
+                ):
+                    bn_node, identity = arg, add.args[1 - i]
+                    break
+            else:
+                continue
+            with graph.inserting_before(act_node):
+                fused = graph.call_function(
+                    bn_add_act,
+                    (
+                        graph.get_attr(bn_node.target),
+                        graph.get_attr(act_node.target),
+                        bn_node.args[0],
+                        identity,
+                    ),
+                )
+            act_node.replace_all_uses_with(fused)
+            for node in (act_node, add, bn_node):
+                graph.erase_node(node)
+            found += 1
+        if found:
+            graph.lint()
+            traced.recompile()
+            graph_module = traced
+    except Exception:  # noqa: BLE001 - a model fx can't trace keeps its own forward
+        graph_module = None
+    _RESIDUAL[model] = graph_module
+    return graph_module
+
+
+def _trace_in_training_mode(model: nn.Module) -> torch.fx.GraphModule:
+    """A ``torch.fx`` trace of ``model`` taken in training mode (branches on ``self.training`` are
+    fixed at trace time), the modules' modes restored after."""
+    import torch.fx
+
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.fx.symbolic_trace(model)
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 @contextmanager
@@ -234,9 +380,11 @@ def fuse_batchnorm_act(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     if not enabled or load_kernel() is None:
         yield 0
         return
+    # both traced before any class changes: fx would trace into the switched layers' forward
+    pairs, residual = batchnorm_activation_pairs(model), residual_forward(model)
     swapped: list[tuple[nn.Module, type]] = []
     try:
-        for bn, act in batchnorm_activation_pairs(model):
+        for bn, act in pairs:
             swapped.append((bn, type(bn)))
             bn.__class__ = FusedBatchNorm2d
             if act is not None:
@@ -245,8 +393,11 @@ def fuse_batchnorm_act(model: nn.Module, enabled: bool = True) -> Iterator[int]:
                 if type(act) not in _SKIPPING_CLASSES.values():  # ResNet's relu serves two layers
                     swapped.append((act, type(act)))
                     act.__class__ = _skipping_class(type(act))
+        if residual is not None:
+            model.forward = residual.forward  # an instance attribute: nn.Module.__call__ takes it
         yield sum(1 for m, _ in swapped if isinstance(m, FusedBatchNorm2d))
     finally:
+        model.__dict__.pop("forward", None)
         for module, cls in reversed(swapped):
             for attr in ("act_bounds", "absorbed"):
                 module.__dict__.pop(attr, None)
