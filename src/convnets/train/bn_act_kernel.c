@@ -1,4 +1,5 @@
-/* BatchNorm (training statistics) fused with a clamp activation, for bf16 channels-last tensors on CPU.
+/* BatchNorm (batch or running statistics) fused with a clamp activation, and for ResNet blocks with the
+ * shortcut add before the clamp, for bf16 channels-last tensors on CPU.
  *
  * Compiled on first use by ckernels.py (cc -O3 -march=native -fopenmp); fused_bn_act.py calls it.
  * A tensor is `rows` x `C` bf16 values (N*H*W rows of C channels, channels-last); per-channel vectors

@@ -6,7 +6,10 @@ backward also reads the activation's saved output. :func:`fuse_batchnorm_act` ma
 ``BatchNorm2d`` whose only consumer is a ReLU/ReLU6 module run both in the kernels of
 ``bn_act_kernel.c`` (two passes forward, two backward, the clamp's mask recomputed from the saved
 BatchNorm input), and BatchNorm layers without a following activation run the same kernels with no
-clamp. Measured in bench/RESULTS.md, "Training precision".
+clamp. Where a BatchNorm's output is added to a shortcut and then activated (ResNet blocks), the
+epoch's forward is the model's ``torch.fx`` graph with that chain as one :func:`bn_add_act` call
+(:func:`residual_forward`): ATen's bf16 in-place add and ReLU ran far below memory speed. Measured in
+bench/RESULTS.md, "Training precision".
 
 Hand-written because neither library does it at speed: ATen has no fused training BatchNorm with an
 activation, and ``torch.compile`` (inductor) fuses the graph but its CPU kernels for it were slower
