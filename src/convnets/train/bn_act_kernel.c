@@ -159,22 +159,18 @@ void bn_act_apply(const uint16_t* restrict x, int64_t rows, int64_t C, const flo
   }
 }
 
-/* Backward: sum_dz (the bias gradient) and sum_dzx = sum(dz * (x - mean)) per channel, then
- * dx = scale * (dz - sum_dz / n - (x - mean) * invstd^2 * sum_dzx / n) where the forward used the
- * batch's statistics (batch_stats), else (running statistics: constants) dx = scale * dz. Returns 0,
- * or -1 when out of memory. */
-int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int64_t rows, int64_t C,
-                    const float* restrict scale, const float* restrict shift, const float* restrict mean,
-                    const float* restrict invstd, float lo, float hi, int batch_stats, uint16_t* restrict dx,
-                    float* sum_dz, float* sum_dzx, int nthreads) {
+/* The first backward pass: sum_dz and sum_dzx per channel (channel_sums of `kind`), and the second
+ * pass's coefficients a = sum_dz / n and k = invstd^2 * sum_dzx / n (both 0 for running statistics,
+ * which are constants). Returns 0, or -1 when out of memory. */
+static int backward_sums(int kind, const uint16_t* x, const uint16_t* g, const uint16_t* y, const float* shift,
+                         const float* scale, const float* mean, const float* invstd, float lo, float hi,
+                         int batch_stats, int64_t rows, int64_t C, float* sum_dz, float* sum_dzx, float* a,
+                         float* k, int nthreads) {
   double* total1 = calloc(C, sizeof(double));
   double* total2 = calloc(C, sizeof(double));
-  float* restrict a = malloc(C * sizeof(float));
-  float* restrict k = malloc(C * sizeof(float));
-  int failed = !total1 || !total2 || !a || !k;
+  int failed = !total1 || !total2;
   if (!failed) {
-    failed = channel_sums(SUMS_GRAD, x, g, NULL, shift, scale, mean, lo, hi, rows, C, total1, total2,
-                          nthreads);
+    failed = channel_sums(kind, x, g, y, shift, scale, mean, lo, hi, rows, C, total1, total2, nthreads);
   }
   if (!failed) {
     for (int64_t c = 0; c < C; c++) {
@@ -183,6 +179,25 @@ int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int6
       a[c] = batch_stats ? (float)(total1[c] / rows) : 0.f;
       k[c] = batch_stats ? (float)(total2[c] / rows * invstd[c] * invstd[c]) : 0.f;
     }
+  }
+  free(total1), free(total2);
+  return failed ? -1 : 0;
+}
+
+/* Backward: sum_dz (the bias gradient) and sum_dzx = sum(dz * (x - mean)) per channel, then
+ * dx = scale * (dz - sum_dz / n - (x - mean) * invstd^2 * sum_dzx / n) where the forward used the
+ * batch's statistics (batch_stats), else (running statistics: constants) dx = scale * dz. Returns 0,
+ * or -1 when out of memory. */
+int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int64_t rows, int64_t C,
+                    const float* restrict scale, const float* restrict shift, const float* restrict mean,
+                    const float* restrict invstd, float lo, float hi, int batch_stats, uint16_t* restrict dx,
+                    float* sum_dz, float* sum_dzx, int nthreads) {
+  float* restrict a = malloc(C * sizeof(float));
+  float* restrict k = malloc(C * sizeof(float));
+  const int failed = !a || !k ||
+                     backward_sums(SUMS_GRAD, x, g, NULL, shift, scale, mean, invstd, lo, hi, batch_stats, rows,
+                                   C, sum_dz, sum_dzx, a, k, nthreads) != 0;
+  if (!failed) {
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
       const uint16_t* restrict xr = x + r * C;
@@ -197,7 +212,7 @@ int bn_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, int6
       }
     }
   }
-  free(total1), free(total2), free(a), free(k);
+  free(a), free(k);
   return failed ? -1 : 0;
 }
 
@@ -228,22 +243,12 @@ int bn_add_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, 
                         const float* restrict invstd, float lo, float hi, int batch_stats,
                         uint16_t* restrict dx, uint16_t* restrict d_identity, float* sum_dz, float* sum_dzx,
                         int nthreads) {
-  double* total1 = calloc(C, sizeof(double));
-  double* total2 = calloc(C, sizeof(double));
   float* restrict a = malloc(C * sizeof(float));
   float* restrict k = malloc(C * sizeof(float));
-  int failed = !total1 || !total2 || !a || !k;
+  const int failed = !a || !k ||
+                     backward_sums(SUMS_GRAD_FROM_OUTPUT, x, g, y, NULL, NULL, mean, invstd, lo, hi, batch_stats,
+                                   rows, C, sum_dz, sum_dzx, a, k, nthreads) != 0;
   if (!failed) {
-    failed = channel_sums(SUMS_GRAD_FROM_OUTPUT, x, g, y, NULL, NULL, mean, lo, hi, rows, C, total1, total2,
-                          nthreads);
-  }
-  if (!failed) {
-    for (int64_t c = 0; c < C; c++) {
-      sum_dz[c] = (float)total1[c];
-      sum_dzx[c] = (float)total2[c];
-      a[c] = batch_stats ? (float)(total1[c] / rows) : 0.f;
-      k[c] = batch_stats ? (float)(total2[c] / rows * invstd[c] * invstd[c]) : 0.f;
-    }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
       const uint16_t* restrict xr = x + r * C;
@@ -261,6 +266,6 @@ int bn_add_act_backward(const uint16_t* restrict g, const uint16_t* restrict x, 
       }
     }
   }
-  free(total1), free(total2), free(a), free(k);
+  free(a), free(k);
   return failed ? -1 : 0;
 }

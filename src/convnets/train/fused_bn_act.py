@@ -89,47 +89,12 @@ def _normalisation(lib, x, weight, bias, running_mean, running_var, momentum, ep
 
 
 class _BatchNormActFunction(torch.autograd.Function):
-    """clamp(batch_norm(x), lo, hi). With ``batch_stats``, normalised by the batch's statistics and
-    ``running_mean``/``running_var`` (when given) updated in place; otherwise by the running ones (a
-    frozen BatchNorm that still passes gradients, as when fine-tuning)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, lo, hi, batch_stats):
-        lib = _kernel
-        n, c, h, w = x.shape
-        mean, invstd, scale, shift = _normalisation(
-            lib, x, weight, bias, running_mean, running_var, momentum, eps, batch_stats
-        )
-        y = torch.empty_like(x)
-        lib.bn_act_apply(
-            x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi, y.data_ptr(),
-            torch.get_num_threads(),
-        )  # fmt: skip
-        ctx.save_for_backward(x, scale, shift, mean, invstd)
-        ctx.bounds, ctx.batch_stats, ctx.lib = (lo, hi), batch_stats, lib
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, scale, shift, mean, invstd = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
-        n, c, h, w = x.shape
-        dx = torch.empty_like(x)
-        sum_dz = torch.empty(c)
-        sum_dzx = torch.empty(c)
-        status = ctx.lib.bn_act_backward(
-            grad.data_ptr(), x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), mean.data_ptr(),
-            invstd.data_ptr(), *ctx.bounds, int(ctx.batch_stats), dx.data_ptr(), sum_dz.data_ptr(),
-            sum_dzx.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        if status != 0:
-            raise MemoryError("fused BatchNorm backward: out of memory for the per-thread sums")
-        return dx, sum_dzx * invstd, sum_dz, None, None, None, None, None, None, None
-
-
-class _BatchNormAddActFunction(torch.autograd.Function):
-    """clamp(batch_norm(x) + identity, lo, hi): ResNet's last BatchNorm of a block, the shortcut add
-    and the ReLU after it. The clamp's mask is read off the output, which the next layer keeps anyway."""
+    """clamp(batch_norm(x) [+ identity], lo, hi). With ``batch_stats``, normalised by the batch's
+    statistics and ``running_mean``/``running_var`` (when given) updated in place; otherwise by the
+    running ones (a frozen BatchNorm that still passes gradients, as when fine-tuning). With an
+    ``identity`` (ResNet's last BatchNorm of a block, the shortcut add and the ReLU after it) the
+    backward reads the clamp's mask off the output, which the next layer keeps anyway, and also returns
+    the shortcut's gradient."""
 
     @staticmethod
     def forward(
@@ -141,26 +106,41 @@ class _BatchNormAddActFunction(torch.autograd.Function):
             lib, x, weight, bias, running_mean, running_var, momentum, eps, batch_stats
         )
         y = torch.empty_like(x)
-        lib.bn_add_act_apply(
-            x.data_ptr(), identity.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi,
-            y.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        ctx.save_for_backward(x, y, scale, mean, invstd)
+        threads = torch.get_num_threads()
+        if identity is None:
+            lib.bn_act_apply(
+                x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi, y.data_ptr(), threads
+            )
+        else:
+            lib.bn_add_act_apply(
+                x.data_ptr(), identity.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(), lo, hi,
+                y.data_ptr(), threads,
+            )  # fmt: skip
+        ctx.save_for_backward(x, y if identity is not None else None, scale, shift, mean, invstd)
         ctx.bounds, ctx.batch_stats, ctx.lib = (lo, hi), batch_stats, lib
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, y, scale, mean, invstd = ctx.saved_tensors
+        x, y, scale, shift, mean, invstd = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
         n, c, h, w = x.shape
-        dx, d_identity = torch.empty_like(x), torch.empty_like(x)
+        dx, d_identity = torch.empty_like(x), None
         sum_dz, sum_dzx = torch.empty(c), torch.empty(c)
-        status = ctx.lib.bn_add_act_backward(
-            grad.data_ptr(), x.data_ptr(), y.data_ptr(), n * h * w, c, scale.data_ptr(), mean.data_ptr(),
-            invstd.data_ptr(), *ctx.bounds, int(ctx.batch_stats), dx.data_ptr(), d_identity.data_ptr(),
-            sum_dz.data_ptr(), sum_dzx.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+        common = (*ctx.bounds, int(ctx.batch_stats))
+        if y is None:
+            status = ctx.lib.bn_act_backward(
+                grad.data_ptr(), x.data_ptr(), n * h * w, c, scale.data_ptr(), shift.data_ptr(),
+                mean.data_ptr(), invstd.data_ptr(), *common, dx.data_ptr(), sum_dz.data_ptr(),
+                sum_dzx.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
+        else:
+            d_identity = torch.empty_like(x)
+            status = ctx.lib.bn_add_act_backward(
+                grad.data_ptr(), x.data_ptr(), y.data_ptr(), n * h * w, c, scale.data_ptr(), mean.data_ptr(),
+                invstd.data_ptr(), *common, dx.data_ptr(), d_identity.data_ptr(), sum_dz.data_ptr(),
+                sum_dzx.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
         if status != 0:
             raise MemoryError("fused BatchNorm backward: out of memory for the per-thread sums")
         return dx, d_identity, sum_dzx * invstd, sum_dz, None, None, None, None, None, None, None
@@ -181,7 +161,7 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
         norm = self._normalisation_args(x)
         if norm is None:
             return super().forward(x)
-        y = _BatchNormActFunction.apply(x, *norm[:-1], *self.act_bounds, norm[-1])
+        y = _BatchNormActFunction.apply(x, None, *norm[:-1], *self.act_bounds, norm[-1])
         if self.absorbed is not None:
             setattr(y, _ACT_DONE, id(self.absorbed))
         return y
@@ -291,7 +271,7 @@ def bn_add_act(bn: nn.Module, act: nn.Module, x: torch.Tensor, identity: torch.T
         if norm is not None:
             if identity.dtype != torch.bfloat16:
                 identity = identity.to(torch.bfloat16)
-            return _BatchNormAddActFunction.apply(x, identity, *norm[:-1], *activation_bounds(act), norm[-1])
+            return _BatchNormActFunction.apply(x, identity, *norm[:-1], *activation_bounds(act), norm[-1])
     return act(bn(x) + identity)
 
 
