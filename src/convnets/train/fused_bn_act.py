@@ -365,6 +365,8 @@ def fuse_batchnorm_act(model: nn.Module, enabled: bool = True) -> Iterator[int]:
         return
     # both traced before any class changes: fx would trace into the switched layers' forward
     pairs, residual = batchnorm_activation_pairs(model), residual_forward(model)
+    if "forward" in model.__dict__:  # a forward set on the instance already: leave it alone
+        residual = None
     swapped: list[tuple[nn.Module, type]] = []
     try:
         for bn, act in pairs:
@@ -380,7 +382,8 @@ def fuse_batchnorm_act(model: nn.Module, enabled: bool = True) -> Iterator[int]:
             model.forward = residual.forward  # an instance attribute: nn.Module.__call__ takes it
         yield sum(1 for m, _ in swapped if isinstance(m, FusedBatchNorm2d))
     finally:
-        model.__dict__.pop("forward", None)
+        if residual is not None:
+            model.__dict__.pop("forward", None)
         for module, cls in reversed(swapped):
             for attr in ("act_bounds", "absorbed"):
                 module.__dict__.pop(attr, None)
