@@ -95,10 +95,3 @@ def c_kernel_error(source: Path) -> str | None:
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return f"{ENV_SWITCH}=0"
     return _errors.get(source)
-
-
-def forget(source: Path) -> None:
-    """Drop what this process loaded or failed to load for ``source`` (tests)."""
-    with _lock:
-        _loaded.pop(source, None)
-        _errors.pop(source, None)
