@@ -219,3 +219,29 @@ def test_export_int8_cli_prints_the_measured_change_and_refuses_builtin_runs(run
     config.write(run_dir)
     assert main(["export", str(run_dir), "--int8"]) == 2
     assert "image folder" in capsys.readouterr().err
+
+
+def test_int8_without_vnni_keeps_weights_to_7_bits(run, monkeypatch):
+    """On x86 without VNNI, u8 x s8 products saturate in AVX2's vpmaddubsw at full range: the
+    quantizer then keeps weights to 7 bits (reduce_range), says so in export.json, and is still gated
+    by the accuracy check."""
+    import onnx
+
+    from convnets import quantize, runtime
+    from convnets.quantize import needs_reduced_range, quantize_run
+
+    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+    assert needs_reduced_range(avx2) == quantize.X86_MACHINE
+    assert not needs_reduced_range(avx2 | {"avx512_vnni"}) and not needs_reduced_range(avx2 | {"avx_vnni"})
+    if not quantize.X86_MACHINE:
+        pytest.skip("reduce_range is for x86 CPUs without VNNI")
+    run_dir, _, _ = run
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: avx2)
+    quantize_run(run_dir, calibration_images=6, max_drop=100)
+    info = ExportInfo.read(run_dir).int8
+    assert "reduce_range" in info.quantizer and info.accepted
+    # 7-bit weights: every int8 weight initializer lies in [-64, 64] (full range: [-127, 127])
+    model = onnx.load(str(run_dir / INT8_ONNX_FILE))
+    int8 = onnx.TensorProto.INT8
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == int8]
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) == 64

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 from .data.decode import ImageReadError
 from .data.images import read_image
 from .exported import (
+    INT8_FLAGS,
     Engine,
     ExportInfo,
     Int8Info,
@@ -42,7 +44,24 @@ from .runs import INT8_ONNX_FILE, RunConfig
 DEFAULT_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_DROP = 1.0  # top-1 points
 CALIBRATION_BATCH = 8
+X86_MACHINE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 QUANTIZER = "onnxruntime.quantize_static QDQ per-channel s8 weights u8 activations MinMax"
+
+
+def needs_reduced_range(flags: frozenset[str] | None = None) -> bool:
+    """Whether int8 weights must keep to 7 bits on this CPU: x86 without VNNI multiplies u8 activations
+    by s8 weights with AVX2's ``vpmaddubsw``, whose 16-bit pair sums saturate at full range (ONNX
+    Runtime's quantization guide; on an AVX2 EPYC a MobileNetV2 lost 3.1 points of top-1 so). With
+    VNNI (``avx512_vnni``, ``avx_vnni``) or AMX the products accumulate in 32 bits and full range
+    is exact. Off x86 there is no such instruction. By the CPU's flags, never its vendor."""
+    from .runtime import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    return X86_MACHINE and bool(flags) and not flags & INT8_FLAGS
+
+
+def quantizer_name(reduce_range: bool) -> str:
+    return QUANTIZER + (" reduce_range (7-bit weights: this CPU has no VNNI)" if reduce_range else "")
 
 
 class QuantizationRefused(RuntimeError):
@@ -93,12 +112,18 @@ class _CalibrationReader:
 
 
 def quantize_onnx(
-    onnx_path: str | os.PathLike, out: str | os.PathLike, batches: Callable[[], Iterable[np.ndarray]]
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    batches: Callable[[], Iterable[np.ndarray]],
+    reduce_range: bool | None = None,
 ) -> None:
     """Static int8 quantization of ``onnx_path`` to ``out`` (:data:`QUANTIZER`), calibrated on the
-    pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes)."""
+    pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes). ``reduce_range``
+    (default: :func:`needs_reduced_range` for this CPU) keeps weights to 7 bits."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if reduce_range is None:
+        reduce_range = needs_reduced_range()
     input_name = OrtEngine(onnx_path, threads=1).input_name
     with _quiet_root_logger():
         quantize_static(
@@ -107,6 +132,7 @@ def quantize_onnx(
             _CalibrationReader(batches, input_name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,  # OpenVINO 2026.4 failed to compile s8 activations
             weight_type=QuantType.QInt8,
             # MinMax adds ReduceMin/ReduceMax outputs per tensor, so only scalars are kept per batch.
@@ -172,7 +198,10 @@ def quantize_run(
                     if views:
                         yield pixels_of(views)
 
-            quantize_onnx(onnx_path, tmp_model, batches)
+            reduce_range = needs_reduced_range()
+            if reduce_range:
+                say("no VNNI on this CPU: int8 weights keep to 7 bits, so AVX2's u8 x s8 sums can't saturate")
+            quantize_onnx(onnx_path, tmp_model, batches, reduce_range=reduce_range)
         seconds = time.perf_counter() - t0
 
         say(f"measuring top-1 on {len(val)} validation images (fp32 and int8)")
@@ -183,7 +212,7 @@ def quantize_run(
         int8_top1, int8_pred = top1(int8, pixels, labels)
         info = Int8Info(
             weights_sha256=ExportInfo.read(run_dir).weights_sha256,
-            quantizer=QUANTIZER,
+            quantizer=quantizer_name(reduce_range),
             calibration_images=len(calib),
             val_images=len(labels),
             fp32_top1=fp32_top1,

@@ -72,9 +72,10 @@ def tune_malloc() -> bool:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...); empty where there
-    is no /proc/cpuinfo. Torch-free and read once: the exported-model engines and ``--precision auto``
-    choose by it."""
+    """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...) as the process may
+    use them: without those above an ISA cap the user set (:func:`isa_cap`); empty where there is no
+    /proc/cpuinfo. Torch-free and read once: the exported-model engines, int8 quantization, the compiled
+    kernels and ``--precision auto`` choose by it."""
     global _cpu_flags
     if _cpu_flags is None:
         flags: frozenset[str] = frozenset()
@@ -86,11 +87,49 @@ def cpu_flags() -> frozenset[str]:
                         break
         except OSError:
             pass
+        cap = isa_cap()
+        if cap is not None:
+            flags = frozenset(f for f in flags if not _above_cap(f, cap))
         _cpu_flags = flags
     return _cpu_flags
 
 
 _cpu_flags: frozenset[str] | None = None
+
+# The ISA levels a dispatch can be capped at, lowest first, with the flag prefixes each level still
+# lacks. ``ATEN_CPU_CAPABILITY`` caps ATen's kernels and ``ONEDNN_MAX_CPU_ISA`` oneDNN's (what torch's
+# convolutions and OpenVINO run); with either set, convnets' own choices follow the same cap, so a
+# better CPU behaves as a lesser one end to end (.ci/run runs the hardware-sensitive tests so).
+_ISA_LEVELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("default", ("avx", "fma", "f16c", "amx")),
+    ("avx2", ("avx512", "avx_vnni", "avx_ifma", "avx_ne_convert", "amx")),
+    ("avx2_vnni", ("avx512", "avx_ifma", "avx_ne_convert", "amx")),
+    ("avx512_core", ("avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512vbmi", "avx512_vbmi2", "amx")),
+    ("avx512_core_vnni", ("avx512_bf16", "avx512_fp16", "amx")),
+    ("avx512_core_bf16", ("avx512_fp16", "amx")),
+    ("avx512_core_amx", ()),
+)
+_LEVEL_ALIASES = {"avx512": "avx512_core", "sse41": "default", "avx": "default", "avx2_vnni_2": "avx2_vnni"}
+
+
+def isa_cap() -> str | None:
+    """The lowest ISA level that ``CONVNETS_MAX_CPU_ISA``, ``ONEDNN_MAX_CPU_ISA`` or
+    ``ATEN_CPU_CAPABILITY`` allow (``avx2``, ``avx512_core``, ...), or None when none caps it."""
+    variables = ("CONVNETS_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+    names = [_level_name(os.environ.get(v, "")) for v in variables]
+    order = [name for name, _ in _ISA_LEVELS]
+    caps = [n for n in names if n in order]
+    return min(caps, key=order.index) if caps else None
+
+
+def _level_name(value: str) -> str:
+    value = value.strip().lower()
+    return _LEVEL_ALIASES.get(value, value)
+
+
+def _above_cap(flag: str, cap: str) -> bool:
+    lacking = dict(_ISA_LEVELS)[cap]
+    return bool(lacking) and flag.startswith(lacking)
 
 
 def cpu_has_native_bf16() -> bool:

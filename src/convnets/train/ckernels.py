@@ -3,8 +3,13 @@
 Used where neither ATen/oneDNN nor ``torch.compile`` reach the memory speed of an operation (each
 kernel's file says what it replaces and by how much). The C source is compiled on first use with the
 system's C compiler (``cc -O3 -march=native -fopenmp``) into ``cache_root()/kernels/``, keyed by the
-source, the compiler and the CPU, so a changed file or another CPU model builds anew; the file is
-moved into place atomically, so concurrent runs see the old file or the whole new one.
+source, the compiler and the instruction sets the compiler really targets (``-march=native`` expanded
+to its ``__AVX512F__``-style macros, not the CPU's model name, which a hypervisor often reduces to
+"AMD EPYC" for AVX2 and AVX-512 parts alike), so a changed file or another CPU kind builds anew; the file
+is moved into place atomically, so concurrent runs see the old file or the whole new one. Before a
+library is loaded, every instruction set it was built for is checked against this CPU's flags: one
+built for other hardware (a cache on a shared home directory) would die of SIGILL mid-training, which
+no ``except`` catches.
 
 Without a C compiler, or with ``CONVNETS_C_KERNELS=0``, :func:`load_c_kernel` returns None and says why
 (:func:`c_kernel_error`); callers then run ATen's kernels.
@@ -23,8 +28,9 @@ import threading
 from pathlib import Path
 
 ENV_SWITCH = "CONVNETS_C_KERNELS"
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
-if platform.machine().lower() in ("x86_64", "amd64"):
+CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+if X86:
     # GCC tunes recent Xeons for 256-bit vectors; the kernels are 20% faster with AVX-512's full width
     # (bench/RESULTS.md, "Training precision"). Without AVX-512 the flag changes nothing.
     CFLAGS.append("-mprefer-vector-width=512")
@@ -40,14 +46,71 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
 
 
-def library_path(source: Path) -> Path:
-    """Where ``source`` compiled lives: keyed by its text, the compiler and flags, and the CPU model
-    (``-march=native``)."""
-    from ..data.pca import cache_root
-    from ..runtime import describe_cpu
+def arch_flags() -> list[str]:
+    """``-march=native``, or on x86 under an ISA cap (:func:`convnets.runtime.isa_cap`) the x86-64
+    level the cap allows, so a capped run also builds and runs the lesser CPU's code."""
+    from ..runtime import cpu_flags, isa_cap
 
+    if not X86 or isa_cap() is None:
+        return ["-march=native"]
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        return ["-march=x86-64-v4", "-mtune=native"]
+    if "avx2" in flags:
+        return ["-march=x86-64-v3", "-mtune=native"]
+    return ["-march=x86-64-v2", "-mtune=native"]
+
+
+_targets: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def target_isas(flags: list[str] | None = None) -> tuple[str, ...]:
+    """The instruction sets the compiler targets with ``flags`` (default :func:`arch_flags`): its
+    predefined ``__AVX2__``-style macros, lower-cased without underscores (``avx2``, ``avx512bf16``).
+    Empty without a compiler."""
+    flags = arch_flags() if flags is None else flags
+    key = (str(compiler()), *flags)
+    if key not in _targets:
+        isas: tuple[str, ...] = ()
+        cc = compiler()
+        if cc is not None:
+            done = subprocess.run(
+                [cc, *flags, "-dM", "-E", "-x", "c", os.devnull], capture_output=True, text=True, timeout=60
+            )
+            macros = (line.split()[1] for line in done.stdout.splitlines() if line.startswith("#define "))
+            isas = tuple(
+                sorted(
+                    m.strip("_").lower().replace("_", "")
+                    for m in macros
+                    if m.startswith(("__AVX", "__AMX", "__FMA__", "__F16C__", "__SSE", "__ARM_FEATURE_"))
+                    and not m.endswith("_MATH__")  # __SSE_MATH__: a code-generation mode, not an ISA
+                )
+            )
+        _targets[key] = isas
+    return _targets[key]
+
+
+def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
+    """Those of ``isas`` (x86 names from :func:`target_isas`) this CPU lacks; none off x86 or without
+    /proc/cpuinfo, where there is nothing to check against."""
+    from ..runtime import cpu_flags
+
+    have = {f.replace("_", "").replace(".", "") for f in cpu_flags()}
+    if not X86 or not have:
+        return []
+    if "pni" in have:  # /proc/cpuinfo's name for SSE3
+        have.add("sse3")
+    return [i for i in isas if not i.startswith("arm") and i not in have]
+
+
+def library_path(source: Path) -> Path:
+    """Where ``source`` compiled lives: keyed by its text, the compiler and flags, and the instruction
+    sets those flags target on this machine."""
+    from ..data.pca import cache_root
+
+    flags = [*arch_flags(), *CFLAGS]
     key = "|".join(
-        [source.read_text(), str(compiler()), " ".join(CFLAGS), describe_cpu()["cpu"], platform.machine()]
+        [source.read_text(), str(compiler()), " ".join(flags), " ".join(target_isas()), platform.machine()]
     )
     return cache_root() / "kernels" / f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.so"
 
@@ -60,7 +123,10 @@ def _compile(source: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         done = subprocess.run(
-            [cc, *CFLAGS, str(source), "-o", str(out)], capture_output=True, text=True, timeout=120
+            [cc, *arch_flags(), *CFLAGS, str(source), "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-500:]}")
@@ -76,6 +142,9 @@ def load_c_kernel(source: Path, signatures: Signatures) -> ctypes.CDLL | None:
         if source in _loaded or source in _errors:
             return _loaded.get(source)
         try:
+            missing = unsupported_isas(target_isas())
+            if missing:
+                raise RuntimeError(f"the compiler targets {', '.join(missing)}, which this CPU lacks")
             path = library_path(source)
             if not path.exists():
                 _compile(source, path)
