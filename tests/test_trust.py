@@ -357,7 +357,7 @@ def test_server_answers_without_the_field_when_the_graph_gives_no_features(patch
     def no_linear(path):
         raise ValueError("the logits do not come from a final Linear layer")
 
-    monkeypatch.setattr(ood, "onnx_with_features", no_linear)
+    monkeypatch.setattr(ood, "features_graph", no_linear)
     image = next((patch_run / "data" / "red").glob("*.png"))
     with TestClient(create_app(patch_run / "run", backend="onnxruntime", max_batch=2)) as client:
         r = client.post("/v1/predict", files=[("files", (image.name, image.read_bytes(), "image/png"))])

@@ -230,7 +230,7 @@ class OrtEngine:
             # busy-wait between operators (measured: 2x the CPU per image on a busy 2-core machine).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # With features: the same graph with its pooled features as a second output (one pass).
-        graph = _onnx_with_features(path) if features else str(path)
+        graph = str(_features_graph(path)) if features else str(path)
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.logits_name = self.session.get_outputs()[0].name
@@ -249,11 +249,11 @@ class OrtEngine:
         return outputs[0], outputs[1].reshape(len(outputs[1]), -1)
 
 
-def _onnx_with_features(path: str | os.PathLike) -> bytes:
-    from .ood import onnx_with_features
+def _features_graph(path: str | os.PathLike) -> Path:
+    from .ood import features_graph
 
     try:
-        return onnx_with_features(path)
+        return features_graph(path)
     except ValueError as e:
         raise EngineError(f"no features output for the out-of-distribution detector: {e}") from None
 
@@ -293,10 +293,9 @@ class OpenVinoEngine:
         self.precision = precision or ("bf16" if cpu_flags() & BF16_FLAGS else "f32")
         self.core = ov.Core()
         self.cache_dir = cache_dir
-        self.model = self.core.read_model(str(path))
+        # With features: the graph with its pooled features as a second output (one compiled pass).
+        self.model = self.core.read_model(str(_features_graph(path) if features else path))
         self.features = features
-        if features:  # the pooled features as a second output of the same compiled graph
-            self.model.add_outputs([_feature_output_name(path)])
         self.config = {
             "INFERENCE_PRECISION_HINT": self.precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -341,17 +340,6 @@ class OpenVinoEngine:
             request.infer({0: pixels})
             tensors = [request.get_output_tensor(i).data for i in range(outputs)]
             return [np.array(t, dtype=np.float32, copy=True) for t in tensors]
-
-
-def _feature_output_name(path: str | os.PathLike) -> str:
-    import onnx
-
-    from .ood import feature_output_name
-
-    try:
-        return feature_output_name(onnx.load(str(path), load_external_data=False))
-    except ValueError as e:
-        raise EngineError(f"no features output for the out-of-distribution detector: {path}: {e}") from None
 
 
 def int8_runner_order() -> tuple[str, ...]:

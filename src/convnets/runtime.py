@@ -14,12 +14,19 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory instead of returning it to the OS
 
 _malloc_tuned: bool | None = None
+
+
+def cache_root() -> Path:
+    """``$CONVNETS_CACHE`` or ``~/.cache/convnets``: what convnets keeps per machine (decoded images,
+    colour statistics, compiled kernels, bf16 picks, exported graphs with features)."""
+    return Path(os.environ.get("CONVNETS_CACHE") or Path.home() / ".cache" / "convnets")
 
 # The flags that decide the speed of training and inference, recorded with every benchmark figure.
 _RECORDED_FLAGS = frozenset(

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import cache_root
 from .datasets import ArrayDataset, BaseDataset, PILDataset
 from .folder import DatasetError
-from .pca import cache_root
 from .split import stratified_split
 
 

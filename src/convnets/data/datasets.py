@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..runtime import cache_root
 from .decode import ImageReadError, cpu_count, fit, load_base, to_mode
-from .pca import cache_root
 
 CACHE_MODES = (None, "auto", "memory", "disk")
 _MEMORY_CACHE_CAP = 4 * 2**30

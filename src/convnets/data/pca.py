@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def cache_root() -> Path:
-    """``$CONVNETS_CACHE`` or ``~/.cache/convnets``."""
-    return Path(os.environ.get("CONVNETS_CACHE") or Path.home() / ".cache" / "convnets")
+from ..runtime import cache_root
 
 
 def _pixels(images: Iterable[np.ndarray], max_pixels_per_image: int = 4096) -> np.ndarray:

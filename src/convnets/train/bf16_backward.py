@@ -80,12 +80,13 @@ def depthwise_input_grad_dilated(
 
 
 def machine_choices_file() -> Path:
-    """``cache_root()/bf16_backward/<key>.json``: the picks of this CPU model, torch version and
-    intra-op thread count (the timings, and so the picks, depend on all three)."""
-    from ..data.pca import cache_root
-    from ..runtime import describe_cpu
+    """``cache_root()/bf16_backward/<key>.json``: the picks of this CPU model and instruction sets,
+    torch version and intra-op thread count (the timings, and so the picks, depend on all of them; a
+    hypervisor's model name alone, "AMD EPYC", covers CPUs with and without AVX-512)."""
+    from ..runtime import cache_root, cpu_flags, describe_cpu
 
-    key = f"{describe_cpu()['cpu']}|{torch.__version__}|{torch.get_num_threads()}"
+    isas = " ".join(sorted(cpu_flags()))
+    key = f"{describe_cpu()['cpu']}|{isas}|{torch.__version__}|{torch.get_num_threads()}"
     return cache_root() / "bf16_backward" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -106,7 +106,7 @@ def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
 def library_path(source: Path) -> Path:
     """Where ``source`` compiled lives: keyed by its text, the compiler and flags, and the instruction
     sets those flags target on this machine."""
-    from ..data.pca import cache_root
+    from ..runtime import cache_root
 
     flags = [*arch_flags(), *CFLAGS]
     key = "|".join(
