@@ -104,13 +104,42 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
     assert check.engine in ExportInfo.read(run_dir).checks
 
 
-def test_auto_order_follows_cpu_flags_and_small_jobs_use_onnxruntime(run):
+def test_auto_runs_the_engine_timed_fastest_on_this_machine(run, monkeypatch):
+    """auto: the candidates that are installed and valid, timed once per run folder and machine (kept in
+    export.json), the fastest chosen; small jobs open ONNX Runtime without timing anything."""
+    import convnets.exported as ex
+
     run_dir, _, _ = run
-    assert auto_candidates(run_dir, flags=frozenset()) == ["onnxruntime"]  # an unmeasured CPU: today's path
-    amx = auto_candidates(run_dir, flags=frozenset({"amx_bf16", "amx_int8"}))
-    assert amx[-1] == "onnxruntime" and ("openvino" in amx) == openvino_available()
+    assert auto_candidates(run_dir)[-1] == "onnxruntime"
+    assert ("openvino" in auto_candidates(run_dir)) == openvino_available()
     small = ExportedModel.open(run_dir, "auto", images=1)
     assert small.backend == "onnxruntime"
+
+    class Fake:
+        def __init__(self, name, ms):
+            self.name, self.ms, self.description = name, ms, f"Fake{name} 1.0 fp32"
+
+        def run(self, pixels):
+            ex.time.sleep(self.ms / 1000 * len(pixels))
+            return np.zeros((len(pixels), 2), np.float32)
+
+    fakes = {"openvino": Fake("openvino", 0.2), "onnxruntime": Fake("onnxruntime", 2.0)}
+    monkeypatch.setattr(ex, "auto_candidates", lambda _run: ["openvino", "onnxruntime"])
+    monkeypatch.setattr(ex, "make_engine", lambda _run, name, **_: fakes[name])
+    monkeypatch.setattr(ex, "check_engine", lambda *_a, **_k: ex.EngineCheck("x", 4, "x", 1.0, 0.0))
+    lines = []
+    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"]
+    speeds = ExportInfo.read(run_dir).speeds[ex.machine_key()]
+    assert speeds["fakeopenvino-fp32"] < speeds["fakeonnxruntime-fp32"] and "timed on this CPU" in lines[0]
+    # The same machine later: read from export.json, not timed again (here the record now says otherwise).
+    info = ExportInfo.read(run_dir)
+    info.speeds[ex.machine_key()] = {"fakeopenvino-fp32": 9.0, "fakeonnxruntime-fp32": 1.0}
+    info.write(run_dir)
+    lines.clear()
+    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["onnxruntime"] and not lines
+    # Another machine (other flags) times anew.
+    monkeypatch.setattr(ex, "machine_key", lambda threads=None: "another-cpu")
+    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"] and lines
 
 
 def test_tta_views_match_torchvision(run):
@@ -140,15 +169,14 @@ def test_int8_is_measured_recorded_and_refused_beyond_max_drop(run, tmp_path):
     assert info.delta_points == pytest.approx(100 * (info.int8_top1 - info.fp32_top1))
     m = ExportedModel.open(run_dir, "int8")
     assert m.backend == "int8" and m.predict_views([np.zeros((16, 16, 3), np.uint8)]).shape == (1, 2)
-    if openvino_available():
-        assert auto_candidates(run_dir, flags=frozenset({"amx_int8", "amx_bf16"}))[0] == "int8"
+    assert auto_candidates(run_dir)[0] == "int8"  # an accepted int8 model is a candidate wherever it runs
     # An impossible bar (int8 must gain 100 points): refused with the numbers, the file removed.
     with pytest.raises(QuantizationRefused, match=r"points.*on 4 images"):
         quantize_run(run_dir, calibration_images=6, max_drop=-100)
     assert not (run_dir / INT8_ONNX_FILE).exists() and not ExportInfo.read(run_dir).int8.accepted
     with pytest.raises(EngineError, match="refused"):
         ExportedModel.open(run_dir, "int8")
-    assert "int8" not in auto_candidates(run_dir, flags=frozenset({"amx_int8"}))
+    assert "int8" not in auto_candidates(run_dir)
 
 
 def test_new_weights_make_the_export_and_int8_stale(run, tmp_path):

@@ -15,8 +15,10 @@ Engines (each a small object with ``run(pixels) -> logits``, pixels float32 NCHW
 * ``int8``: ``model.int8.onnx`` (``convnets export RUN --int8``, see :mod:`convnets.quantize`), whose
   validation top-1 change was measured and accepted when it was written; run on OpenVINO when installed.
 
-``auto`` picks the fastest engine that this CPU has and that passed its check, in the order measured
-in bench/RESULTS.md ("Inference backends"), and ONNX Runtime fp32 wherever nothing faster was measured.
+``auto`` times the installed engines that passed their check on the user's own CPU, once per run
+folder and machine (the figures stay in ``export.json``), and runs the fastest: which one wins depends
+on the CPU and the model (bench/RESULTS.md, "Inference backends"), so it is measured, not assumed
+from the CPU's name or flags. Small jobs run on ONNX Runtime fp32, which opens fastest.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,11 +57,14 @@ CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.ev
 
 # bf16 is native (not emulated) with these; OpenVINO then computes in bf16.
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-# int8 dot products in hardware: where int8 was measured faster than fp32.
+# int8 dot products in 32-bit accumulators (VNNI, AMX); without them int8 weights keep to 7 bits
+# (convnets.quantize.needs_reduced_range).
 INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
-# auto uses OpenVINO bf16 only where it was measured faster than ONNX Runtime fp32 (an AMX Xeon,
-# bench/RESULTS.md "Inference backends": 1.6-2.5x); AVX512-BF16 without AMX is unmeasured.
-OPENVINO_AUTO_FLAGS = frozenset({"amx_bf16"})
+# auto times the installed engines on the user's CPU once per run folder (speeds in export.json):
+# which one is fastest depends on the CPU (OpenVINO bf16 8.8x ONNX Runtime fp32 on an AMX Xeon,
+# bench/RESULTS.md "Inference backends") and on the model, so it is measured, never assumed.
+SPEED_BATCH = 8
+SPEED_ROUNDS = 3
 
 # An engine passes its parity check against ONNX Runtime fp32 when, on the check images, no class
 # probability moves by more than this and the top-1 class agrees on at least this fraction.
@@ -134,6 +140,8 @@ class ExportInfo:
     convnets: str = __version__
     checks: dict[str, EngineCheck] = field(default_factory=dict)
     int8: Int8Info | None = None
+    # milliseconds per image of each engine (check key) at batch SPEED_BATCH, by machine_key()
+    speeds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike) -> ExportInfo | None:
@@ -144,6 +152,8 @@ class ExportInfo:
             info.checks = {k: EngineCheck(**v) for k, v in (raw.get("checks") or {}).items()}
             if raw.get("int8"):
                 info.int8 = Int8Info(**raw["int8"])
+            speeds = raw.get("speeds") or {}
+            info.speeds = {str(m): {str(e): float(t) for e, t in v.items()} for m, v in speeds.items()}
             return info
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -448,9 +458,14 @@ def compare_engines(
     )
 
 
+def engine_key(engine: Engine) -> str:
+    """``onnxruntime-fp32``, ``openvino-bf16``, ``openvino-int8``: library and precision."""
+    return engine.description.split(" ", 1)[0].lower() + "-" + engine.description.rsplit(" ", 1)[-1]
+
+
 def check_engine(run_dir: str | os.PathLike, engine: Engine, config: RunConfig | None = None) -> EngineCheck:
     """``engine`` against ONNX Runtime fp32 on the run's validation images, recorded in export.json."""
-    key = engine.description.split(" ", 1)[0].lower() + "-" + engine.description.rsplit(" ", 1)[-1]
+    key = engine_key(engine)
     info = ExportInfo.read(run_dir)
     if info is not None and key in info.checks:
         return info.checks[key]
@@ -463,12 +478,9 @@ def check_engine(run_dir: str | os.PathLike, engine: Engine, config: RunConfig |
     return result
 
 
-def auto_candidates(run_dir: str | os.PathLike, flags: frozenset[str] | None = None) -> list[str]:
-    """Exported backends fastest first (bench/RESULTS.md, "Inference backends"), limited to what this
-    CPU was measured fast on and what is installed; always ends with ONNX Runtime fp32."""
-    from .runtime import cpu_flags
-
-    flags = cpu_flags() if flags is None else flags
+def auto_candidates(run_dir: str | os.PathLike) -> list[str]:
+    """The exported backends ``auto`` chooses among on this machine: an accepted, fresh int8 model and
+    OpenVINO where installed, and always ONNX Runtime fp32 (last: the reference, and the fallback)."""
     info = ExportInfo.read(run_dir)
     out = []
     int8 = info.int8 if info is not None else None
@@ -477,13 +489,40 @@ def auto_candidates(run_dir: str | os.PathLike, flags: frozenset[str] | None = N
         and int8.accepted
         and int8.weights_sha256 == info.weights_sha256
         and (Path(run_dir) / INT8_ONNX_FILE).is_file()
-        and flags & INT8_FLAGS
-        and openvino_available()  # int8 on ONNX Runtime was measured slower than fp32 (mobilenet_v2)
     ):
         out.append("int8")
-    if flags & OPENVINO_AUTO_FLAGS and openvino_available():
+    if openvino_available():
         out.append("openvino")
     return [*out, "onnxruntime"]
+
+
+def machine_key(threads: int | None = None) -> str:
+    """What an engine's speed depends on besides the model: the CPU (model name and instruction sets,
+    so a hypervisor's bare "AMD EPYC" on AVX2 and on AVX-512 parts differ) and the thread count."""
+    from .runtime import cpu_flags
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    text = f"{model}|{' '.join(sorted(cpu_flags()))}|{_threads(threads)}"
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def time_engines(engines: Sequence[Engine], pixels: np.ndarray, rounds: int = SPEED_ROUNDS) -> list[float]:
+    """Milliseconds per image of each engine on ``pixels`` (one batch): a warm-up call each, then
+    ``rounds`` rounds that call every engine once in turn (so a busy moment hits all alike); the median."""
+    for engine in engines:
+        engine.run(pixels)
+    times: list[list[float]] = [[] for _ in engines]
+    for _ in range(rounds):
+        for i, engine in enumerate(engines):
+            t0 = time.perf_counter()
+            engine.run(pixels)
+            times[i].append(time.perf_counter() - t0)
+    return [1000 * float(np.median(t)) / len(pixels) for t in times]
 
 
 def open_engine(
@@ -497,33 +536,53 @@ def open_engine(
     features: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Engine:
-    """The engine for ``backend`` on the run's (fresh) export; ``auto``: the first of
-    :func:`auto_candidates` that opens and passes its check against ONNX Runtime fp32 (ONNX Runtime
-    for a job of fewer than :data:`AUTO_MIN_IMAGES` ``images``)."""
+    """The engine for ``backend`` on the run's (fresh) export. ``auto``: the fastest, as timed on this
+    machine, of :func:`auto_candidates` that open and pass their check against ONNX Runtime fp32 (the
+    int8 model passed its accuracy gate when written); timed once per run folder and machine, the
+    figures kept in export.json. A job of fewer than :data:`AUTO_MIN_IMAGES` ``images`` runs on ONNX
+    Runtime, which opens fastest."""
     if backend != "auto":
         return make_engine(run_dir, backend, threads=threads, spin=spin, features=features)
-    small_job = images is not None and images < AUTO_MIN_IMAGES
-    for name in ["onnxruntime"] if small_job else auto_candidates(run_dir):
-        if name == "onnxruntime":
-            return make_engine(run_dir, name, threads=threads, spin=spin, features=features)
+    names = auto_candidates(run_dir)
+    if (images is not None and images < AUTO_MIN_IMAGES) or names == ["onnxruntime"]:
+        return make_engine(run_dir, "onnxruntime", threads=threads, spin=spin, features=features)
+    say = log or (lambda _msg: None)
+    engines: dict[str, Engine] = {}
+    for name in names:
         try:
             engine = make_engine(run_dir, name, threads=threads, spin=spin, features=features)
-            # int8 was measured on the validation split when written; the others are checked once here.
-            if name == "int8":
-                return engine
-            check = check_engine(run_dir, engine, config)
+            check = None if name in ("int8", "onnxruntime") else check_engine(run_dir, engine, config)
+            if check is not None and not check.passed:
+                say(
+                    f"not using {engine.description}: against ONNX Runtime fp32 top-1 agreed on "
+                    f"{check.top1_agreement:.0%}, probabilities moved up to {check.max_prob_diff:.3f}"
+                )
+                continue
         except Exception as e:  # noqa: BLE001 - an engine that cannot compile this graph: the next one
-            if log is not None and not isinstance(e, EngineError):
-                log(f"not using {name}: {e}")
+            if not isinstance(e, EngineError):
+                say(f"not using {name}: {e}")
             continue
-        if check.passed:
-            return engine
-        if log is not None:
-            log(
-                f"not using {engine.description}: against ONNX Runtime fp32 top-1 agreed on "
-                f"{check.top1_agreement:.0%}, probabilities moved up to {check.max_prob_diff:.3f}"
-            )
-    raise AssertionError("unreachable: onnxruntime is always a candidate")
+        engines[name] = engine
+    if len(engines) == 1:
+        return next(iter(engines.values()))
+    machine = machine_key(threads)
+    info = ExportInfo.read(run_dir)
+    known = info.speeds.get(machine, {}) if info is not None else {}
+    keys = {name: engine_key(e) for name, e in engines.items()}
+    if not all(k in known for k in keys.values()):
+        config = config or RunConfig.read(run_dir)
+        pixels, _ = check_pixels(config, SPEED_BATCH)
+        timed = time_engines(list(engines.values()), pixels)
+        known = {**known, **{keys[n]: round(t, 4) for n, t in zip(engines, timed)}}
+        if info is not None:
+            info.speeds[machine] = known
+            try:
+                info.write(run_dir)
+            except OSError:  # a read-only run folder: measured again next time
+                pass
+        say("timed on this CPU (ms per image): " + ", ".join(f"{k} {t:.3g}" for k, t in known.items()))
+    fastest = min(engines, key=lambda n: known[keys[n]])
+    return engines[fastest]
 
 
 # --- test-time augmentation on uint8 views (numpy; the same pixels as convnets.evaluate) ----------
