@@ -83,8 +83,32 @@ def _pca(sigma: float, in_chans: int, pca: Any) -> v2.Transform:
     return PCAColor(eigvals, eigvecs, sigma)
 
 
-def build_op(name: str, p: float, size: tuple[int, int], in_chans: int, pca: Any) -> v2.Transform:
-    """One parsed op (``augment.OPS`` names it) as a v2 transform."""
+def _fill(in_chans: int) -> list[int]:
+    """The letterbox pad colour (decode.LETTERBOX_FILL) for a uint8 image of ``in_chans`` channels."""
+    from .decode import letterbox_fill
+
+    value = letterbox_fill("L" if in_chans == 1 else "RGB")
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+def build_op(
+    name: str, p: float, size: tuple[int, int], in_chans: int, pca: Any, resize: str = "center-crop"
+) -> v2.Transform:
+    """One parsed op (``augment.OPS`` names it) as a v2 transform, for the run's resize mode."""
+    letterbox = resize == "letterbox"
+    fill = _fill(in_chans) if letterbox else 0
+    if name == "rrc" and letterbox:
+        # The letterbox counterpart of a random-resized crop: the whole picture at a random scale
+        # (area in [p, 1], as rrc's) and a random shift within the room the shrinking frees.
+        low = max(p, 1e-4) ** 0.5
+        room = (1.0 - low) / 2.0
+        return v2.RandomAffine(
+            degrees=0, translate=(room, room), scale=(low, 1.0), interpolation=_BILINEAR, fill=fill
+        )
+    if name == "rotate" and letterbox:
+        return v2.RandomRotation(p, interpolation=_BILINEAR, fill=fill)
+    if name == "shear" and letterbox:
+        return v2.RandomAffine(degrees=0, shear=(-p, p, -p, p), interpolation=_BILINEAR, fill=fill)
     if name == "hflip":
         return v2.RandomHorizontalFlip(p)
     if name == "vflip":
@@ -115,6 +139,7 @@ def compose(
     mean: list[float],
     std: list[float],
     pca: Any,
+    resize: str = "center-crop",
 ) -> v2.Compose:
     """Geometric ops on the uint8 base, then float, then colour ops, then normalisation."""
     from .augment import CROP_OPS, OPS
@@ -124,7 +149,7 @@ def compose(
     steps: list[v2.Transform] = []
     if not any(n in CROP_OPS for n, _ in geometric):
         steps.append(v2.CenterCrop(size))
-    steps += [build_op(n, p, size, in_chans, pca) for n, p in geometric]
+    steps += [build_op(n, p, size, in_chans, pca, resize) for n, p in geometric]
     steps.append(v2.ToDtype(torch.float32, scale=True))
     steps += [build_op(n, p, size, in_chans, pca) for n, p in colour]
     steps.append(v2.Normalize(mean, std))
