@@ -68,6 +68,37 @@ class PCAColor(v2.Transform):
         return inpt + params["delta"].to(inpt.dtype)[:, None, None]
 
 
+class RandomPlace(v2.Transform):
+    """The letterbox counterpart of a random-resized crop: the whole canvas shrunk by a random
+    factor s (area s^2 uniform-ish in [min_area, 1], side in [sqrt(min_area), 1]) and moved by a
+    random shift within the room the shrinking frees, so the picture is never cut; the uncovered
+    border is ``fill`` (the letterbox colour)."""
+
+    def __init__(self, min_area: float = 0.25, fill: Any = 0) -> None:
+        super().__init__()
+        self.low = max(float(min_area), 1e-4) ** 0.5
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        _, h, w = v2.functional.get_dimensions(flat_inputs[0])
+        s = float(torch.empty(1).uniform_(self.low, 1.0))
+        room_x, room_y = (1.0 - s) * w / 2.0, (1.0 - s) * h / 2.0
+        tx = float(torch.empty(1).uniform_(-room_x, room_x)) if room_x > 0 else 0.0
+        ty = float(torch.empty(1).uniform_(-room_y, room_y)) if room_y > 0 else 0.0
+        return {"scale": s, "translate": [int(round(tx)), int(round(ty))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return v2.functional.affine(
+            inpt,
+            angle=0.0,
+            translate=params["translate"],
+            scale=params["scale"],
+            shear=[0.0, 0.0],
+            interpolation=_BILINEAR,
+            fill=self.fill,
+        )
+
+
 def _require_float(inpt: torch.Tensor, name: str) -> None:
     if not inpt.is_floating_point():
         raise TypeError(f"{name} works on float images in [0, 1]; got {inpt.dtype}")
@@ -98,13 +129,7 @@ def build_op(
     letterbox = resize == "letterbox"
     fill = _fill(in_chans) if letterbox else 0
     if name == "rrc" and letterbox:
-        # The letterbox counterpart of a random-resized crop: the whole picture at a random scale
-        # (area in [p, 1], as rrc's) and a random shift within the room the shrinking frees.
-        low = max(p, 1e-4) ** 0.5
-        room = (1.0 - low) / 2.0
-        return v2.RandomAffine(
-            degrees=0, translate=(room, room), scale=(low, 1.0), interpolation=_BILINEAR, fill=fill
-        )
+        return RandomPlace(p, fill)
     if name == "rotate" and letterbox:
         return v2.RandomRotation(p, interpolation=_BILINEAR, fill=fill)
     if name == "shear" and letterbox:

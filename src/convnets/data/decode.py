@@ -256,6 +256,13 @@ def fit(im: Image.Image, out_size: tuple[int, int], resize: str) -> Image.Image:
 EARLY_REDUCE_PIXELS = 2**22
 
 
+def _need(im: Image.Image, w: int, h: int, out_size: tuple[int, int], resize: str) -> tuple[int, int]:
+    """:func:`needed_size` of a w x h frame in its stored orientation (EXIF may swap the axes)."""
+    swapped = im.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
+    need_w, need_h = needed_size(*((h, w) if swapped else (w, h)), out_size, resize)
+    return (need_h, need_w) if swapped else (need_w, need_h)
+
+
 def _shrink_early(im: Image.Image, need: tuple[int, int], in_chans: int) -> Image.Image:
     """A big decoded frame made small before anything copies it: palette / 1-bit / 16-bit frames are
     converted (they cannot be box-reduced), then the frame is reduced by the integer factor that
@@ -310,18 +317,14 @@ def load_base(
                 limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
                 if limit and w * h > limit:
                     raise ImageReadError(f"refused: {w}x{h} pixels exceeds the limit {limit}")
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-                swapped = orientation in _SWAPS_AXES
-                dw, dh = (h, w) if swapped else (w, h)  # display orientation
-                need_w, need_h = needed_size(dw, dh, out_size, resize)
-                need = (need_h, need_w) if swapped else (need_w, need_h)  # in the stored orientation
-                if draft and im.format == "JPEG":
-                    im.draft("L" if in_chans == 1 else "RGB", need)
+                if draft and im.format == "JPEG":  # (a PNG's getexif() would decode the pixels)
+                    im.draft("L" if in_chans == 1 else "RGB", _need(im, w, h, out_size, resize))
                 # After the draft, im.size is what libjpeg will decode: the budget is decided here.
                 check_decode_size(*im.size, im.mode, max_decode_bytes)
                 im.seek(0)  # GIF / multi-page TIFF: the first frame
                 im.load()  # full decode here, so truncated data fails inside this try
-                im = _shrink_early(im, need, in_chans)
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                im = _shrink_early(im, _need(im, *im.size, out_size, resize), in_chans)
                 if orientation in range(2, 9):  # exif_transpose copies even when there is nothing to do
                     im = ImageOps.exif_transpose(im)
                 im = fit(to_mode(im, in_chans), out_size, resize)
