@@ -105,7 +105,8 @@ def main() -> int:
         out = args.out or Path(tmp)
         fillers = sorted(cifar.rglob("*.jpg"))[::50]  # 1,000 of the 50,000
         t = time.perf_counter()
-        data = make_offcentre(alpaca, out / f"offcentre_{args.ratio:g}to1", fillers, args.ratio, 192, args.seed)
+        data = out / f"offcentre_{args.ratio:g}to1"
+        make_offcentre(alpaca, data, fillers, args.ratio, 192, args.seed)
         print(f"built {data} in {time.perf_counter() - t:.1f} s; {describe_cpu()}", flush=True)
         sets = [("off-centre", data)] + ([("original", alpaca)] if args.original else [])
         rows = []

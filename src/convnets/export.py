@@ -125,9 +125,9 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
     """What a deployment must do to an image before the graph, for ``model.onnx.json``."""
-    from .data.decode import CROP_RATIO, LETTERBOX_FILL, RESIZE_CHOICES, base_size
+    from .data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
 
-    name = {v: k for k, v in RESIZE_CHOICES.items()}[resize]
+    name = resize_name(resize)
     h, w = size
     how = {
         "crop": f"scale the image to cover {base_size(size, resize)[1]}x{base_size(size, resize)[0]} "

@@ -108,6 +108,11 @@ def resize_mode(name: str) -> str:
     raise ValueError(f"resize must be one of {', '.join(RESIZE_CHOICES)}, got {name!r}")
 
 
+def resize_name(mode: str) -> str:
+    """A stored mode -> the ``--resize`` name a user types (``center-crop`` -> ``crop``)."""
+    return {v: k for k, v in RESIZE_CHOICES.items()}[resize_mode(mode)]
+
+
 def base_size(image_size: tuple[int, int], resize: str) -> tuple[int, int]:
     """(H, W) of the stored base image for a model input of ``image_size``."""
     h, w = image_size
