@@ -285,6 +285,8 @@ def load_data(
             resize,
         )
     elif is_shard_source(path):  # WebDataset shards written by `convnets shard`
+        if resize not in (None, "center-crop"):  # shards may hold centre-crop base pixels (--resize)
+            raise ValueError(f"{path}: shards are read with the crop resize mode only, not {resize!r}")
         return _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std, seed, num_workers)
     elif path.exists():
         resize = resize or "center-crop"
