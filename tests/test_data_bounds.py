@@ -169,3 +169,18 @@ def test_decode_budget_names_the_size(tmp_path):
     with pytest.raises(ImageReadError, match=r"refused: a 3000x3000 RGB image needs about 51 MB"):
         load_base(path, (32, 32), 3, max_decode_bytes=32 * 2**20)
     assert load_base(path, (32, 32), 3).shape == (32, 32, 3)  # within the default budget
+
+
+@pytest.mark.parametrize("size", [(300, 150), (3000, 1500)])  # below and above EARLY_REDUCE_PIXELS
+def test_exif_orientation_survives_the_early_reduce(tmp_path, size):
+    """A big frame is box-reduced before it is turned upright: the EXIF turn must still apply."""
+    w, h = size
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[: h // 2] = (255, 0, 0)  # top half red, bottom half blue
+    img[h // 2 :] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the red top becomes the right side
+    Image.fromarray(img).save(tmp_path / "rot.png", exif=exif)
+    out = load_base(tmp_path / "rot.png", (60, 30), 3, "resize")
+    assert out.shape == (60, 30, 3)
+    assert (out[:, 18:, 0] > 200).all() and (out[:, :12, 2] > 200).all()

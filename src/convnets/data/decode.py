@@ -19,13 +19,14 @@ already oriented, converted and resized, *before* augmentation. Three resize mod
   a function of the file alone (cacheable, identical in every torch-free reader, no circular
   dependency on dataset statistics that are computed from base images).
 
-Bounded work per image: the geometry is decided from the header *before* the pixels are decoded
-(:func:`plan_resize`). The resize reads only the source region it needs (``Image.resize(box=...)``),
-so no mode ever builds an image larger than its output (an 80000 x 1 PNG used to become a
-12,800,000 x 160 intermediate in centre-crop mode), JPEGs are decoded at the smallest DCT scale that
-still covers the output (``Image.draft``), and a file whose decode would need more than
-:data:`MAX_DECODE_BYTES` (pixels x the mode's conversion cost, measured) is refused before
-anything is allocated, with the size in the message.
+Bounded work per image: the geometry and the decode cost are decided from the header *before* the
+pixels are decoded (:func:`needed_size`, :func:`check_decode_size`). JPEGs are decoded at the
+smallest DCT scale that still covers the output (``Image.draft``); a file whose decode would need
+more than :data:`MAX_DECODE_BYTES` (pixels x the mode's measured cost) is refused before anything is
+allocated, with the size in the message; a big frame is box-reduced before its mode conversions;
+and no mode ever builds an image larger than its output (a centre crop of an extreme aspect ratio
+resizes only the region it keeps, ``Image.resize(box=...)``: an 80000 x 1 PNG used to become a
+12,800,000 x 183 intermediate for a 160-pixel model).
 
 Mode conversion (to 3 channels; for 1 channel the RGB result goes through PIL's ITU-R 601-2 luma):
 
@@ -45,7 +46,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -75,6 +76,17 @@ _COVER_LIMIT = 16
 
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPS_AXES = {5, 6, 7, 8}
+# EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table;
+# applied by value because the early-reduced frame no longer carries the EXIF block).
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -330,8 +342,8 @@ def load_base(
                 im.load()  # full decode here, so truncated data fails inside this try
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 im = _shrink_early(im, _need(im, *im.size, out_size, resize), in_chans)
-                if orientation in range(2, 9):  # exif_transpose copies even when there is nothing to do
-                    im = ImageOps.exif_transpose(im)
+                if orientation in _ORIENT:  # (exif_transpose copies even when there is nothing to do)
+                    im = im.transpose(_ORIENT[orientation])
                 im = fit(to_mode(im, in_chans), out_size, resize)
                 arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy wants one)
     except ImageReadError:
