@@ -58,7 +58,7 @@ def make_offcentre(src: Path, out: Path, fillers: list[Path], ratio: float, side
     return out
 
 
-def train_mode(data: Path, mode: str, out: Path, args: argparse.Namespace) -> dict:
+def train_mode(data: Path, mode: str, seed: int, out: Path, args: argparse.Namespace) -> dict:
     from convnets.train import train
 
     start = time.perf_counter()
@@ -71,13 +71,14 @@ def train_mode(data: Path, mode: str, out: Path, args: argparse.Namespace) -> di
         epochs=args.epochs,
         image_size=args.size,
         resize=mode,
-        seed=args.seed,
+        seed=seed,
         workers=0,
         quiet=True,
         out=str(out),
     )
     return {
         "mode": mode,
+        "seed": seed,
         "best_val_acc": result.best_val_acc,
         "train_seconds": round(result.seconds, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
@@ -89,7 +90,8 @@ def main() -> int:
     p.add_argument("--ratio", type=float, default=2.0, help="canvas width / height (default 2)")
     p.add_argument("--size", type=int, default=160, help="model input side (default 160)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the derived set (sides, clutter)")
+    p.add_argument("--seeds", default="0", help="training seeds (split, head init), e.g. 0,1,2")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--original", action="store_true", help="also train on the unmodified photos")
     p.add_argument("--out", type=Path, help="where the derived set and runs go (default: a temp folder)")
@@ -111,15 +113,17 @@ def main() -> int:
         sets = [("off-centre", data)] + ([("original", alpaca)] if args.original else [])
         rows = []
         for name, folder in sets:
-            for mode in args.modes.split(","):
-                row = {"set": name, "ratio": args.ratio if name == "off-centre" else None}
-                row.update(train_mode(folder, mode, out / "runs" / f"{name}-{mode}", args))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for mode in args.modes.split(","):  # one configuration at a time
+                    row = {"set": name, "ratio": args.ratio if name == "off-centre" else None}
+                    row.update(train_mode(folder, mode, seed, out / "runs" / f"{name}-{mode}-{seed}", args))
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=2))
-        print("\n| set | resize | best val acc | train s |\n|---|---|---|---|")
+        print("\n| set | resize | seed | best val acc | train s |\n|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['set']} | {r['mode']} | {r['best_val_acc']:.3f} | {r['train_seconds']} |")
+            acc = f"{r['best_val_acc']:.3f}"
+            print(f"| {r['set']} | {r['mode']} | {r['seed']} | {acc} | {r['train_seconds']} |")
     return 0
 
 
