@@ -33,10 +33,10 @@ formula; ``jitter`` clips to [0, 1] as torchvision does.
 The resize mode (``decode.py``) changes some ops, so that training sees the geometry evaluation
 uses: in ``letterbox`` mode ``rrc:p`` is a random scale of the whole canvas by a factor in
 [sqrt(p), 1] and a shift within the room that frees (``augment_ops.RandomPlace``), so the picture
-is never cut, and ``rotate``/``shear``/``rrc`` fill uncovered areas with the letterbox colour instead
-of black. In ``center-crop`` and ``resize`` (squash) modes ``rrc`` is torchvision's
-random-resized crop of the base image (in squash mode: a random region stretched to the input, the
-mode's own geometry).
+is never cut, and ``rotate``/``shear``/``crop`` padding/``rrc`` fill uncovered areas with the
+letterbox colour instead of black. In ``center-crop`` and ``resize`` (squash) modes ``rrc`` is
+torchvision's random-resized crop of the base image (in squash mode: a random region stretched to
+the input, the mode's own geometry).
 
 Randomness comes only from torch's RNG, which the loaders seed per sample (see ``loaders.py``), so
 a seed reproduces the same augmented epochs whatever the number of worker processes.

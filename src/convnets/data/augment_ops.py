@@ -132,6 +132,8 @@ def build_op(
         return RandomPlace(p, fill)
     if name == "rotate" and letterbox:
         return v2.RandomRotation(p, interpolation=_BILINEAR, fill=fill)
+    if name == "crop" and letterbox:
+        return v2.RandomCrop(size, padding=int(p) or None, pad_if_needed=True, fill=fill)
     if name == "shear" and letterbox:
         return v2.RandomAffine(degrees=0, shear=(-p, p, -p, p), interpolation=_BILINEAR, fill=fill)
     if name == "hflip":

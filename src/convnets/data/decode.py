@@ -128,11 +128,10 @@ def resize_name(mode: str) -> str:
 def base_size(image_size: tuple[int, int], resize: str) -> tuple[int, int]:
     """(H, W) of the stored base image for a model input of ``image_size``."""
     h, w = image_size
+    resize = resize_mode(resize)
     if resize == "center-crop":
         return round(h / CROP_RATIO), round(w / CROP_RATIO)
-    if resize in ("resize", "letterbox"):
-        return h, w
-    raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    return h, w
 
 
 def letterbox_fill(mode: str) -> int | tuple[int, ...]:
