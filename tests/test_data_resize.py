@@ -147,6 +147,10 @@ def test_train_records_the_mode_and_export_documents_it(wide_folder, tmp_path, o
 
     with pytest.raises(SystemExit):  # argparse: --resize takes only the three names
         main(["train", str(wide_folder), "-m", "resnet20", "-o", str(tmp_path / "x"), "--resize", "pad"])
+    from convnets.train import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=r"--resize: must be one of crop, squash, letterbox, got"):
+        train(str(wide_folder), model="resnet20", out=str(tmp_path / "y"), resize="pad")
     run = tmp_path / "run"
     train(
         str(wide_folder),
