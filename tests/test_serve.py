@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
@@ -373,3 +375,31 @@ def test_batcher_waits_only_for_requests_on_their_way():
     assert alone < 1.0
     assert together == [[10, 14], [6]]
     assert stats.calls == 2 and stats.largest == 3  # the late request joined the waiting batch
+
+
+def test_extreme_aspect_and_decode_bombs_are_cheap_rows(run_dir, tmp_path):
+    """Issue #25: a 20000x1 PNG (140 bytes) took 7 s and 2.85 GB in the server; a blank 36-megapixel
+    PNG decodes to 144 MB before any conversion. One gets a prediction, the other its reason, fast."""
+    import shutil
+    import time
+
+    from test_data_bounds import blank_png
+
+    from convnets.runs import RunConfig
+
+    crop_run = shutil.copytree(run_dir, tmp_path / "crop_run")  # the repro's mode: centre crop
+    config = RunConfig.read(crop_run)
+    config.resize = "center-crop"
+    config.write(crop_run)
+    wide = io.BytesIO()
+    Image.new("RGB", (20000, 1), (200, 30, 30)).save(wide, "PNG")
+    bomb = blank_png(tmp_path / "bomb.png", 6000, 6000).read_bytes()
+    with TestClient(create_app(crop_run)) as c:
+        start = time.perf_counter()
+        r = c.post("/v1/predict", files=files_of(("wide.png", wide.getvalue()), ("bomb.png", bomb)))
+        seconds = time.perf_counter() - start
+    assert r.status_code == 200
+    wide_row, bomb_row = r.json()["predictions"]
+    assert wide_row["file"] == "wide.png" and len(wide_row["top"]) == 3
+    assert bomb_row["file"] == "bomb.png" and "refused" in bomb_row["error"] and "MB" in bomb_row["error"]
+    assert seconds < 3.0

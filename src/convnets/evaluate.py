@@ -127,7 +127,7 @@ def load_run_splits(
         std=std,
         num_workers=0,
         data_root=config.options.get("data_root"),
-        resize=config.resize if own_source else None,  # None: that dataset's own default
+        resize=config.resize,  # the run's mode on any data: what predict and serve do too
         split=config.split if own_source else None,
     )
 

@@ -123,6 +123,25 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
             return loaded(x)
 
 
+def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
+    """What a deployment must do to an image before the graph, for ``model.onnx.json``."""
+    from .data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
+
+    name = resize_name(resize)
+    h, w = size
+    how = {
+        "crop": f"scale the image to cover {base_size(size, resize)[1]}x{base_size(size, resize)[0]} "
+        f"(shorter side / {CROP_RATIO}), keeping its aspect ratio, then take the central {w}x{h}",
+        "squash": f"resize to {w}x{h}, not keeping the aspect ratio",
+        "letterbox": f"scale the long side to fit {w}x{h}, keeping the aspect ratio, and pad the rest "
+        f"evenly with RGB {list(LETTERBOX_FILL)}",
+    }[name]
+    out = {"resize": name, "steps": how + "; bilinear; EXIF orientation applied; RGB uint8 / 255"}
+    if name == "letterbox":
+        out["fill"] = list(LETTERBOX_FILL)
+    return out
+
+
 def export_model(
     model: nn.Module,
     out: str | Path,
@@ -135,8 +154,11 @@ def export_model(
     class_names: list[str],
     atol: float = 1e-4,
     opset: int = 17,
+    resize: str = "center-crop",
 ) -> ExportResult:
     """Fold BN, wrap with normalisation, write ``out`` (+ ``out.labels.txt``) and check parity.
+    ``out.json`` describes the input, including ``resize``: how an image must be brought to the
+    input size before the graph (the run's mode, ``data/decode.py``).
 
     Raises :class:`ExportError` when the exported model differs from PyTorch by more than ``atol``
     (the file is kept so it can be inspected).
@@ -194,6 +216,7 @@ def export_model(
                     "range": [0.0, 1.0],
                     "channels": "RGB" if in_chans == 3 else ("grey" if in_chans == 1 else in_chans),
                 },
+                "preprocess": preprocess_description(resize, (h, w)),
                 "normalization_in_graph": {"mean": list(mean), "std": list(std)},
                 "output": "logits (apply softmax for probabilities)",
                 "class_names": class_names,
@@ -236,4 +259,5 @@ def export_run(
         class_names=list(config.class_names),
         atol=atol,
         opset=opset,
+        resize=config.resize,
     )

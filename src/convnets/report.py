@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write_text
+from .data.decode import resize_name
 from .plots import plot_confusion_matrix, plot_curves, plot_image_grid
 from .predictor import Classifier
 from .runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
@@ -189,6 +190,7 @@ def report(
         f"run folder <code>{html.escape(str(run_dir))}</code>",
         f"{len(clf.class_names)} classes",
         f"input {clf.in_chans}x{clf.image_size[0]}x{clf.image_size[1]}",
+        f"resize {resize_name(config.resize)}",  # as train --resize names it
     ]
     best = config.best
     if best is not None and best.val_acc is not None:

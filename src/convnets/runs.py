@@ -93,7 +93,9 @@ class RunConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     head: str = "default"  # "transfer": the head was replaced with reset_classifier
     head_dropout: float | None = None
-    resize: str = "center-crop"  # how evaluation/prediction bring an image to image_size
+    # How every reader brings an image to image_size (train --resize): center-crop (crop), resize
+    # (squash) or letterbox; data/decode.py defines them. Old runs without the key centre-crop.
+    resize: str = "center-crop"
     mean: tuple[float, ...] | None = None  # None: the model takes unnormalised [0, 1] input
     std: tuple[float, ...] | None = None
     normalize: str | bool = "dataset"
@@ -124,10 +126,12 @@ class RunConfig:
             self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc", "val_bal_acc")})
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
-        from .data.decode import RESIZE_MODES  # numpy/Pillow only: still torch-free
+        from .data.decode import RESIZE_MODES, resize_mode  # numpy/Pillow only: still torch-free
 
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        try:
+            self.resize = resize_mode(self.resize)  # --resize names (crop, squash) -> stored modes
+        except ValueError:
+            raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}") from None
 
     # -- derived -----------------------------------------------------------------------------
 

@@ -67,6 +67,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "measured best for the regime, from scratch or from --weights)",
     )
     g.add_argument(
+        "--resize",
+        choices=("crop", "letterbox", "squash"),
+        help="how a non-square image becomes the square input: crop (centre crop, the default for "
+        "folders), letterbox (whole image, padded with the mean colour) or squash (stretched); "
+        "evaluate, predict, export and serve use the run's choice",
+    )
+    g.add_argument(
         "--normalize",
         choices=("imagenet", "inception", "dataset", "none"),
         help="input normalisation (default: the checkpoint's with --weights, else the data's)",

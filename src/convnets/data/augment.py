@@ -30,6 +30,14 @@ the order given, and it is normalised. ``rotate``, ``shear`` and ``elastic`` fil
 with black. The colour ops that add (``colorshift``, ``pca``) do not clip, exactly as the paper's
 formula; ``jitter`` clips to [0, 1] as torchvision does.
 
+The resize mode (``decode.py``) changes some ops, so that training sees the geometry evaluation
+uses: in ``letterbox`` mode ``rrc:p`` is a random scale of the whole canvas by a factor in
+[sqrt(p), 1] and a shift within the room that frees (``augment_ops.RandomPlace``), so the picture
+is never cut, and ``rotate``/``shear``/``crop`` padding/``rrc`` fill uncovered areas with the
+letterbox colour instead of black. In ``center-crop`` and ``resize`` (squash) modes ``rrc`` is
+torchvision's random-resized crop of the base image (in squash mode: a random region stretched to
+the input, the mode's own geometry).
+
 Randomness comes only from torch's RNG, which the loaders seed per sample (see ``loaders.py``), so
 a seed reproduces the same augmented epochs whatever the number of worker processes.
 """
@@ -134,20 +142,23 @@ def build_train_transform(
     mean: Sequence[float],
     std: Sequence[float],
     pca: tuple[torch.Tensor, torch.Tensor] | None = None,
+    resize: str = "center-crop",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 (C, H', W') base image -> augmented, normalised float (C, H, W)."""
+    """uint8 (C, H', W') base image -> augmented, normalised float (C, H, W); ``resize`` is the
+    run's resize mode (see the module docstring)."""
     ops = parse_ops(spec)
     if not ops:  # no augmentation: the eval transform, without importing torchvision
         return build_eval_transform(image_size, mean, std)
     from .augment_ops import compose
 
-    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca)
+    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca, resize=resize)
 
 
 def build_eval_transform(
     image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 base image -> centre H x W crop (no-op for ``resize="resize"`` bases), float, normalised."""
+    """uint8 base image -> centre H x W crop (no-op for ``resize``/``letterbox`` bases, which are
+    already H x W), float, normalised."""
     return CenterCropNormalize(image_size, mean, std)
 
 

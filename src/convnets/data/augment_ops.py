@@ -68,6 +68,37 @@ class PCAColor(v2.Transform):
         return inpt + params["delta"].to(inpt.dtype)[:, None, None]
 
 
+class RandomPlace(v2.Transform):
+    """The letterbox counterpart of a random-resized crop: the whole canvas shrunk by a random
+    factor s (area s^2 uniform-ish in [min_area, 1], side in [sqrt(min_area), 1]) and moved by a
+    random shift within the room the shrinking frees, so the picture is never cut; the uncovered
+    border is ``fill`` (the letterbox colour)."""
+
+    def __init__(self, min_area: float = 0.25, fill: Any = 0) -> None:
+        super().__init__()
+        self.low = max(float(min_area), 1e-4) ** 0.5
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        _, h, w = v2.functional.get_dimensions(flat_inputs[0])
+        s = float(torch.empty(1).uniform_(self.low, 1.0))
+        room_x, room_y = (1.0 - s) * w / 2.0, (1.0 - s) * h / 2.0
+        tx = float(torch.empty(1).uniform_(-room_x, room_x)) if room_x > 0 else 0.0
+        ty = float(torch.empty(1).uniform_(-room_y, room_y)) if room_y > 0 else 0.0
+        return {"scale": s, "translate": [int(round(tx)), int(round(ty))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return v2.functional.affine(
+            inpt,
+            angle=0.0,
+            translate=params["translate"],
+            scale=params["scale"],
+            shear=[0.0, 0.0],
+            interpolation=_BILINEAR,
+            fill=self.fill,
+        )
+
+
 def _require_float(inpt: torch.Tensor, name: str) -> None:
     if not inpt.is_floating_point():
         raise TypeError(f"{name} works on float images in [0, 1]; got {inpt.dtype}")
@@ -83,8 +114,28 @@ def _pca(sigma: float, in_chans: int, pca: Any) -> v2.Transform:
     return PCAColor(eigvals, eigvecs, sigma)
 
 
-def build_op(name: str, p: float, size: tuple[int, int], in_chans: int, pca: Any) -> v2.Transform:
-    """One parsed op (``augment.OPS`` names it) as a v2 transform."""
+def _fill(in_chans: int) -> list[int]:
+    """The letterbox pad colour (decode.LETTERBOX_FILL) for a uint8 image of ``in_chans`` channels."""
+    from .decode import letterbox_fill
+
+    value = letterbox_fill("L" if in_chans == 1 else "RGB")
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+def build_op(
+    name: str, p: float, size: tuple[int, int], in_chans: int, pca: Any, resize: str = "center-crop"
+) -> v2.Transform:
+    """One parsed op (``augment.OPS`` names it) as a v2 transform, for the run's resize mode."""
+    letterbox = resize == "letterbox"
+    fill = _fill(in_chans) if letterbox else 0
+    if name == "rrc" and letterbox:
+        return RandomPlace(p, fill)
+    if name == "rotate" and letterbox:
+        return v2.RandomRotation(p, interpolation=_BILINEAR, fill=fill)
+    if name == "crop" and letterbox:
+        return v2.RandomCrop(size, padding=int(p) or None, pad_if_needed=True, fill=fill)
+    if name == "shear" and letterbox:
+        return v2.RandomAffine(degrees=0, shear=(-p, p, -p, p), interpolation=_BILINEAR, fill=fill)
     if name == "hflip":
         return v2.RandomHorizontalFlip(p)
     if name == "vflip":
@@ -115,6 +166,7 @@ def compose(
     mean: list[float],
     std: list[float],
     pca: Any,
+    resize: str = "center-crop",
 ) -> v2.Compose:
     """Geometric ops on the uint8 base, then float, then colour ops, then normalisation."""
     from .augment import CROP_OPS, OPS
@@ -124,7 +176,7 @@ def compose(
     steps: list[v2.Transform] = []
     if not any(n in CROP_OPS for n, _ in geometric):
         steps.append(v2.CenterCrop(size))
-    steps += [build_op(n, p, size, in_chans, pca) for n, p in geometric]
+    steps += [build_op(n, p, size, in_chans, pca, resize) for n, p in geometric]
     steps.append(v2.ToDtype(torch.float32, scale=True))
     steps += [build_op(n, p, size, in_chans, pca) for n, p in colour]
     steps.append(v2.Normalize(mean, std))

@@ -4,7 +4,12 @@ Evaluation transform (validation, test, prediction), by ``resize``:
 
 * ``"center-crop"`` (folders, torchvision's photo datasets, ``load_images``): scale the shorter side to
   ``size / 0.875`` (256 for 224), centre-crop ``size`` -- torchvision's ImageNet evaluation;
-* ``"resize"`` (in-memory built-ins such as digits, MNIST, CIFAR): resize straight to ``size``.
+* ``"resize"`` (``squash``; in-memory built-ins such as digits, MNIST, CIFAR): resize straight to ``size``;
+* ``"letterbox"``: fit the long side to ``size``, pad the rest with the ImageNet mean colour
+  (``decode.py`` says why), no crop.
+
+Training augmentation follows the mode (``augment.py``): ``rrc`` in letterbox mode is a random
+scale-and-shift of the whole picture inside the canvas, never a crop of it.
 
 Normalisation (``normalize``): ``"imagenet"`` (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225),
 ``"inception"`` ([-1, 1]: mean = std = 0.5), ``"none"`` ([0, 1]), ``"dataset"`` (per-channel mean/std
@@ -29,7 +34,7 @@ from ..models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION
 from .augment import build_eval_transform, build_train_transform, needs_pca, parse_ops
 from .builtin import BUILTIN_NAMES, Parts, builtin_name, load_digits_parts, load_torchvision_parts
 from .datasets import FileDataset, Subset, cpu_count
-from .decode import RESIZE_MODES, ImageReadError, SkippedImageWarning, base_size
+from .decode import ImageReadError, SkippedImageWarning, base_size, resize_mode
 from .folder import DatasetError, find_presplit, scan_folder
 from .images import expand_paths, read_images, to_input
 from .loaders import ImageLoader
@@ -252,8 +257,8 @@ def load_data(
     size = _size2(image_size)
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    if resize is not None and resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if resize is not None:
+        resize = resize_mode(resize)  # crop / squash / letterbox, or the stored names
     if val_split is not None and not 0 <= val_split < 1:
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
     parse_ops(augment)  # fail on a bad spec before any scanning
@@ -280,6 +285,8 @@ def load_data(
             resize,
         )
     elif is_shard_source(path):  # WebDataset shards written by `convnets shard`
+        if resize not in (None, "center-crop"):  # shards may hold centre-crop base pixels (--resize)
+            raise ValueError(f"{path}: shards are read with the crop resize mode only, not {resize!r}")
         return _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std, seed, num_workers)
     elif path.exists():
         resize = resize or "center-crop"
@@ -344,7 +351,7 @@ def _build(
     if needs_pca(augment):
         key = ["pca-v1", str(in_chans), str(size), *(base_ds.fingerprint()[i] for i in train_idx)]
         pca = cached_pca_stats(key, lambda: _sample_bases(stats_view))
-    train_tf = build_train_transform(augment, size, in_chans, mean, std, pca)
+    train_tf = build_train_transform(augment, size, in_chans, mean, std, pca, resize=resize)
     eval_tf = build_eval_transform(size, mean, std)
     if num_workers is None and parts.in_memory:
         num_workers = 0

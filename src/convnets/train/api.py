@@ -324,6 +324,7 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
             seed=opts.seed,
             batch_size=opts.batch_size,
             augment=opts.augment,
+            resize=opts.resize,
             normalize=normalize,
             mean=mean,
             std=std,

@@ -81,6 +81,7 @@ class TrainOptions:
     seed: int = 0
     batch_size: int = 32
     augment: str = "auto"  # resolved per regime (resolve_augment)
+    resize: str | None = None  # crop | letterbox | squash (data/decode.py); None: the data's own default
     normalize: str | None = None
     workers: int | None = None
     data_root: str | None = None
@@ -151,6 +152,13 @@ def check_options(opts: TrainOptions) -> None:
     for name, allowed in choices.items():
         if getattr(opts, name) not in allowed:
             raise bad(name, f"must be one of {', '.join(allowed)}, got {getattr(opts, name)!r}")
+    if opts.resize is not None:
+        from ..data.decode import resize_mode
+
+        try:
+            resize_mode(opts.resize)
+        except ValueError as e:
+            raise bad("resize", str(e).removeprefix("resize ")) from None
     if opts.freeze is not None and opts.freeze not in FREEZE_REGIMES:
         raise bad("freeze", f"must be one of {', '.join(FREEZE_REGIMES)}, got {opts.freeze!r}")
     positive = ["epochs", "batch_size", "grad_accum", "feature_views"]
