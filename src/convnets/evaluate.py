@@ -33,6 +33,7 @@ __all__ = [
     "classification_metrics",
     "evaluate",
     "evaluate_ensemble",
+    "run_data_source",
 ]
 
 
@@ -110,9 +111,7 @@ def load_run_splits(
     from .data import load_data
 
     if data is None:
-        if config.data is None:
-            raise ValueError("config.json does not say which data the run was trained on")
-        data = config.data.source
+        data = run_data_source(config)
     mean, std = config.normalization()
     return load_data(
         str(data),
@@ -130,6 +129,13 @@ def load_run_splits(
         resize=config.resize if own_source else None,  # None: that dataset's own default
         split=config.split if own_source else None,
     )
+
+
+def run_data_source(config: RunConfig) -> str:
+    """The data the run trained on (its config.json), whose validation split ``evaluate`` uses by default."""
+    if config.data is None or not config.data.source:
+        raise ValueError("config.json does not say which data the run was trained on: give DATA")
+    return str(config.data.source)
 
 
 @dataclass
@@ -254,7 +260,7 @@ def _keep_worst(worst: list, probs: torch.Tensor, batch: _Batch, images: torch.T
 
 def evaluate(
     run: str | Path | Classifier,
-    data: str | Path,
+    data: str | Path | None = None,
     *,
     tta: str = "none",
     batch_size: int = 64,
@@ -266,6 +272,9 @@ def evaluate(
     calibrate: bool = False,
 ) -> EvalResult:
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
+
+    ``data=None``: the run's own validation split (the source and split in its config.json), as
+    ``yolo val`` does without a data argument.
 
     Beside accuracy: balanced accuracy, macro-F1, the most-confused pairs, the top losses and the
     expected calibration error (:class:`convnets.analysis.ErrorAnalysis`), and the share of images
@@ -286,6 +295,8 @@ def evaluate(
 
         fit = calibrate_run(run, out=out)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
+    if data is None:
+        data = run_data_source(clf.config)
     detector = clf.trust.detector if clf.trust is not None else None
     skipped: list[dict] = []
     batches, _, description = _eval_batches(clf, data, batch_size, base=(tta == "10crop"), skipped=skipped)
