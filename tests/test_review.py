@@ -418,3 +418,15 @@ def test_relabel_quarantine_and_undo_in_headless_chromium(planted, tmp_path, cap
         browser.quit()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_undo_of_a_file_moved_by_hand_is_refused_and_journals_nothing(planted):
+    root = planted.root
+    journal = Journal(DataFolder(root))
+    flipped = rel(planted, planted.flips[0])
+    (move,) = journal.relabel(flipped, "class0")
+    os.rename(root / move.dst, root / "elsewhere.png")  # the user moves it outside the review
+    n = len(journal.records)
+    with pytest.raises(ReviewError, match="changed outside the review"):
+        journal.undo_last()
+    assert len(journal.records) == n and len(Journal(DataFolder(root)).records) == n

@@ -268,6 +268,14 @@ class Journal:
             return [s["seq"] for s in pending]
 
     def _step(self, step: dict[str, Any]) -> dict[str, Any]:
+        if step["op"] == "move":  # refused before it is journalled, e.g. a file moved by hand since
+            src, dst = self.folder.root / step["src"], self.folder.root / step["dst"]
+            if not src.exists() or dst.exists() or dst.is_symlink():
+                raise ReviewError(
+                    f"cannot move {step['src']} -> {step['dst']}: the source is gone or the destination "
+                    "is taken (changed outside the review?)",
+                    409,
+                )
         record = self._append(step)  # written (fsynced) before the change: a crash loses nothing
         self._apply(record)
         return record
