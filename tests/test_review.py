@@ -244,6 +244,9 @@ def test_thumbnails_of_data_and_quarantine(client, planted):
     moved = c.post("/api/action", json={"action": "quarantine", "path": copy}).json()["moves"][0]["dst"]
     assert c.get("/api/thumb", params={"path": copy}).status_code == 404
     assert c.get("/api/thumb", params={"path": moved}).status_code == 200
+    (planted.root / "train" / "class0" / "broken.png").write_bytes(b"\x89PNG not really")
+    r = c.get("/api/thumb", params={"path": "train/class0/broken.png"})
+    assert r.status_code == 400 and "cannot be read" in r.json()["error"]
 
 
 def test_after_the_review_doctor_finds_the_fixed_problems_gone(tmp_path, capsys):
@@ -302,6 +305,8 @@ def test_a_runs_top_losses_are_items(planted, tmp_path):
     assert all(i.kind == "loss" and (planted.train / i.files[0].path).is_file() for i in found.items)
     losses = [float(i.files[0].note.split()[-1]) for i in found.items]
     assert losses == sorted(losses, reverse=True)
+    presplit = run_top_losses(run, DataFolder(planted.root), k=40)  # train/ and test/ together
+    assert {i.files[0].path.split("/")[0] for i in presplit.items} == {"train", "test"}
 
 
 def test_bad_class_names_are_refused():

@@ -62,18 +62,22 @@ def page_html(token: str) -> str:
     return text.replace("__REVIEW_TOKEN__", token)
 
 
-def _thumbnail(path: os.PathLike) -> bytes:
+def _thumbnail(path: os.PathLike, name: str) -> bytes:
+    """A JPEG of at most THUMB_SIDE pixels a side; ``ReviewError`` (400) for a file that is no image."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        if im.width * im.height > MAX_IMAGE_PIXELS:
-            raise ReviewError(f"{im.width}x{im.height} pixels: too large to show")
-        im.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at a reduced scale
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
-        return buf.getvalue()
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise ReviewError(f"{name}: {im.width}x{im.height} pixels, too large to show")
+            im.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at a reduced scale
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+            return buf.getvalue()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow's errors
+        raise ReviewError(f"{name}: cannot be read as an image ({e})") from None
 
 
 def create_app(
@@ -133,15 +137,9 @@ def create_app(
     async def thumb(request: Request) -> Response:
         check_host(request)
         check_key(request)
-        path = folder.file(request.query_params.get("path"), quarantine=True)
-        try:
-            body = await anyio.to_thread.run_sync(_thumbnail, path)
-        except ReviewError:
-            raise
-        except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unreadable files
-            raise ReviewError(
-                f"{request.query_params.get('path')}: cannot be read as an image ({e})"
-            ) from None
+        name = request.query_params.get("path")
+        path = folder.file(name, quarantine=True)
+        body = await anyio.to_thread.run_sync(_thumbnail, path, name)
         return Response(body, media_type="image/jpeg", headers=_SECURITY_HEADERS)
 
     async def read_json(request: Request) -> dict[str, Any]:

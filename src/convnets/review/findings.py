@@ -109,9 +109,14 @@ def run_top_losses(run_dir: str | os.PathLike, folder: DataFolder, k: int = 24) 
     config = RunConfig.read(run_dir)
     source = config.data.source if config.data is not None else None
     own = source is not None and Path(source).is_dir() and Path(source).resolve() == folder.root
-    result = evaluate(run_dir, None if own else folder.root, worst_k=k)
+    if own:
+        targets: list[Path | None] = [None]
+    else:  # a pre-split root: each split folder is a class-folder tree
+        targets = [folder.root / d for d in folder.split_dirs] or [folder.root]
+    losses = [t for target in targets for t in evaluate(run_dir, target, worst_k=k).metrics["top_losses"]]
+    losses = sorted(losses, key=lambda t: -t["loss"])[:k]
     out = Findings(source=f"top losses of {run_dir}")
-    for n, t in enumerate(result.metrics["top_losses"], 1):
+    for n, t in enumerate(losses, 1):
         rel = folder.rel(t["id"])
         if rel is None:
             out.outside += 1
