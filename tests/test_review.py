@@ -309,6 +309,17 @@ def test_a_runs_top_losses_are_items(planted, tmp_path):
     assert {i.files[0].path.split("/")[0] for i in presplit.items} == {"train", "test"}
 
 
+def test_findings_from_doctor_run_now_match_its_json(planted, capsys):
+    found = load_findings(DataFolder(planted.root), labels=False, progress=False)
+    assert main(["doctor", str(planted.root), "--json", "--no-labels"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [i.to_dict() for i in found.items] == [
+        i.to_dict() for i in doctor_findings(report, DataFolder(planted.root)).items
+    ]
+    leak = next(i for i in found.items if i.kind == "leakage")
+    assert {f.split for f in leak.files} == {"train", "test"} and found.outside == 0
+
+
 def test_bad_class_names_are_refused():
     for name in ("", ".", "..", "a/b", "a\0b", ".q", "\n"):
         with pytest.raises(ReviewError):
