@@ -29,6 +29,7 @@ __all__ = [
     "ClassMismatchError",
     "EnsembleResult",
     "EvalResult",
+    "SampleDraw",
     "check_class_names",
     "classification_metrics",
     "evaluate",
@@ -343,7 +344,8 @@ def evaluate(
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
 
     ``data=None``: the run's own validation split (the source and split in its config.json), as
-    ``yolo val`` does without a data argument.
+    ``yolo val`` does without a data argument. ``sample_k`` images are kept for showing
+    (:class:`SampleDraw`: across classes, right and wrong, drawn with ``sample_seed``).
 
     Beside accuracy: balanced accuracy, macro-F1, the most-confused pairs, the top losses and the
     expected calibration error (:class:`convnets.analysis.ErrorAnalysis`), and the share of images
