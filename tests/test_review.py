@@ -320,6 +320,15 @@ def test_findings_from_doctor_run_now_match_its_json(planted, capsys):
     assert {f.split for f in leak.files} == {"train", "test"} and found.outside == 0
 
 
+def test_one_review_per_folder_at_a_time(planted):
+    app = create_app(planted.root, doctor_findings({}, DataFolder(planted.root)))
+    with pytest.raises(ReviewError, match="another convnets review"):
+        create_app(planted.root, doctor_findings({}, DataFolder(planted.root)))
+    assert main(["review", str(planted.root), "--undo"]) == 2  # refused while the page is open
+    app.state.journal._held.close()
+    assert main(["review", str(planted.root), "--undo"]) == 0
+
+
 def test_bad_class_names_are_refused():
     for name in ("", ".", "..", "a/b", "a\0b", ".q", "\n"):
         with pytest.raises(ReviewError):

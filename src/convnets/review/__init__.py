@@ -29,7 +29,7 @@ __all__ = [
 def undo_all(data: str) -> list:
     """Undo every change a review made to ``data`` (after finishing any step a crash left): the
     folder as it was before. Returns the moves made back."""
-    return Journal(DataFolder(data)).undo_all()
+    return Journal(DataFolder(data), exclusive=True).undo_all()
 
 
 def __getattr__(name: str) -> Any:

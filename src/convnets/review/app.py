@@ -92,7 +92,7 @@ def create_app(
     """The review app for DATA showing ``findings``. ``token``: the per-session token (default: a new
     random one; ``app.state.token``). ``loopback_only``: refuse requests whose Host is not loopback."""
     folder = DataFolder(data)
-    journal = Journal(folder)
+    journal = Journal(folder, exclusive=True)  # one review per folder at a time
     if journal.recovered and log is not None:
         log(f"convnets review: finished {len(journal.recovered)} step(s) an earlier session had journalled")
     token = token or secrets.token_urlsafe(32)

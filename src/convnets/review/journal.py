@@ -197,13 +197,16 @@ class Journal:
     "ref"}`` once a step's change is on disk; a step that reverses another carries ``"undoes": seq``.
     One batch = one action on the page (e.g. "keep one copy" sets several files aside)."""
 
-    def __init__(self, folder: DataFolder) -> None:
+    def __init__(self, folder: DataFolder, *, exclusive: bool = False) -> None:
         self.folder = folder
         self.path = folder.root / JOURNAL_FILE
         self._lock = threading.RLock()
+        self._held = None
         self.records: list[dict[str, Any]] = []
         if self.path.is_symlink():
             raise ReviewError(f"{self.path}: the journal is a symbolic link; refusing to write through it")
+        if exclusive:
+            self._hold()
         if self.path.exists():
             text = self.path.read_text(encoding="utf-8")
             for line in text.splitlines():
@@ -217,6 +220,21 @@ class Journal:
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("\n")
         self.recovered = self.recover()
+
+    def _hold(self) -> None:
+        """An exclusive lock on the journal for this object's life (released by the OS if the process
+        dies): a second review of the same folder (a page or --undo) is refused, not interleaved."""
+        import fcntl
+
+        f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ReviewError(
+                f"{self.folder.root}: another convnets review is working on this folder", 409
+            ) from None
+        self._held = f
 
     # -- writing ---------------------------------------------------------------------------------
 
