@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +264,41 @@ def test_every_backend_gives_the_same_evaluation(tmp_path, backend):
     assert float(result.probs[0, 0]) == pytest.approx(p_bright, abs=1e-5)
     with pytest.raises(ValueError, match="unknown inference backend"):
         Classifier(LeftHalfMean(), _config(["bright", "dark"], 8), backend="gpu")
+
+
+def test_evaluate_cli_without_data_uses_the_runs_own_validation_split(tmp_path, one_thread, capsys):
+    """`convnets evaluate RUN` (no DATA) evaluates exactly the validation files the run trained
+    with (config.json's split), as `yolo val` does; a DATA folder still overrides it."""
+    from train_shapes import make_shapes
+
+    from convnets.cli import main
+    from convnets.train import train
+
+    data = make_shapes(tmp_path / "shapes", per_class=10, size=24)
+    run = tmp_path / "run"
+    train(str(data), "lenet5", run, epochs=1, workers=0, quiet=True, val_split=0.3, seed=3)
+    split = json.loads((run / "config.json").read_text())["split"]
+    val_files = sorted(str(data / rel) for rel in split["val"])
+    assert 0 < len(val_files) < 30
+
+    assert main(["evaluate", str(run), "--json", "--out", str(tmp_path / "eval")]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["n"] == len(val_files)
+    assert "validation subset" in own["data"]
+    assert sorted(str(Path(i).resolve()) for i in evaluate(run).ids) == [
+        str(Path(f).resolve()) for f in val_files
+    ]
+
+    other = tmp_path / "other"  # the same classes, a different folder: every image in it
+    for shape in ("circle", "square", "triangle"):
+        (other / shape).mkdir(parents=True)
+        for k in range(2):
+            (other / shape / f"{k}.png").write_bytes((data / shape / f"{k}.png").read_bytes())
+    assert main(["evaluate", str(run), str(other), "--json", "--out", str(tmp_path / "eval2")]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6
+
+
+def test_evaluate_without_data_needs_a_run_that_names_its_data(tmp_path):
+    clf = Classifier(LeftHalfMean(), _config(["a", "b"], 8))
+    with pytest.raises(ValueError, match="config.json does not say which data"):
+        evaluate(clf)

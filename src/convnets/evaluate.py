@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from .calibration import Calibration, Reliability, plot_reliability
 from .data.images import expand_paths
 from .inference import backend_of
 from .ood import features_and_logits
-from .plots import plot_confusion_matrix, plot_image_grid
+from .plots import confusion_counts, plot_confusion_matrix, plot_image_grid
 from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
 from .runs import RunConfig
 
@@ -29,10 +29,12 @@ __all__ = [
     "ClassMismatchError",
     "EnsembleResult",
     "EvalResult",
+    "SampleDraw",
     "check_class_names",
     "classification_metrics",
     "evaluate",
     "evaluate_ensemble",
+    "run_data_source",
 ]
 
 
@@ -62,16 +64,20 @@ def check_class_names(expected: Sequence[str], found: Sequence[str], where: str)
 def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> dict:
     """Accuracy, top-5 (when there are at least 5 classes), per-class precision/recall/F1/support,
     macro averages and the confusion matrix (rows: true class, columns: predicted)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     num_classes = len(class_names)
     targets = targets.long().cpu()
     pred = probs.argmax(1).cpu()
     n = int(targets.numel())
-    labels = list(range(num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        targets.numpy(), pred.numpy(), labels=labels, zero_division=0
-    )
+    # From the confusion matrix (what scikit-learn computes, zero_division=0), without importing
+    # scikit-learn: that import alone took 5 s of a 5,000-image report on a busy machine.
+    cm = confusion_counts(targets.numpy(), pred.numpy(), num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    pr = precision + recall
+    f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
     metrics = {
         "n": n,
         "accuracy": float((pred == targets).float().mean()) if n else float("nan"),
@@ -89,7 +95,7 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
             "recall": float(recall.mean()),
             "f1": float(f1.mean()),
         },
-        "confusion_matrix": confusion_matrix(targets.numpy(), pred.numpy(), labels=labels).tolist(),
+        "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
     }
     if num_classes >= 5:
@@ -110,9 +116,7 @@ def load_run_splits(
     from .data import load_data
 
     if data is None:
-        if config.data is None:
-            raise ValueError("config.json does not say which data the run was trained on")
-        data = config.data.source
+        data = run_data_source(config)
     mean, std = config.normalization()
     return load_data(
         str(data),
@@ -130,6 +134,13 @@ def load_run_splits(
         resize=config.resize,  # the run's mode on any data: what predict and serve do too
         split=config.split if own_source else None,
     )
+
+
+def run_data_source(config: RunConfig) -> str:
+    """The data the run trained on (its config.json), whose validation split ``evaluate`` uses by default."""
+    if config.data is None or not config.data.source:
+        raise ValueError("config.json does not say which data the run was trained on: give DATA")
+    return str(config.data.source)
 
 
 @dataclass
@@ -224,7 +235,8 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)
     backend: str = "eager"  # what ran the model (convnets.inference.backend_of)
     mistakes: list[dict] = field(default_factory=list)  # worst mistakes: id, true, pred, confidence
-    # The first ``sample_k`` images with id, true, pred, confidence and "image" (C, H, W) in [0, 1].
+    # ``sample_k`` images drawn across classes, right and wrong (SampleDraw, seeded): id, true, pred,
+    # confidence and "image" (C, H, W) in [0, 1].
     samples: list[dict] = field(default_factory=list, repr=False)
     mistake_images: list[torch.Tensor] = field(default_factory=list, repr=False)  # same order as mistakes
     # Error analysis (balanced accuracy, macro-F1, confused pairs, top losses, ECE; also in metrics).
@@ -244,28 +256,96 @@ class EvalResult:
         }
 
 
-def _keep_worst(worst: list, probs: torch.Tensor, batch: _Batch, images: torch.Tensor, k: int) -> list:
-    conf, pred = probs.max(1)
-    for i in torch.nonzero(pred != batch.y).flatten().tolist():
-        worst.append((float(conf[i]), batch.ids[i], int(batch.y[i]), int(pred[i]), images[i]))
+def _keep_worst(
+    worst: list,
+    conf: np.ndarray,
+    pred: np.ndarray,
+    batch: _Batch,
+    shown: Callable[[int], torch.Tensor],
+    k: int,
+) -> list:
+    """The ``k`` most confident mistakes so far; images denormalised only for the ones kept."""
+    floor = worst[-1][0] if len(worst) >= k else -1.0
+    y = batch.y.numpy()
+    for i in np.flatnonzero((pred != y) & (conf > floor)).tolist():
+        worst.append((float(conf[i]), batch.ids[i], int(y[i]), int(pred[i]), shown(i)))
     worst.sort(key=lambda t: -t[0])
     return worst[:k]
 
 
+class SampleDraw:
+    """A seeded sample of up to ``k`` images spread over the classes, right and wrong, drawn while
+    the images stream past (reservoir sampling per class x right/wrong), so a report of a 10-class
+    run shows every class rather than the first batch's, without keeping the images in memory.
+
+    With more classes than ``k``, ``k`` classes are drawn first. :meth:`pick` takes the classes in
+    turn (round-robin), each alternating right and wrong predictions when it has both."""
+
+    def __init__(self, k: int, num_classes: int, seed: int = 0) -> None:
+        self.k = k
+        self.rng = np.random.default_rng(seed)
+        classes = np.arange(num_classes)
+        if num_classes > k > 0:
+            classes = np.sort(self.rng.choice(num_classes, size=k, replace=False))
+        self.classes = [int(c) for c in classes] if k > 0 else []
+        self.wanted = set(self.classes)
+        self.cap = -(-k // max(1, len(self.classes))) if k > 0 else 0  # per class and right/wrong
+        self.seen: dict[tuple[int, bool], int] = {}
+        self.kept: dict[tuple[int, bool], list[dict]] = {}
+
+    def offer(
+        self, batch: _Batch, conf: np.ndarray, pred: np.ndarray, class_names: Sequence[str], shown: Callable
+    ) -> None:
+        if not self.k:
+            return
+        for i, (y, p) in enumerate(zip(batch.y.tolist(), pred.tolist())):
+            if y not in self.wanted:
+                continue
+            key = (y, y == p)
+            n = self.seen[key] = self.seen.get(key, 0) + 1
+            kept = self.kept.setdefault(key, [])
+            slot = len(kept) if len(kept) < self.cap else int(self.rng.integers(n))
+            if slot < self.cap:
+                row = {"id": batch.ids[i], "true": class_names[y], "pred": class_names[p],
+                       "confidence": float(conf[i]), "image": shown(i)}  # fmt: skip
+                if slot == len(kept):
+                    kept.append(row)
+                else:
+                    kept[slot] = row
+
+    def pick(self) -> list[dict]:
+        queues = []
+        for n, c in enumerate(self.classes):
+            right, wrong = self.kept.get((c, True), []), self.kept.get((c, False), [])
+            first, second = (wrong, right) if n % 2 else (right, wrong)
+            mixed = [row for pair in zip(first, second) for row in pair]
+            shorter = min(len(first), len(second))
+            queues.append(mixed + first[shorter:] + second[shorter:])
+        out: list[dict] = []
+        for turn in range(max((len(q) for q in queues), default=0)):
+            out += [q[turn] for q in queues if turn < len(q)]
+        return out[: self.k]
+
+
 def evaluate(
     run: str | Path | Classifier,
-    data: str | Path,
+    data: str | Path | None = None,
     *,
     tta: str = "none",
     batch_size: int = 64,
     out: str | Path | None = None,
     worst_k: int = 16,
     sample_k: int = 0,
+    sample_seed: int = 0,
     device: str = "cpu",
     backend: str = "auto",
     calibrate: bool = False,
 ) -> EvalResult:
     """Evaluate a run (or a :class:`Classifier`) on ``data``; write plots to ``out`` when given.
+
+    ``data=None``: the run's own validation split (the source and split in its config.json), as
+    ``yolo val`` does without a data argument. ``sample_k`` images are kept for showing
+    (:class:`SampleDraw`: across classes, right and wrong, drawn with ``sample_seed``).
 
     Beside accuracy: balanced accuracy, macro-F1, the most-confused pairs, the top losses and the
     expected calibration error (:class:`convnets.analysis.ErrorAnalysis`), and the share of images
@@ -286,6 +366,8 @@ def evaluate(
 
         fit = calibrate_run(run, out=out)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
+    if data is None:
+        data = run_data_source(clf.config)
     detector = clf.trust.detector if clf.trust is not None else None
     skipped: list[dict] = []
     batches, _, description = _eval_batches(clf, data, batch_size, base=(tta == "10crop"), skipped=skipped)
@@ -293,7 +375,7 @@ def evaluate(
     plain_probs, tta_probs, targets, ids = [], [], [], []
     plain_seconds = tta_seconds = 0.0
     worst: list = []
-    samples: list[dict] = []
+    draw = SampleDraw(sample_k, len(clf.class_names), seed=sample_seed)
     features = []
     for batch in batches:
         plain_view = tta_views(batch.x, "none", clf.image_size)[0]
@@ -311,19 +393,17 @@ def evaluate(
         plain_probs.append(p_plain)
         targets.append(batch.y)
         ids.extend(batch.ids)
-        shown = clf.denormalize(plain_view)
-        worst = _keep_worst(worst, reported, batch, shown, worst_k)
-        conf, pred = reported.max(1)
-        for i in range(min(len(batch.ids), sample_k - len(samples))):
-            samples.append(
-                {
-                    "id": batch.ids[i],
-                    "true": clf.class_names[int(batch.y[i])],
-                    "pred": clf.class_names[int(pred[i])],
-                    "confidence": float(conf[i]),
-                    "image": shown[i],
-                }
-            )
+
+        def shown(i: int, view: torch.Tensor = plain_view) -> torch.Tensor:
+            return clf.denormalize(view[i : i + 1])[0]  # only the images kept are denormalised
+
+        # Bookkeeping in numpy: small torch ops cost tens of ms each on a busy machine (thread wake-ups).
+        probs_np = reported.numpy()
+        pred = probs_np.argmax(1)
+        conf = probs_np[np.arange(len(pred)), pred]
+        worst = _keep_worst(worst, conf, pred, batch, shown, worst_k)
+        draw.offer(batch, conf, pred, clf.class_names, shown)
+    samples = draw.pick()
     if not plain_probs:
         raise ValueError(f"{data}: nothing to evaluate (every image failed to load)")
 

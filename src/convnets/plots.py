@@ -25,6 +25,7 @@ __all__ = [
     "plot_image_grid",
     "pyplot",
     "save_figure",
+    "short_label",
 ]
 
 PathOrFile = str | os.PathLike | IO[bytes]
@@ -60,33 +61,65 @@ def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+LABEL_CHARS = 28  # longer class names are shortened in the middle on plots ("a_very_lo…_name")
+
+
+def short_label(name: str, limit: int = LABEL_CHARS) -> str:
+    """``name`` cut in the middle to ``limit`` characters, so one long class name cannot squeeze the rest."""
+    name = str(name)
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "\u2026" + name[-(limit - 1 - head) :]
+
+
 def plot_confusion_matrix(
     cm: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str], path: PathOrFile, title: str = ""
 ) -> PathOrFile:
     """Counts in the cells, colours row-normalised (recall on the diagonal, so a rare class is as
-    visible as a common one); labels shown up to 40 classes, counts up to 20."""
+    visible as a common one); labels shown up to 60 classes, counts up to 20.
+
+    Sized to the number of classes and the longest label, x labels at 45 degrees (90 when there are
+    many or they are long), and a constrained layout that makes room for every label and the colour
+    bar, so no label is clipped (``tests/test_report_whole_picture.py`` checks their boxes)."""
     plt = pyplot()
     cm_arr = np.asarray(cm, dtype=np.int64)
     k = len(class_names)
     rows = cm_arr.sum(1, keepdims=True).clip(min=1)
-    size = min(4 + 0.45 * k, 16)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    labels = [short_label(c) for c in class_names]
+    show_labels = k <= 60
+    font = 9 if k <= 20 else 7 if k <= 40 else 6
+    longest = max((len(x) for x in labels), default=1) if show_labels else 0
+    steep = k > 12 or longest > 12
+    cell = 0.5 if k <= 10 else 0.4 if k <= 20 else 0.22
+    label_in = longest * font * 0.65 / 72  # about 0.65 em per character
+    side = min(max(3.0, cell * k), 20.0)
+    width = side + label_in + 1.6  # y labels, colour bar
+    height = side + label_in * (1.0 if steep else 0.75) + 1.2  # x labels, title, axis names
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     image = ax.imshow(cm_arr / rows, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if k <= 40:
-        ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45, ha="right")
-        ax.set_yticks(range(k), [str(c) for c in class_names])
+    # No fraction=/pad= here: with them the constrained layout misplaces the axes and clips "true".
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    if show_labels:
+        ax.set_xticks(range(k), labels, rotation=90 if steep else 45, ha="center" if steep else "right",
+                      rotation_mode="anchor" if not steep else "default", fontsize=font)  # fmt: skip
+        ax.set_yticks(range(k), labels, fontsize=font)
         if k <= 20:
             for i in range(k):
                 for j in range(k):
                     color = "white" if cm_arr[i, j] / rows[i, 0] > 0.5 else "black"
                     ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center", color=color, fontsize=8)
+    else:  # too many to name: every tenth class index
+        ax.set_xticks(range(0, k, max(1, k // 10)))
+        ax.set_yticks(range(0, k, max(1, k // 10)))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     n = int(cm_arr.sum())
     accuracy = np.trace(cm_arr) / max(n, 1)
-    ax.set_title(f"{title + chr(10) if title else ''}confusion matrix (n = {n}, accuracy {accuracy:.3f})")
-    fig.tight_layout()
+    ax.set_title(
+        f"{title + chr(10) if title else ''}confusion matrix (n = {n}, accuracy {accuracy:.3f})",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 

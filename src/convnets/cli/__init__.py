@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "predict",
     "explain",
     "doctor",
+    "review",
     "ensemble",
     "export",
     "serve",

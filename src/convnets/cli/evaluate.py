@@ -1,4 +1,4 @@
-"""`convnets evaluate RUN_DIR DATA`: accuracy, per-class metrics, confusion matrix, worst mistakes, TTA."""
+"""`convnets evaluate RUN_DIR [DATA]`: accuracy, per-class metrics, confusion matrix, worst mistakes, TTA."""
 
 from __future__ import annotations
 
@@ -14,13 +14,19 @@ def add_parser(subparsers) -> None:
         "evaluate",
         help="evaluate a trained run on a folder or on its validation subset",
         description="Accuracy, top-5, per-class precision/recall/F1 and the confusion matrix of a run. "
+        "Without DATA: the run's own validation split (the data and split saved in its config.json). "
         "DATA is a folder with the run's classes as sub-folders (every image is evaluated), or the run's "
         "own data source / built-in dataset name (its validation subset is used). Writes "
         "confusion_matrix.png, mistakes.png and metrics.json into --out.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
     p.add_argument(
-        "data", metavar="DATA", help="folder of class folders, or the run's data source / dataset name"
+        "data",
+        metavar="DATA",
+        nargs="?",
+        default=None,
+        help="folder of class folders, or the run's data source / dataset name "
+        "(default: the run's own validation split)",
     )
     add_tta_argument(
         p, help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)"
