@@ -164,10 +164,12 @@ def quantize_run(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     max_drop: float = DEFAULT_MAX_DROP,
     seed: int = 0,
+    reduce_range: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     """Write ``RUN_DIR/model.int8.onnx`` and record its measured top-1 change in ``export.json``.
 
+    ``reduce_range`` (default: :func:`needs_reduced_range` on this CPU) keeps int8 weights to 7 bits.
     Raises :class:`QuantizationRefused` (nothing written but the record) when top-1 on the
     validation split drops by more than ``max_drop`` points, and
     :class:`convnets.runs.RunFolderError` for a run without recorded image files.
@@ -198,7 +200,8 @@ def quantize_run(
                     if views:
                         yield pixels_of(views)
 
-            reduce_range = needs_reduced_range()
+            if reduce_range is None:
+                reduce_range = needs_reduced_range()
             if reduce_range:
                 say("no VNNI on this CPU: int8 weights keep to 7 bits, so AVX2's u8 x s8 sums can't saturate")
             quantize_onnx(onnx_path, tmp_model, batches, reduce_range=reduce_range)
