@@ -72,6 +72,8 @@ cases, path_kind = json.loads(sys.argv[1]), sys.argv[2]
 if path_kind == "train":
     from convnets.data.datasets import FileDataset
     from convnets.data.decode import base_size
+elif path_kind == "doctor":
+    from convnets.doctor.scan import inspect_image
 else:
     from convnets.data.images import read_image
 from convnets.data.decode import ImageReadError
@@ -88,6 +90,9 @@ for file, mode in cases:
         if path_kind == "train":
             ds = FileDataset([file], [0], ["a"], base_size((160, 160), mode), 3, mode)
             arr = ds.load_base(0)
+        elif path_kind == "doctor":
+            facts, grey, rgb = inspect_image(file)
+            arr = np.zeros((160, 160, 3))  # doctor keeps thumbnails, not a model-sized view
         elif path_kind == "bytes":
             arr = read_image(open(file, "rb").read(), (160, 160), 3, mode)
         else:
@@ -184,3 +189,16 @@ def test_exif_orientation_survives_the_early_reduce(tmp_path, size):
     out = load_base(tmp_path / "rot.png", (60, 30), 3, "resize")
     assert out.shape == (60, 30, 3)
     assert (out[:, 18:, 0] > 200).all() and (out[:, :12, 2] > 200).all()
+
+
+def test_doctor_decode_keeps_to_the_budget(hostile, tmp_path):
+    """doctor decodes every image in full (for its pixel hash): a bomb is refused, a huge JPEG is
+    drafted down by libjpeg, and neither costs over the budget."""
+    rng = np.random.default_rng(1)
+    huge_jpeg = tmp_path / "huge.jpg"
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((8000, 6000)).save(
+        huge_jpeg, quality=70
+    )
+    cases = [(hostile[n], "center-crop") for n in ("wide", "big", "bomb", "bomb_rgba")]
+    report = probe([*cases, (huge_jpeg, "center-crop")], "doctor")
+    check(report, {"center-crop": [160, 160, 3]})
