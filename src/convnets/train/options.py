@@ -25,6 +25,9 @@ BALANCE_MODES = ("none", "loss", "sampler", "auto")  # imbalanced classes (balan
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE_REGIMES = ("none", "base", "auto")
+# How images reach the input size (data/decode.py RESIZE_MODES; repeated here to stay torch-free):
+# None = the data's default (folders: scale + centre crop; small built-ins: straight resize).
+RESIZE_MODES = ("center-crop", "resize")
 
 # Learning rates that work out of the box for each optimizer (SGD with momentum 0.9, Adam-style at
 # the usual 1e-3), and the matching weight decay (decoupled for AdamW, so a larger value).
@@ -82,6 +85,7 @@ class TrainOptions:
     batch_size: int = 32
     augment: str = "auto"  # resolved per regime (resolve_augment)
     normalize: str | None = None
+    resize: str | None = None  # None: the data layer's default for the source
     workers: int | None = None
     data_root: str | None = None
     # model
@@ -93,6 +97,7 @@ class TrainOptions:
     lr: float | None = None
     optimizer: str = "adamw"
     momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float | None = None
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -114,6 +119,8 @@ class TrainOptions:
     channels_last: bool | None = None
     compile: bool = False
     precision: str = "auto"  # resolved to fp32/bf16 for the hardware (resolve_precision)
+    # a named recipe (train/recipes.py) fills every option not given explicitly
+    recipe: str | None = None
     # run
     resume: bool = False
     overwrite: bool = False
@@ -151,6 +158,13 @@ def check_options(opts: TrainOptions) -> None:
     for name, allowed in choices.items():
         if getattr(opts, name) not in allowed:
             raise bad(name, f"must be one of {', '.join(allowed)}, got {getattr(opts, name)!r}")
+    if opts.recipe is not None:
+        from .recipes import RECIPE_NAMES
+
+        if opts.recipe not in RECIPE_NAMES:
+            raise bad("recipe", f"must be one of {', '.join(RECIPE_NAMES)}, got {opts.recipe!r}")
+    if opts.resize is not None and opts.resize not in RESIZE_MODES:
+        raise bad("resize", f"must be one of {', '.join(RESIZE_MODES)}, got {opts.resize!r}")
     if opts.freeze is not None and opts.freeze not in FREEZE_REGIMES:
         raise bad("freeze", f"must be one of {', '.join(FREEZE_REGIMES)}, got {opts.freeze!r}")
     positive = ["epochs", "batch_size", "grad_accum", "feature_views"]
