@@ -228,7 +228,7 @@ def _sha256(path: Path) -> str:
 
 def _split_counts(split: dict[str, Any]) -> dict[str, int]:
     """How many images each subset holds, for a reader of config.json (the lists are in split.json)."""
-    return {f"n_{k}": len(v) for k, v in split.items() if isinstance(v, list)}
+    return {f"n_{k}": len(split[k]) for k in ("train", "val", "test") if isinstance(split.get(k), list)}
 
 
 def _read_split(run_dir: Path, ref: dict[str, Any], config_path: Path) -> dict[str, Any]:
