@@ -88,6 +88,8 @@ def test_cli_run_records_the_recipe_and_its_resolved_values(tmp_path, one_thread
             "1",
             "--batch-size",
             "16",
+            "--image-size",
+            "16",
             "--workers",
             "0",
             "--quiet",
@@ -106,3 +108,19 @@ def test_cli_run_records_the_recipe_and_its_resolved_values(tmp_path, one_thread
     assert config["recipe"]["name"] == "he2015"
     assert set(config["recipe"]["overridden"]) == {"epochs", "batch_size"}
     assert config["split"]["n_val"] == 6  # 10% of 60
+
+
+def test_fast_recipe_trains_and_resumes_with_its_recipe_named(tmp_path, one_thread):
+    from convnets.train import train
+
+    data = make_shapes(tmp_path / "shapes", per_class=16, size=16)
+    run = tmp_path / "run"
+    train(str(data), model="cifar_resnet", model_kwargs={"depth": 8}, out=run, recipe="fast", epochs=1,
+          batch_size=16, image_size=16, workers=0, quiet=True)
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["schedule"] == "onecycle" and config["options"]["label_smoothing"] == 0.1
+    assert config["options"]["channels_last"] is True and config["recipe"]["name"] == "fast"
+    # naming the recipe again on --resume is fine; its values do not replace the run's saved options
+    result = train(None, out=run, recipe="fast", resume=True, epochs=2, workers=0, quiet=True)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["options"]["batch_size"] == 16
