@@ -347,15 +347,17 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
     verdict["resnet_deeper_lower"] = res_diff < -tolerance
     verdict["resnet_no_degradation"] = res_diff <= tolerance
     verdict["resnet_beats_plain_at_deepest"] = by[("resnet", deep)] < by[("plain", deep)] - tolerance
+    judged = "in training error"  # Fig. 6's claim; the validation-error verdict is in "sentences"
     if verdict["plain_degrades"] and verdict["resnet_deeper_lower"]:
-        summary = "reproduced: deeper plain net trains worse, deeper residual net trains better"
+        summary = f"reproduced {judged}: deeper plain net trains worse, deeper residual net trains better"
     elif verdict["plain_degrades"] and verdict["resnet_no_degradation"]:
-        summary = ("partly reproduced: deeper plain net trains worse; the deeper residual net does not "
-                   f"(training errors within {tolerance:.1%}: no degradation, but no gain either)")
+        summary = (f"partly reproduced {judged}: deeper plain net trains worse; the deeper residual net does "
+                   f"not (training errors within {tolerance:.1%}: no degradation, but no gain either)")
     elif verdict["plain_degrades"]:
-        summary = "partly reproduced: deeper plain net trains worse, but the deeper residual net also does"
+        summary = (f"partly reproduced {judged}: deeper plain net trains worse, but the deeper residual net "
+                   "also does")
     else:
-        summary = "not reproduced: the deeper plain net did not end with a higher training error"
+        summary = f"not reproduced {judged}: the deeper plain net did not end with a higher training error"
     verdict["summary"] = summary
     verdict.update(_verdict_sentences(rows, shallow, deep, tolerance))
     return verdict
