@@ -124,3 +124,10 @@ def test_fast_recipe_trains_and_resumes_with_its_recipe_named(tmp_path, one_thre
     result = train(None, out=run, recipe="fast", resume=True, epochs=2, workers=0, quiet=True)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert json.loads((run / "config.json").read_text())["options"]["batch_size"] == 16
+
+
+def test_resize_choices_match_the_data_layer():
+    from convnets.data.decode import RESIZE_MODES
+    from convnets.train.options import RESIZE_MODES as OPTION_RESIZE_MODES
+
+    assert OPTION_RESIZE_MODES == RESIZE_MODES

@@ -229,7 +229,10 @@ def depth_experiment(
 
         if resume and (run_dir / "last.pt").is_file():
             log(f"[{k}/{len(names)}] {name}: resuming from {run_dir / 'last.pt'}")
-            result = train(None, out=run_dir, resume=True, quiet=quiet, log=prefix)
+            from .train.options import RESUME_OVERRIDABLE  # device, workers, data_root may change
+
+            again = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
+            result = train(None, out=run_dir, resume=True, quiet=quiet, log=prefix, **again)
         else:
             log(f"[{k}/{len(names)}] {name}: training ({', '.join(f'{a} {b}' for a, b in options.items())}"
                 f"{', recipe ' + recipe if recipe else ''}, {image_size}x{image_size})")
