@@ -152,7 +152,7 @@ def pieces(data: Path, steps: int, batch: int, model_name: str = "resnet20") -> 
     )
 
     model.eval()
-    vb = 256
+    vb = 2 * batch  # validation batches: twice the training batch (256 at the paper's 128)
     with torch.no_grad():
         for i in range(steps // 2 + 2):
             if i == 2:
