@@ -209,7 +209,9 @@ def part_accuracy(args) -> dict:
 
     # The ImageNet model itself: no labels here, so agreement with fp32 over 1000 classes (a far
     # finer test than a 2-class head), on the alpaca validation images, calibrated on the train ones.
-    imagenet = make_imagenet_run(work / "imagenet")
+    from convnets.runs import RunConfig
+
+    imagenet = make_imagenet_run(work / "imagenet", RunConfig.read(run_dir).image_size)
     quantize_imagenet = imagenet / "model.int8.onnx"
     from convnets.quantize import quantize_onnx
 
@@ -231,8 +233,9 @@ def part_accuracy(args) -> dict:
     return out
 
 
-def make_imagenet_run(out: Path) -> Path:
-    """The shared ImageNet MobileNetV2 (wants [-1, 1] input) as a run folder, exported."""
+def make_imagenet_run(out: Path, image_size: tuple[int, int] = (224, 224)) -> Path:
+    """The shared ImageNet MobileNetV2 (wants [-1, 1] input) as a run folder, exported, taking
+    ``image_size`` input (the alpaca run's, so both are fed the same pixels)."""
     import torch
     from safetensors.torch import save_file
 
@@ -250,7 +253,7 @@ def make_imagenet_run(out: Path) -> Path:
         model="mobilenet_v2",
         num_classes=1000,
         class_names=names,
-        image_size=(224, 224),
+        image_size=tuple(image_size),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         normalize="inception",

@@ -131,6 +131,30 @@ def test_label_flips_rank_at_the_top(tmp_path):
     assert len(found) >= k - 1, (ranked[: 2 * k], data.flips)
     top = r.label_issues[0]
     assert top.suggested != top.label and top.suggested_prob > top.label_prob
+    lc = r.label_check
+    assert lc.shown == len(r.label_issues) <= lc.flagged and lc.trusted in (True, False)
+    assert (lc.warning is None) == lc.trusted
+
+
+def test_label_check_says_when_it_is_too_weak_to_trust():
+    from convnets.doctor.labels import assess
+    from convnets.doctor.report import DoctorReport, LabelCheck, LabelIssue
+
+    assert assess(0.95, 30, 1000, weights_given=False) == (True, None)
+    # issue 24's CIFAR-10 figures: 0.60 out-of-fold accuracy, 15,185 of 60,000 flagged
+    trusted, warning = assess(0.60, 15_185, 60_000, weights_given=False)
+    assert not trusted and "60%" in warning and "15,185 of 60,000" in warning and "--weights" in warning
+    trusted, warning = assess(0.97, 300, 1000, weights_given=True)  # accurate, but flags 30%
+    assert not trusted and "30%" in warning and "60%" not in warning
+
+    issues = [LabelIssue(i + 1, f"cat/{i}.png", "train", "cat", "dog", 0.1, 0.8, 0.1) for i in range(3)]
+    check = LabelCheck(True, "tiny CNN", 5, 60_000, 0.6, 1.0, flagged=15_185, shown=3, trusted=False,
+                       warning=warning)
+    report = DoctorReport(sources={"train": "/d"}, files=60_000, usable=60_000, label_issues=issues,
+                          label_check=check)
+    text = report.to_text()
+    assert "WARNING: the label check is too weak to trust" in text and "first 3 of 15,185 flagged" in text
+    assert "15,185" in text.split("likely label errors")[1].splitlines()[0]
 
 
 def test_json_sections_and_strict_exit_code(planted, capsys):

@@ -39,7 +39,7 @@ def tiny_digits(tmp_path_factory) -> Path:
     return root
 
 
-def test_depth_experiment_end_to_end(tiny_digits, tmp_path):
+def test_depth_experiment_end_to_end(tiny_digits, tmp_path, one_thread):
     result = depth_experiment(tiny_digits, out=tmp_path, depths=[14, 8], epochs=1, image_size=8,
                               batch_size=16, quiet=True, workers=0)
     for name in ("depth.png", "depth.md", "depth.json"):
@@ -143,3 +143,85 @@ def test_cli_experiment_gradients_and_errors(tiny_digits, tmp_path, capsys):
     assert main(["experiment", "depth", "digits", "--depths", "8,21", "--out", str(tmp_path / "d")]) == 2
     assert "6n+2" in capsys.readouterr().err
     assert main(["experiment", "gradients", str(tiny_digits), "--steps", "0", "--out", str(out)]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_rgb(tmp_path_factory) -> Path:
+    """A synthetic class folder (RGB shapes, 16x16), standing in for CIFAR-10's layout."""
+    from train_shapes import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("tiny_rgb") / "shapes", per_class=24, size=16)
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL: the process is gone at that point, with whatever is on disk."""
+
+
+def test_depth_experiment_with_the_paper_recipe_writes_table_figure_verdicts(tiny_rgb, tmp_path, one_thread):
+    lines: list[str] = []
+    result = depth_experiment(tiny_rgb, out=tmp_path, depths=[8, 14], recipe="he2015", epochs=2,
+                              image_size=16, batch_size=16, quiet=False, log=lines.append, workers=0)
+    report = json.loads((tmp_path / "depth.json").read_text())
+    assert report["config"]["recipe"] == "he2015" and report["config"]["weight_decay"] == 1e-4
+    assert report["config"]["lr"] == 0.1 and report["config"]["epochs"] == 2  # the recipe, the budget given
+    by = {r["model"]: r for r in report["rows"]}
+    assert by["plain14"]["macs"] == by["resnet14"]["macs"] > by["plain8"]["macs"] > 0
+    assert all(r["epochs"] == 2 and r["seconds"] > 0 for r in report["rows"])
+    config = json.loads((Path(by["resnet8"]["run_dir"]) / "config.json").read_text())
+    assert config["recipe"]["name"] == "he2015" and config["options"]["augment"] == "crop:4,hflip"
+    plain, resnet = result.verdict["sentences"]
+    p8, p14 = (100 * by[m]["final_train_error"] for m in ("plain8", "plain14"))
+    assert plain.startswith("deeper plain net trains")
+    assert f"plain-14 {p14:.2f}% vs plain-8 {p8:.2f}% training error" in plain
+    r8, r14 = (100 * by[m]["final_val_error"] for m in ("resnet8", "resnet14"))
+    assert f"resnet-14 {r14:.2f}% vs resnet-8 {r8:.2f}% validation error" in resnet
+    md = (tmp_path / "depth.md").read_text()
+    assert "multiply-adds" in md and plain in md and resnet in md
+    assert (tmp_path / "depth.png").stat().st_size > 5000
+    assert sum("epoch   2/2" in line for line in lines) == 4  # a log line per epoch, per model
+    # a second plain run over finished work is refused, not silently redone
+    with pytest.raises(ValueError, match="--resume"):
+        depth_experiment(tiny_rgb, out=tmp_path, depths=[8, 14], recipe="he2015", epochs=2, image_size=16)
+
+
+def test_depth_experiment_resumes_after_ctrl_c_and_a_kill_without_retraining(tiny_rgb, tmp_path, one_thread):
+    import os
+    import signal
+
+    from convnets.train import TrainingInterrupted
+
+    def run(stop_at: str | None, how: str = "", **kw):
+        lines: list[str] = []
+
+        def log(message: str) -> None:
+            lines.append(message)
+            if stop_at and message.startswith(f"[{stop_at}]") and "epoch   1/2" in message:
+                if how == "sigint":  # Ctrl-C during the epoch's summary: the trainer stops at the next step
+                    os.kill(os.getpid(), signal.SIGINT)
+                else:
+                    raise _Killed(message)
+
+        try:
+            depth_experiment(tiny_rgb, log=log, **kw)
+        except (TrainingInterrupted, _Killed):
+            pass
+        return lines
+
+    first = run("2/4 plain14", "sigint", out=tmp_path, depths=[8, 14], epochs=2, image_size=16, batch_size=16,
+                workers=0)
+    assert not (tmp_path / "depth.json").exists()
+    # resumed with no settings repeated (they are saved in --out); killed hard in the third model
+    second = run("3/4 resnet8", "kill", out=tmp_path, resume=True, workers=0)
+    third = run(None, out=tmp_path, resume=True, workers=0)
+
+    def said(lines, text):
+        return any(text in line for line in lines)
+
+    assert said(first, "plain8: training") and not said(second + third, "plain8: training")
+    assert said(second, "plain8: finished earlier") and said(third, "plain8: finished earlier")
+    assert said(second, "plain14: resuming from") and said(third, "plain14: finished earlier")
+    assert said(third, "resnet8: resuming from") and said(third, "resnet14: training")
+    report = json.loads((tmp_path / "depth.json").read_text())
+    for name, curve in report["curves"].items():
+        assert curve["epoch"] == [1, 2], name
+    assert report["config"]["epochs"] == 2 and report["config"]["batch_size"] == 16

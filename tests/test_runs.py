@@ -94,9 +94,12 @@ def test_write_read_round_trip_keeps_unknown_keys(tmp_path):
     assert again["labelled_by"] == "someone" and again["schema_version"] == SCHEMA_VERSION
 
     def set_keys(d):  # fields added since the fixture was written are written as null
-        return {k: v for k, v in d.items() if k != "schema_version" and v is not None}
+        return {k: v for k, v in d.items() if k not in ("schema_version", "split") and v is not None}
 
     assert set_keys(again) == set_keys(raw)
+    # The v0 fixture's inline split moves to split.json on a rewrite; config.json keeps its checksum.
+    assert again["split"]["file"] == "split.json" and len(again["split"]["sha256"]) == 64
+    assert json.loads((run / "split.json").read_text()) == raw["split"]
     assert RunConfig.read(run) == config
 
 
@@ -179,3 +182,42 @@ def test_cli_option_lists_come_from_the_library():
         assert tuple(actions["tta"].choices) == TTA_MODES
         # predict also runs the exported model on OpenVINO / int8 (convnets.exported)
         assert tuple(actions["backend"].choices) == backends
+
+
+def test_split_lives_in_split_json_checked_by_sha256(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    config = RunConfig.read(run)  # the v0 fixture: split inline
+    config.split = {"root": "/data", "train": [f"a/{i}.png" for i in range(5000)], "val": ["b/0.png"]}
+    config.write(run)
+    assert (run / "config.json").stat().st_size < 4000  # small whatever the number of images
+    raw = json.loads((run / "config.json").read_text())
+    assert raw["split"]["n_train"] == 5000 and raw["split"]["n_val"] == 1
+    assert RunConfig.read(run).split == config.split
+
+    (run / "split.json").write_text(json.dumps({**config.split, "val": ["b/1.png"]}))
+    with pytest.raises(RunFolderError, match=r"split\.json: sha256 differs"):
+        RunConfig.read(run)
+    (run / "split.json").unlink()
+    with pytest.raises(RunFolderError, match=r"split\.json: missing"):
+        RunConfig.read(run)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_files_follow_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    from convnets.atomic import atomic_write_bytes, current_umask
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        path = atomic_write_bytes(tmp_path / f"f{umask:o}", b"x")
+        config = RunConfig.read(FIXTURE)
+        config.split = {"train": ["a.png"], "val": []}
+        config.write(tmp_path / "run")
+    finally:
+        os.umask(previous)
+    for written in (path, tmp_path / "run" / "config.json", tmp_path / "run" / "split.json"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written

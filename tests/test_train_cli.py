@@ -11,6 +11,7 @@ from torch import nn
 from train_shapes import SHAPES, make_shapes
 
 from convnets.cli import main
+from convnets.runs import RunConfig
 
 CONTRACT_KEYS = {
     "model",
@@ -86,7 +87,11 @@ def test_run_folder_files_and_config_contract(trained, shapes):
     assert config["num_classes"] == 3 and config["class_names"] == sorted(SHAPES)
     assert config["image_size"] == [32, 32] and config["in_chans"] == 1
     assert config["data"] == {"source": str(shapes.resolve()), "val_split": 0.2, "seed": 0}
-    assert len(config["split"]["val"]) == 24 and len(config["split"]["train"]) == 96
+    # The file lists live in split.json (config.json stays small at any data size), checked by sha256.
+    assert config["split"]["file"] == "split.json" and config["split"]["n_val"] == 24
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["val"]) == 24 and len(split["train"]) == 96
+    assert RunConfig.read(run_dir).split == split
     assert config["options"]["epochs"] == 8 and config["options"]["lr"] == 3e-3
     # lenet5 has no depthwise convolutions: NCHW unless the CPU has AVX-512 (measured); CUDA fp32: NCHW.
     from convnets.runtime import prefers_channels_last

@@ -1,7 +1,9 @@
 """Atomic file writes: a temp file in the destination folder, fsync, then ``os.replace``.
 
 An interrupted write never leaves a truncated file, and the previous version stays until the new one
-is complete. Torch-free, so the run folder and the server can use it without importing torch.
+is complete. The file gets the permissions an ordinary ``open()`` would give it (0666 less the umask),
+not ``mkstemp``'s private 0600: a run folder written by one user stays readable by a server running as
+another. Torch-free, so the run folder and the server can use it without importing torch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,31 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``):
+    ``os.umask`` can only be read by setting it, a window in which another thread's files get 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """What ``open(path, "w")`` would create: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def make_like_new_file(path: str | os.PathLike) -> None:
+    """Give a ``mkstemp`` file (always 0600) the permissions of an ordinarily created one."""
+    os.chmod(path, new_file_mode())
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -26,6 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        make_like_new_file(tmp)
         write(tmp)
         with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())

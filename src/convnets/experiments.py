@@ -16,6 +16,7 @@ Each writes its figure(s), a JSON file with every number, and a Markdown table i
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import time
@@ -119,20 +120,36 @@ class DepthResult:
     files: list[Path] = field(default_factory=list)
 
 
+# Without a recipe, the experiment's own defaults (the paper's optimizer at a small budget).
+DEPTH_DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.1, "weight_decay": 1e-4, "optimizer": "sgd"}
+DEPTH_STATE_FILE = "depth_state.json"  # the finished models' rows and curves, for --resume
+# Settings a resumed experiment must share with the interrupted one (depths may grow).
+_RESUME_KEYS = ("data", "image_size", "in_chans", "seed", "recipe", "epochs", "batch_size", "lr",
+                "weight_decay", "optimizer")
+
+
+def default_depths(data: str | Path) -> tuple[int, ...]:
+    """The paper's Fig. 6 pair (20 and 56); digits keeps its four small depths (8 is enough there)."""
+    return (8, 20, 32, 56) if _builtin(data) == "digits" else (20, 56)
+
+
 def depth_experiment(
     data: str | Path,
     *,
     out: str | Path,
-    depths: Sequence[int] = (8, 20, 32, 56),
-    epochs: int = 10,
+    depths: Sequence[int] | None = None,
+    epochs: int | None = None,
     image_size: int | None = None,
     in_chans: int | None = None,
-    batch_size: int = 64,
-    lr: float = 0.1,
-    weight_decay: float = 1e-4,
-    optimizer: str = "sgd",
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    optimizer: str | None = None,
+    recipe: str | None = None,
     seed: int = 0,
     tolerance: float = 0.005,
+    resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] = print,
     **train_options: Any,
@@ -141,71 +158,171 @@ def depth_experiment(
 
     Every network gets the same data split and order (``seed``), optimizer, learning-rate schedule and
     number of epochs; the two families of one depth have the same layers and (option A) the same
-    parameter count, so the shortcut is the only difference. The paper's defaults are SGD, momentum
-    0.9, weight decay 1e-4, lr 0.1, no dropout. Training error is the trainer's running error during
-    each epoch, as in the paper's curves. Extra keyword arguments go to :func:`convnets.train`
-    (``device``, ``augment``, ``val_split``, ``schedule``, ``data_root``, ...).
+    parameter count, so the shortcut is the only difference. ``recipe`` (``he2015``: the paper's
+    CIFAR-10 recipe) fills every training option not given; without one, :data:`DEPTH_DEFAULTS`.
+    Training error is the trainer's running error during each epoch, as in the paper's curves. Extra
+    keyword arguments go to :func:`convnets.train` (``device``, ``augment``, ``val_split``, ...).
 
-    ``tolerance``: training-error differences at or below it (absolute) count as a tie.
+    Each model's run folder is ``out/runs/NAME``; ``out/depth_state.json`` records every finished model.
+    ``resume=True`` continues an interrupted experiment: finished models are not trained again, an
+    interrupted one continues from its ``last.pt``. ``tolerance``: error differences at or below it
+    (absolute) count as a tie.
     """
     from .models import create_model
     from .train import train
 
-    depths = sorted({int(d) for d in depths})
+    out = Path(out)
+    if resume:  # what was not given again comes from the interrupted experiment
+        saved = _saved_depth_config(out)
+        depths = depths or saved.get("depths")
+        epochs, batch_size, lr, weight_decay, optimizer, recipe, image_size, in_chans = (
+            saved.get(k) if v is None else v
+            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                         ("weight_decay", weight_decay), ("optimizer", optimizer), ("recipe", recipe),
+                         ("image_size", image_size), ("in_chans", in_chans))
+        )
+    depths = sorted({int(d) for d in (depths or default_depths(data))})
     if len(depths) < 2:
         raise ValueError(f"depths: need at least two depths to compare, got {depths}")
     from .models.cifar_resnet import STANDARD_DEPTHS, _num_blocks
 
     for d in depths:
         _num_blocks(d)  # raises a clear error for a depth that is not 6n+2
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ValueError("--resume continues the experiment in --out; --overwrite starts it again: not both")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "optimizer": optimizer}
+    if recipe is None:
+        given = {k: DEPTH_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    else:
+        from .train.recipes import apply_recipe
+
+        given = apply_recipe({"recipe": recipe, **given})  # the recipe's values where none was given
+        given.pop("recipe")
+        given = {k: given[k] for k in DEPTH_DEFAULTS}
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
+    config = {"data": str(data), "depths": depths, "image_size": image_size, "in_chans": in_chans,
+              "seed": seed, "tolerance": tolerance, "recipe": recipe, **given, **_jsonable(train_options)}
+    finished = _depth_state(out, config, resume, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / DEPTH_STATE_FILE, {"config": config, "finished": finished})
 
+    options = {k: v for k, v in given.items() if v is not None}
+    names = [f"{family}{depth}" for family in DEPTH_FAMILIES for depth in depths]
     rows: list[dict] = []
     curves: dict[str, dict[str, list]] = {}
-    for family in DEPTH_FAMILIES:
-        for depth in depths:
-            name = f"{family}{depth}"
-            # Registered names where the paper lists the depth; the any-depth builder otherwise.
-            model, kwargs = (name, {}) if depth in STANDARD_DEPTHS else (f"cifar_{family}", {"depth": depth})
-            if not quiet:
-                log(f"== {name}: {epochs} epochs, lr {lr}, batch {batch_size}, {image_size}x{image_size} ==")
+    for k, name in enumerate(names, 1):
+        family, depth = re.fullmatch(r"(plain|resnet)(\d+)", name).groups()
+        depth = int(depth)
+        run_dir = out / "runs" / name
+        if name in finished:
+            log(f"[{k}/{len(names)}] {name}: finished earlier, not trained again ({run_dir})")
+            rows.append(finished[name]["row"])
+            curves[name] = finished[name]["curve"]
+            continue
+        # Registered names where the paper lists the depth; the any-depth builder otherwise.
+        model, kwargs = (name, {}) if depth in STANDARD_DEPTHS else (f"cifar_{family}", {"depth": depth})
+
+        def prefix(message: str, _n: str = name, _k: int = k) -> None:  # the trainer's lines, tagged
+            log(f"[{_k}/{len(names)} {_n}] {message}")
+
+        if resume and (run_dir / "last.pt").is_file():
+            log(f"[{k}/{len(names)}] {name}: resuming from {run_dir / 'last.pt'}")
+            from .train.options import RESUME_OVERRIDABLE  # device, workers, data_root may change
+
+            again = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
+            result = train(None, out=run_dir, resume=True, quiet=quiet, log=prefix, **again)
+        else:
+            log(f"[{k}/{len(names)}] {name}: training ({', '.join(f'{a} {b}' for a, b in options.items())}"
+                f"{', recipe ' + recipe if recipe else ''}, {image_size}x{image_size})")
             result = train(
-                data, model=model, out=out / "runs" / name, model_kwargs=kwargs, epochs=epochs,
-                image_size=image_size, in_chans=in_chans, batch_size=batch_size, lr=lr,
-                weight_decay=weight_decay, optimizer=optimizer, seed=seed, overwrite=True, quiet=quiet,
-                log=(lambda m, _n=name: log(f"[{_n}] {m}")), **train_options,
+                data, model=model, out=run_dir, model_kwargs=kwargs, image_size=image_size, in_chans=in_chans,
+                seed=seed, recipe=recipe, overwrite=True, quiet=quiet, log=prefix, **options, **train_options,
             )
-            history = [h for h in result.history if h.get("train_acc") is not None]
-            train_err = [1.0 - h["train_acc"] for h in history]
-            val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
-            curves[name] = {"epoch": [h["epoch"] for h in history], "train_error": train_err,
-                            "val_error": val_err}
-            num_classes = RunConfig.read(result.run_dir).num_classes
-            built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
-            rows.append({
-                "family": family, "depth": depth, "model": name,
-                "params": sum(p.numel() for p in built.parameters()),
-                "final_train_error": train_err[-1], "final_val_error": val_err[-1],
-                "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
-                "seconds": round(result.seconds, 1), "run_dir": str(result.run_dir),
-            })
+        row, curve = _depth_row(result, family, depth, name, model, kwargs, image_size, in_chans,
+                                create_model)
+        rows.append(row)
+        curves[name] = curve
+        finished[name] = {"row": row, "curve": curve}
+        atomic_write_json(out / DEPTH_STATE_FILE, {"config": config, "finished": finished})
+        log(f"[{k}/{len(names)}] {name}: done, training error {_pct(row['final_train_error'])}, validation "
+            f"error {_pct(row['final_val_error'])}, {row['seconds']:.0f}s")
 
     verdict = _depth_verdict(rows, tolerance)
-    config = {"data": str(data), "depths": depths, "epochs": epochs, "image_size": image_size,
-              "in_chans": in_chans, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-              "optimizer": optimizer, "seed": seed, "tolerance": tolerance, **_jsonable(train_options)}
+    subtitle = f"{data}, {given['epochs']} epochs{', recipe ' + recipe if recipe else ''}"
     files = [
         atomic_write_json(out / "depth.json",
-                    {"config": config, "rows": rows, "curves": curves, "verdict": verdict}),
+                          {"config": config, "rows": rows, "curves": curves, "verdict": verdict}),
         atomic_write_text(out / "depth.md", _depth_markdown(rows, verdict, config)),
-        _plot_depth(curves, depths, out / "depth.png", f"{data}, {epochs} epochs, {image_size}x{image_size}"),
+        _plot_depth(curves, depths, out / "depth.png", subtitle),
     ]
     if not quiet:
         log(_depth_markdown(rows, verdict, config))
     return DepthResult(rows, curves, verdict, files)
+
+
+def _saved_depth_config(out: Path) -> dict[str, Any]:
+    path = out / DEPTH_STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("config", {}))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a readable experiment state ({e}); remove it or pass --overwrite") \
+            from None
+
+
+def _depth_state(out: Path, config: dict, resume: bool, overwrite: bool) -> dict[str, dict]:
+    """The finished models of the experiment in ``out`` (``resume``), after checking it is the same
+    experiment; an empty dict for a fresh start, which refuses to replace finished work silently."""
+    path = out / DEPTH_STATE_FILE
+    state = None
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); remove it or pass --overwrite") from None
+    if not resume:
+        if state and state.get("finished") and not overwrite:
+            raise ValueError(
+                f"--out: {out} holds an experiment with {len(state['finished'])} finished model(s); "
+                "continue it with --resume, or pass --overwrite or another --out"
+            )
+        return {}
+    if state is None:
+        return {}  # interrupted before any model finished: the runs' last.pt files still count
+    saved = state.get("config", {})
+    differ = [k for k in _RESUME_KEYS if k in saved and saved[k] != config.get(k)]
+    if differ:
+        raise ValueError(
+            "--resume: " + ", ".join(f"{k} {config.get(k)!r} differs from the experiment in {out} "
+                                     f"({saved[k]!r})" for k in differ)
+        )
+    return dict(state.get("finished", {}))
+
+
+def _depth_row(result, family: str, depth: int, name: str, model: str, kwargs: dict, image_size: int,
+               in_chans: int, create_model) -> tuple[dict, dict]:
+    from .cost import model_cost
+
+    history = [h for h in result.history if h.get("train_acc") is not None]
+    train_err = [1.0 - h["train_acc"] for h in history]
+    val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
+    curve = {"epoch": [h["epoch"] for h in history], "train_error": train_err, "val_error": val_err,
+             "seconds": [h.get("seconds") for h in history]}
+    num_classes = RunConfig.read(result.run_dir).num_classes
+    built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    cost = model_cost(built, image_size, in_chans)
+    row = {
+        "family": family, "depth": depth, "model": name, "params": int(cost.params), "macs": int(cost.macs),
+        "final_train_error": train_err[-1], "final_val_error": val_err[-1],
+        "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
+        # training time summed over the epochs (across resumes); set-up and validation not included
+        "seconds": round(sum(h.get("seconds") or 0.0 for h in history), 1),
+        "epochs": len(history), "run_dir": str(result.run_dir),
+    }
+    return row, curve
 
 
 def _jsonable(options: dict) -> dict:
@@ -233,37 +350,62 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
     verdict["resnet_deeper_lower"] = res_diff < -tolerance
     verdict["resnet_no_degradation"] = res_diff <= tolerance
     verdict["resnet_beats_plain_at_deepest"] = by[("resnet", deep)] < by[("plain", deep)] - tolerance
+    judged = "in training error"  # Fig. 6's claim; the validation-error verdict is in "sentences"
     if verdict["plain_degrades"] and verdict["resnet_deeper_lower"]:
-        summary = "reproduced: deeper plain net trains worse, deeper residual net trains better"
+        summary = f"reproduced {judged}: deeper plain net trains worse, deeper residual net trains better"
     elif verdict["plain_degrades"] and verdict["resnet_no_degradation"]:
-        summary = ("partly reproduced: deeper plain net trains worse; the deeper residual net does not "
-                   f"(training errors within {tolerance:.1%}: no degradation, but no gain either)")
+        summary = (f"partly reproduced {judged}: deeper plain net trains worse; the deeper residual net does "
+                   f"not (training errors within {tolerance:.1%}: no degradation, but no gain either)")
     elif verdict["plain_degrades"]:
-        summary = "partly reproduced: deeper plain net trains worse, but the deeper residual net also does"
+        summary = (f"partly reproduced {judged}: deeper plain net trains worse, but the deeper residual net "
+                   "also does")
     else:
-        summary = "not reproduced: the deeper plain net did not end with a higher training error"
+        summary = f"not reproduced {judged}: the deeper plain net did not end with a higher training error"
     verdict["summary"] = summary
+    verdict.update(_verdict_sentences(rows, shallow, deep, tolerance))
     return verdict
 
 
-def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
+def _verdict_sentences(rows: list[dict], shallow: int, deep: int, tolerance: float) -> dict[str, Any]:
+    """The paper's two claims, each as a sentence with its numbers: the plain pair by training error
+    (Fig. 6 left), the residual pair by validation error (Table 6; training error without a split)."""
     by = {(r["family"], r["depth"]): r for r in rows}
-    depths = sorted({r["depth"] for r in rows})
+    p_deep, p_shallow = by[("plain", deep)]["final_train_error"], by[("plain", shallow)]["final_train_error"]
+    plain_ok = p_deep > p_shallow + tolerance
+    plain = (f"deeper plain net trains {'worse' if plain_ok else 'no worse here'}: plain-{deep} "
+             f"{_pct(p_deep)} vs plain-{shallow} {_pct(p_shallow)} training error")
+    kind = "validation"
+    r_deep, r_shallow = (by[("resnet", d)].get("final_val_error") for d in (deep, shallow))
+    if r_deep is None or r_shallow is None:
+        kind = "training"
+        r_deep, r_shallow = (by[("resnet", d)]["final_train_error"] for d in (deep, shallow))
+    res_ok = r_deep < r_shallow - tolerance
+    resnet = (f"deeper residual net is {'better' if res_ok else 'not better here'}: resnet-{deep} "
+              f"{_pct(r_deep)} vs resnet-{shallow} {_pct(r_shallow)} {kind} error")
+    return {"plain_trains_worse": plain_ok, "resnet_deeper_better": res_ok, "resnet_error_kind": kind,
+            "sentences": [plain, resnet]}
+
+
+def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
+    order = sorted(rows, key=lambda r: (DEPTH_FAMILIES.index(r["family"]), r["depth"]))
     table = _md_table(
-        ["depth", "params", "plain train err", "plain val err", "resnet train err", "resnet val err"],
-        [[d, f"{by[('plain', d)]['params']:,}",
-          _pct(by[("plain", d)]["final_train_error"]), _pct(by[("plain", d)]["final_val_error"]),
-          _pct(by[("resnet", d)]["final_train_error"]), _pct(by[("resnet", d)]["final_val_error"])]
-         for d in depths],
+        ["model", "params", "multiply-adds", "train error", "val error", "best val error", "epochs", "time"],
+        [[r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f} M" if r.get("macs") else "-",
+          _pct(r["final_train_error"]), _pct(r["final_val_error"]), _pct(r.get("best_val_error")),
+          r.get("epochs", "-"), _duration(r.get("seconds"))]
+         for r in order],
     )
     s, dd = verdict["shallowest"], verdict["deepest"]
+    how = (f"recipe `{config['recipe']}`, " if config.get("recipe") else "") + (
+        f"{config['optimizer']} lr {config['lr']}, weight decay {config['weight_decay']}, batch "
+        f"{config['batch_size']}")
+    sentences = "".join(f"- **{line}**\n" for line in verdict.get("sentences", []))
     return (
         f"# Plain vs residual networks by depth\n\n"
         f"Data `{config['data']}`, {config['epochs']} epochs, {config['image_size']}x{config['image_size']}, "
-        f"{config['optimizer']} lr {config['lr']}, weight decay {config['weight_decay']}, batch "
-        f"{config['batch_size']}, seed {config['seed']}. Errors are the final epoch's (training: running "
-        f"error during the epoch). Plain and residual nets of one depth have the same parameters."
-        f"\n\n{table}\n"
+        f"{how}, seed {config['seed']}. Errors are the final epoch's (training: running error during the "
+        f"epoch, with augmentation). Plain and residual nets of one depth have the same parameters. Time: "
+        f"training, summed over the epochs.\n\n{table}\n{sentences}"
         f"- plain: training error at depth {dd} minus depth {s}: "
         f"{100 * verdict['plain']['train_error_deepest_minus_shallowest']:+.2f} points\n"
         f"- resnet: training error at depth {dd} minus depth {s}: "
@@ -272,25 +414,33 @@ def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
     )
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{sec:02d}s" if minutes else f"{sec}s")
+
+
 def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) -> Path:
+    """He et al. Fig. 6: plain left, residual right; training error solid, validation error dashed."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = plt.get_cmap("viridis")(torch.linspace(0, 0.9, len(depths)).tolist())
     for ax, family in zip(axes, DEPTH_FAMILIES):
         for color, depth in zip(colors, depths):
             c = curves[f"{family}{depth}"]
-            ax.plot(c["epoch"], [100 * e for e in c["train_error"]], "--", color=color, lw=1.2)
+            ax.plot(c["epoch"], [100 * e for e in c["train_error"]], "-", color=color, lw=1.8,
+                    label=f"{family}-{depth}")
             if any(v is not None for v in c["val_error"]):
-                ax.plot(c["epoch"], [None if v is None else 100 * v for v in c["val_error"]], "-",
-                        color=color, lw=2, label=f"{family}-{depth}")
-            else:
-                ax.plot([], [], "-", color=color, lw=2, label=f"{family}-{depth}")
+                ax.plot(c["epoch"], [None if v is None else 100 * v for v in c["val_error"]], "--",
+                        color=color, lw=1.2)
         ax.set_title("plain networks" if family == "plain" else "residual networks (ResNet)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(title="solid: val, dashed: train", fontsize=8, title_fontsize=8)
+        ax.legend(title="solid: train, dashed: val", fontsize=8, title_fontsize=8)
     axes[0].set_ylabel("error (%)")
-    fig.suptitle(f"Training (dashed) and validation (solid) error by depth -- {subtitle}", fontsize=10)
+    fig.suptitle(f"Training (solid) and validation (dashed) error by depth -- {subtitle}", fontsize=10)
     fig.tight_layout()
     return _save_figure(fig, path)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import make_like_new_file
 from .inference import count_batchnorm, write_onnx
 from .inference import fold_batchnorm as fold_in_place
 
@@ -183,6 +184,7 @@ def export_model(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        make_like_new_file(tmp)  # the user's umask, not mkstemp's 0600 (a server may run as another user)
         with torch.no_grad():
             if format == "onnx":
                 try:

@@ -6,7 +6,8 @@ so that a server or ``predict`` on an exported model starts without them.
 
 Layout::
 
-    RUN_DIR/config.json          RunConfig (this module)
+    RUN_DIR/config.json          RunConfig (this module); small at any data size
+    RUN_DIR/split.json           the train/validation file lists (its sha256 is in config.json)
     RUN_DIR/model.safetensors    best weights (by validation score)
     RUN_DIR/metrics.jsonl        one line per epoch
     RUN_DIR/last.pt              training state for --resume
@@ -21,17 +22,19 @@ same keys and load as version 1. A folder written by a newer convnets is refused
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_bytes, atomic_write_json
 
 SCHEMA_VERSION = 1
 
 CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"  # the split's file lists, out of config.json (1.2 MB for 50,000 images)
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.jsonl"
 LAST_CHECKPOINT = "last.pt"
@@ -108,6 +111,7 @@ class RunConfig:
     best: BestEpoch | None = None
     temperature: float | None = None  # logits / T before softmax (``evaluate --calibrate``)
     ood: OODConfig | None = None
+    recipe: dict[str, Any] | None = None  # the named recipe's values (train/recipes.py recipe_record)
     schema_version: int = SCHEMA_VERSION
     # Keys this version does not know (written by tools or later additions): kept on a rewrite.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -199,10 +203,56 @@ class RunConfig:
             raise RunFolderError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(raw, dict):
             raise RunFolderError(f"{path}: not a JSON object")
+        if _is_split_ref(raw.get("split")):
+            raw = {**raw, "split": _read_split(run_dir, raw["split"], path)}
         return cls.from_dict(raw, where=str(path))
 
     def write(self, run_dir: str | os.PathLike) -> Path:
-        return atomic_write_json(Path(run_dir) / CONFIG_FILE, self.to_dict())
+        """config.json, with the split's file lists in split.json (written first; config.json keeps
+        its name and sha256, checked on read). Runs written before kept the split inline: both load."""
+        run_dir = Path(run_dir)
+        raw = self.to_dict()
+        if self.split is not None:
+            data = json.dumps(self.split, separators=(",", ":")).encode()
+            digest = hashlib.sha256(data).hexdigest()
+            split_path = run_dir / SPLIT_FILE
+            if not (split_path.is_file() and _sha256(split_path) == digest):  # rewritten only on change
+                atomic_write_bytes(split_path, data)
+            raw["split"] = {"file": SPLIT_FILE, "sha256": digest, **_split_counts(self.split)}
+        return atomic_write_json(run_dir / CONFIG_FILE, raw)
+
+
+def _is_split_ref(split: Any) -> bool:
+    return isinstance(split, dict) and isinstance(split.get("file"), str) and "sha256" in split
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _split_counts(split: dict[str, Any]) -> dict[str, int]:
+    """How many images each subset holds, for a reader of config.json (the lists are in split.json)."""
+    return {f"n_{k}": len(split[k]) for k in ("train", "val", "test") if isinstance(split.get(k), list)}
+
+
+def _read_split(run_dir: Path, ref: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    name = Path(ref["file"]).name  # the split lives beside config.json, never elsewhere
+    path = run_dir / name
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing (config.json's split refers to it)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise RunFolderError(
+            f"{path}: sha256 differs from the one recorded in {config_path} (the split file was "
+            "changed or replaced after training)"
+        )
+    try:
+        split = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(split, dict):
+        raise RunFolderError(f"{path}: not a JSON object")
+    return split
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig:

@@ -35,6 +35,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--no-labels", action="store_true", help="skip the label check (the slowest part)")
     p.add_argument(
+        "--max-label-issues",
+        type=int,
+        metavar="N",
+        help="list at most N likely label errors, most likely first (default 50; 0 = all flagged)",
+    )
+    p.add_argument(
         "--near-threshold",
         type=float,
         default=None,
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     threshold = NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold
     if not 0 < threshold <= 1:
         raise CLIError("--near-threshold must be in (0, 1]")
+    if args.max_label_issues is not None and args.max_label_issues < 0:
+        raise CLIError(f"--max-label-issues: must be >= 0, got {args.max_label_issues}")
     try:
         report = diagnose(
             args.data,
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             near_threshold=threshold,
             workers=args.workers,
             progress=not args.json,
+            max_label_issues=args.max_label_issues,
         )
     except DoctorError as e:
         raise CLIError(str(e)) from e

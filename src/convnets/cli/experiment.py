@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..train.recipes import RECIPES
 from . import CLIError
 
 EXAMPLES = """examples:
   convnets experiment depth digits --out exp/depth                 # plain vs residual, depths 8,20,32,56
+  convnets experiment depth cifar10/train --recipe he2015 --epochs 30 --out exp/fig6   # 20 and 56
+  convnets experiment depth cifar10/train --recipe he2015 --epochs 30 --out exp/fig6 --resume
   convnets experiment depth cifar10 --depths 20,56 --epochs 30 --device cuda --out exp/depth-cifar
   convnets experiment gradients digits --models plain56,resnet56 --steps 50 --out exp/gradients
   convnets experiment identity --data digits --out exp/identity
@@ -53,20 +56,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "under OUT/runs/.",
     )
     d.add_argument("data", metavar="DATA", help="folder with one sub-folder per class, or a built-in name")
-    d.add_argument("--depths", type=_int_list, default=[8, 20, 32, 56], help="comma-separated 6n+2 depths "
-                   "(default 8,20,32,56)")
-    d.add_argument("--epochs", type=int, default=10, help="epochs per network (default 10)")
+    d.add_argument("--depths", type=_int_list, help="comma-separated 6n+2 depths (default 20,56; "
+                   "8,20,32,56 for digits)")
+    d.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="train every network with a named recipe (he2015: the paper's CIFAR-10 recipe, "
+                   "milestones scaled to --epochs); options given explicitly win")
+    d.add_argument("--epochs", type=int, help="epochs per network, the budget (default: the recipe's, "
+                   "else 10)")
     d.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     d.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
-    d.add_argument("--batch-size", type=int, default=64, help="(default 64)")
-    d.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine schedule (default 0.1)")
-    d.add_argument("--weight-decay", type=float, default=1e-4, help="(default 1e-4, as in the paper)")
+    d.add_argument("--batch-size", type=int, help="(default: the recipe's, else 64)")
+    d.add_argument("--lr", type=float, help="SGD learning rate (default: the recipe's, else 0.1, cosine)")
+    d.add_argument("--weight-decay", type=float, help="(default: the recipe's, else 1e-4 as in the paper)")
     d.add_argument("--val-split", type=float, help="fraction held out for validation (default 0.2)")
     d.add_argument("--augment", help="training augmentation preset/ops (default none)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", help="auto|cpu|cuda|mps (default auto)")
     d.add_argument("--data-root", help="where built-in datasets are stored/downloaded")
     d.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    d.add_argument("--resume", action="store_true",
+                   help="continue the experiment in --out: finished models are kept, an interrupted one "
+                   "continues from its last.pt")
+    d.add_argument("--overwrite", action="store_true", help="start again over an experiment in --out")
     d.add_argument("--out", "-o", required=True, metavar="DIR")
     d.set_defaults(func=_run_depth)
 
@@ -124,20 +135,31 @@ def _positive(args, *names: str) -> None:
 
 
 def _run_depth(args) -> int:
+    import shlex
+    import sys
+
     from ..experiments import depth_experiment
-    from ..train import TrainConfigError
+    from ..train import TrainConfigError, TrainingInterrupted
 
     _positive(args, "epochs", "batch_size", "image_size")
     extra = {k: getattr(args, k) for k in ("val_split", "augment", "device", "data_root")
              if getattr(args, k) is not None}
     try:
-        depth_experiment(
+        result = depth_experiment(
             args.data, out=args.out, depths=args.depths, epochs=args.epochs, image_size=args.image_size,
             in_chans=args.in_chans, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            seed=args.seed, quiet=args.quiet, **extra,
+            recipe=args.recipe, seed=args.seed, quiet=args.quiet, resume=args.resume,
+            overwrite=args.overwrite, **extra,
         )
     except (TrainConfigError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
+    except TrainingInterrupted as e:
+        again = shlex.join(["convnets", "experiment", "depth", str(args.data), "--out", str(args.out)])
+        print(f"\n{e}\nresume the whole experiment (its settings are saved in --out) with:\n"
+              f"  {again} --resume", file=sys.stderr)
+        return e.exit_code
+    for line in result.verdict["sentences"]:
+        print(line)
     print(f"wrote {args.out}/depth.png, depth.md, depth.json and runs/")
     return 0
 

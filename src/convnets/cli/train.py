@@ -17,6 +17,7 @@ from ..train.options import (
     SCHEDULES,
     TrainOptions,
 )
+from ..train.recipes import RECIPES
 from . import CLIError
 
 EXAMPLES = """examples:
@@ -24,6 +25,8 @@ EXAMPLES = """examples:
   convnets train photos/ --model mobilenet_v2 --weights imagenet --out runs/photos
   convnets train alpaca/ --model mobilenet_v2 --weights mobilenet_v2_imagenet.pth --normalize inception \\
       --image-size 160 --augment light --freeze base --fine-tune-last 2 --fine-tune-epochs 5 --out runs/alpaca
+  convnets train cifar10/train --model resnet20 --recipe he2015 --out runs/r20   # the ResNet paper
+  convnets train cifar10/train --model resnet20 --recipe he2015 --epochs 40 --lr 0.05 --out runs/r20s
   convnets train --resume --out runs/alpaca          # continue an interrupted run
   torchrun --nproc_per_node=2 -m convnets train digits --model resnet20 --out runs/ddp
 """
@@ -49,6 +52,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", "-m", help="registered model name (see `convnets models`)")
     p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="fill every option you do not give with a named recipe's value: "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        + " (recorded in config.json)",
+    )
 
     g = p.add_argument_group("data")
     g.add_argument(
@@ -70,13 +80,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--resize",
         choices=("crop", "letterbox", "squash"),
         help="how a non-square image becomes the square input: crop (centre crop, the default for "
-        "folders), letterbox (whole image, padded with the mean colour) or squash (stretched); "
-        "evaluate, predict, export and serve use the run's choice",
+        "folders), letterbox (whole image, padded with the mean colour) or squash (stretched straight to "
+        "the input size: small images such as CIFAR's 32x32 are kept as they are); evaluate, predict, "
+        "export and serve use the run's choice",
     )
     g.add_argument(
         "--normalize",
-        choices=("imagenet", "inception", "dataset", "none"),
-        help="input normalisation (default: the checkpoint's with --weights, else the data's)",
+        choices=("imagenet", "inception", "dataset", "mean", "none"),
+        help="input normalisation: dataset = per-channel mean/std, mean = per-channel mean only "
+        "(default: the checkpoint's with --weights, else dataset)",
     )
     g.add_argument("--workers", type=int, help="data loading processes (default: chosen by the data layer)")
     g.add_argument("--data-root", help="where built-in datasets are stored/downloaded")
@@ -95,7 +107,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, help="epochs (of the head phase, with --freeze base) (default 10)")
     g.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 sgd, 1e-3 adam/adamw)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="(default adamw)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9, Nesterov)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Nesterov momentum (default on)",
+    )
     g.add_argument("--weight-decay", type=float, help="(default: 5e-4 sgd, 0 adam, 0.01 adamw)")
     g.add_argument("--schedule", choices=SCHEDULES, help="(default cosine)")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")

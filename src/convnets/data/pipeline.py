@@ -13,9 +13,11 @@ scale-and-shift of the whole picture inside the canvas, never a crop of it.
 
 Normalisation (``normalize``): ``"imagenet"`` (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225),
 ``"inception"`` ([-1, 1]: mean = std = 0.5), ``"none"`` ([0, 1]), ``"dataset"`` (per-channel mean/std
-of up to 256 training images, base size, no augmentation), ``"auto"`` (the ``mean``/``std`` passed --
-normally the model's pretrained config -- else ``"dataset"``). With one input channel the RGB
-constants are averaged.
+of up to 256 training images, base size, no augmentation), ``"mean"`` (the same per-channel mean
+subtracted, std 1: the CIFAR ResNet paper's mean subtraction, per channel rather than per pixel so the
+normalisation stays three numbers every consumer of the run already understands), ``"auto"`` (the
+``mean``/``std`` passed -- normally the model's pretrained config -- else ``"dataset"``). With one input
+channel the RGB constants are averaged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .pca import cached_pca_stats, channel_stats
 from .shards import is_shard_source
 from .split import stratified_split
 
-NORMALIZE_MODES = ("auto", "imagenet", "inception", "dataset", "none")
+NORMALIZE_MODES = ("auto", "imagenet", "inception", "dataset", "mean", "none")
 STATS_SAMPLE = 256  # training images used for "dataset" normalisation and PCA colour statistics
 
 
@@ -110,8 +112,10 @@ def resolve_normalization(normalize, mean, std, in_chans, train: Subset | None =
         mean, std = (0.0,), (1.0,)
     else:
         if train is None:
-            raise ValueError("normalize='dataset' needs a training set")
+            raise ValueError(f"normalize={normalize!r} needs a training set")
         mean, std = channel_stats(_sample_bases(train))
+        if normalize == "mean":
+            std = (1.0,) * len(mean)
     return _fit_channels(mean, in_chans), _fit_channels(std, in_chans)
 
 
@@ -392,8 +396,9 @@ def _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std,
 
     def train_transform(bases) -> Any:
         m, s, mode = mean, std, normalize
-        if mode == "dataset" or (mode == "auto" and mean is None):
-            m, s, mode = *channel_stats(bases(STATS_SAMPLE)), "auto"
+        if mode in ("dataset", "mean") or (mode == "auto" and mean is None):
+            m, s = channel_stats(bases(STATS_SAMPLE))
+            s, mode = ((1.0,) * len(m) if mode == "mean" else s), "auto"
         stats["mean"], stats["std"] = resolve_normalization(mode, m, s, in_chans)
         pca = None
         if needs_pca(augment):

@@ -65,6 +65,7 @@ def diagnose(
     workers: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    max_label_issues: int | None = None,
 ) -> DoctorReport:
     """Check ``data`` (a class-per-folder directory, an already split root with train/ and val/ or
     test/, or a run folder) and, when given, the ``val`` and ``test`` folders.
@@ -72,6 +73,8 @@ def diagnose(
     ``weights`` (a pretrained checkpoint for ``model``; ``normalize`` as in ``create_model``) makes
     the label check use frozen pretrained features; without it a tiny CNN is trained per fold.
     ``labels=False`` skips the label check, ``near=False`` the near-duplicate search.
+    ``max_label_issues`` caps the listed label issues (default ``labels.MAX_SHOWN``; 0 = all); the
+    check also says when it is too weak to trust (``report.label_check.trusted``/``warning``).
     """
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -108,7 +111,7 @@ def diagnose(
     if labels:
         t = time.perf_counter()
         report.label_issues, report.label_check = _label_issues(
-            scan, representatives, weights, model, normalize, seed
+            scan, representatives, weights, model, normalize, seed, max_label_issues
         )
         timings["labels"] = time.perf_counter() - t
     else:
@@ -185,11 +188,17 @@ def _note(info: ImageInfo, kind: str, detail: str) -> ImageNote:
 
 
 def _label_issues(
-    scan: ScanResult, representatives: list[int], weights, model: str, normalize: str | None, seed: int
+    scan: ScanResult,
+    representatives: list[int],
+    weights,
+    model: str,
+    normalize: str | None,
+    seed: int,
+    max_issues: int | None = None,
 ) -> tuple[list[LabelIssue], LabelCheck]:
     """cleanlab's ranked issues over one image per distinct picture (exact copies would leak across
     folds and make each other look right)."""
-    from .labels import LabelCheckError, find_label_issues
+    from .labels import MAX_SHOWN, LabelCheckError, assess, find_label_issues
 
     images = [scan.images[scan.usable[r]] for r in representatives]
     if len(images) < 10:
@@ -208,7 +217,8 @@ def _label_issues(
         return [], LabelCheck(ran=False, note=str(e))
     names = result.class_names
     issues = []
-    for rank, row in enumerate(result.ranked, start=1):
+    cap = MAX_SHOWN if max_issues is None else (max_issues or len(result.ranked))
+    for rank, row in enumerate(result.ranked[:cap], start=1):
         probs = result.pred_probs[row]
         given, best = int(result.labels[row]), int(np.argmax(probs))
         info = images[row]
@@ -231,5 +241,9 @@ def _label_issues(
         len(images),
         round(result.oof_accuracy, 4),
         round(result.seconds, 2),
+    )
+    check.flagged, check.shown = len(result.ranked), len(issues)
+    check.trusted, check.warning = assess(
+        result.oof_accuracy, len(result.ranked), len(images), weights_given=weights is not None
     )
     return issues, check

@@ -114,6 +114,10 @@ class LabelCheck:
     oof_accuracy: float | None = None
     seconds: float | None = None
     note: str | None = None
+    flagged: int = 0  # images cleanlab flagged; the report lists the first `shown`, most likely first
+    shown: int = 0
+    trusted: bool | None = None  # None: not assessed (the check did not run)
+    warning: str | None = None  # why the check is too weak to act on, in plain words
 
 
 @dataclass
@@ -197,8 +201,9 @@ class DoctorReport:
             + (f"{s['imbalance_ratio']:.1f}x)" if s["imbalance_ratio"] else "n/a)"),
             f"  tiny / odd mode / extreme aspect  {s['tiny']:,} / {s['odd_mode']:,} / "
             f"{s['extreme_aspect']:,}",
-            f"  likely label errors   {s['label_issues']:>7,}"
-            + ("" if self.label_check.ran else f"  (not checked: {self.label_check.note})"),
+            f"  likely label errors   {self.label_check.flagged or s['label_issues']:>7,}"
+            + ("" if self.label_check.ran else f"  (not checked: {self.label_check.note})")
+            + ("  (check too weak to trust: see below)" if self.label_check.trusted is False else ""),
         ]
         if s["ignored"]:
             lines.append(f"  ignored (no image extension) {s['ignored']:,}")
@@ -241,9 +246,13 @@ class DoctorReport:
             section("Classes:", rows)
         section("Images to look at:", [f"{n.path}: {n.kind}: {n.detail}" for n in self.images])
         if self.label_check.ran:
+            lc = self.label_check
+            more = f"; the first {lc.shown:,} of {lc.flagged:,} flagged" if lc.flagged > lc.shown else ""
+            if lc.warning:
+                lines.append(f"\nWARNING: the label check is {lc.warning}.")
             section(
-                f"Likely label errors (most likely first; {self.label_check.method}, out-of-fold accuracy "
-                f"{self.label_check.oof_accuracy:.3f}):",
+                f"Likely label errors (most likely first, by the model's confidence against the folder's "
+                f"label{more}; {lc.method}, out-of-fold accuracy {lc.oof_accuracy:.3f}):",
                 [
                     f"{i.rank:>3}. {i.path}: folder {i.label!r} (p={i.label_prob:.2f}) -> "
                     f"suggested {i.suggested!r} (p={i.suggested_prob:.2f})"
@@ -312,8 +321,10 @@ class DoctorReport:
             lc = self.label_check
             parts.append(
                 f"<h2>Likely label errors</h2><p>{e(lc.method or '')}; out-of-fold accuracy "
-                f"{lc.oof_accuracy:.3f}; most likely first.</p>"
+                f"{lc.oof_accuracy:.3f}; most likely first; {lc.shown:,} of {lc.flagged:,} flagged shown.</p>"
             )
+            if lc.warning:
+                parts.append(f"<p><b>Warning: the label check is {e(lc.warning)}.</b></p>")
             parts += [
                 figure(
                     i.path,

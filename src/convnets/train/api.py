@@ -55,6 +55,14 @@ def train(
     if out is None:
         raise TrainConfigError("--out: a run folder is required")
     run_dir = Path(out)
+    if options.get("recipe") is not None and not options.get("resume"):
+        # The recipe fills what was not given; a resumed run keeps its saved, already-resolved options.
+        from .recipes import apply_recipe
+
+        try:
+            options = apply_recipe(options)
+        except ValueError as e:
+            raise TrainConfigError(f"--recipe: {e}") from None
     opts = TrainOptions.from_kwargs(**options)
     resume_state = None
     if opts.resume:
@@ -409,7 +417,16 @@ def _run_config(
         options=opts.to_dict(),
         versions=_versions(),
         best=None,
+        recipe=_recipe_record(opts),
     )
+
+
+def _recipe_record(opts: TrainOptions) -> dict | None:
+    if opts.recipe is None:
+        return None
+    from .recipes import recipe_record
+
+    return recipe_record(opts.recipe, opts.to_dict())
 
 
 def _skip_reporter(loader):

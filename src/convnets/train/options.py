@@ -94,6 +94,7 @@ class TrainOptions:
     lr: float | None = None
     optimizer: str = "adamw"
     momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float | None = None
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -115,6 +116,8 @@ class TrainOptions:
     channels_last: bool | None = None
     compile: bool = False
     precision: str = "auto"  # resolved to fp32/bf16 for the hardware (resolve_precision)
+    # a named recipe (train/recipes.py) fills every option not given explicitly
+    recipe: str | None = None
     # run
     resume: bool = False
     overwrite: bool = False
@@ -152,6 +155,11 @@ def check_options(opts: TrainOptions) -> None:
     for name, allowed in choices.items():
         if getattr(opts, name) not in allowed:
             raise bad(name, f"must be one of {', '.join(allowed)}, got {getattr(opts, name)!r}")
+    if opts.recipe is not None:
+        from .recipes import RECIPE_NAMES
+
+        if opts.recipe not in RECIPE_NAMES:
+            raise bad("recipe", f"must be one of {', '.join(RECIPE_NAMES)}, got {opts.recipe!r}")
     if opts.resize is not None:
         from ..data.decode import resize_mode
 

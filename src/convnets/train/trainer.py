@@ -123,7 +123,8 @@ def build_optimizer(
     device = device if device is not None else (params[0].device if params else torch.device("cpu"))
     fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     if opts.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=opts.momentum, nesterov=opts.momentum > 0, **fused)
+        nesterov = opts.nesterov and opts.momentum > 0
+        return torch.optim.SGD(groups, lr=lr, momentum=opts.momentum, nesterov=nesterov, **fused)
     if opts.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, **fused)
     return torch.optim.AdamW(groups, lr=lr, **fused)
