@@ -163,7 +163,7 @@ def part_accuracy(args) -> dict:
     import shutil
 
     from convnets.exported import OpenVinoEngine, OrtEngine, run_batched
-    from convnets.quantize import needs_reduced_range, quantize_run
+    from convnets.quantize import int8_weight_type, quantize_run
 
     work = Path(args.work) / "accuracy"
     shutil.rmtree(work, ignore_errors=True)
@@ -186,18 +186,20 @@ def part_accuracy(args) -> dict:
         }
 
     preds = {k: run_batched(e, pixels).argmax(1) for k, e in engines(run_dir).items()}
-    # The other weight range than this CPU's default (7-bit weights where there is no VNNI, issue #22):
-    # both files' top-1 on every int8 runner, so a VNNI CPU also shows what reduce_range costs.
-    other = work / "alpaca-other-range"
-    shutil.copytree(args.run, other, ignore=shutil.ignore_patterns("model.int8.onnx", "openvino_cache"))
-    q_other = quantize_run(
-        other, calibration_images=args.calibration, max_drop=100, reduce_range=not needs_reduced_range()
-    )
-    tag = "7bit" if not needs_reduced_range() else "8bit"
-    for k, e in engines(other).items():
-        if "int8" in k:
-            preds[f"{k}-{tag}"] = run_batched(e, pixels).argmax(1)
-    out["int8_other_range"] = q_other.info.__dict__
+    # The other int8 weight type than this CPU's default (u8 where there is no VNNI, issue #22), on
+    # ONNX Runtime, and 7-bit s8 weights (the guide's other fix), so any CPU shows what each costs.
+    from convnets.quantize import quantize_onnx
+
+    other = int8_weight_type() == "s8" and "u8" or "s8"
+    for tag, kwargs in ((f"{other}-weights", {"weights": other}), ("s8-7bit", {"reduce_range": True})):
+        path = work / f"int8-{tag}.onnx"
+        quantize_onnx(
+            run_dir / "model.onnx",
+            path,
+            lambda: (train_pixels[i : i + 8] for i in range(0, min(len(train_pixels), args.calibration), 8)),
+            **kwargs,
+        )
+        preds[f"ort-int8-{tag}"] = run_batched(OrtEngine(path, name="int8"), pixels).argmax(1)
     out["alpaca"] = {
         k: {
             "top1": float((p == labels).mean()),

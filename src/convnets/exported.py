@@ -57,8 +57,8 @@ CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.ev
 
 # bf16 is native (not emulated) with these; OpenVINO then computes in bf16.
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-# int8 dot products in 32-bit accumulators (VNNI, AMX); without them int8 weights keep to 7 bits
-# (convnets.quantize.needs_reduced_range).
+# int8 dot products in 32-bit accumulators (VNNI, AMX); without them int8 weights are u8
+# (convnets.quantize.int8_weight_type).
 INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
 # auto times the installed engines on the user's CPU once per run folder (speeds in export.json):
 # which one is fastest depends on the CPU (OpenVINO bf16 8.8x ONNX Runtime fp32 on an AMX Xeon,
@@ -119,6 +119,7 @@ class Int8Info:
     top1_agreement: float
     max_drop: float  # points; above it the int8 model is refused
     seconds: float = 0.0
+    weights: str = "s8"  # "u8" (U8U8) where the CPU that quantized had no VNNI: runs on ONNX Runtime
 
     @property
     def delta_points(self) -> float:
@@ -352,10 +353,14 @@ class OpenVinoEngine:
             return [np.array(t, dtype=np.float32, copy=True) for t in tensors]
 
 
-def int8_runner_order() -> tuple[str, ...]:
+def int8_runner_order(weights: str = "s8") -> tuple[str, ...]:
     """Which library runs ``model.int8.onnx``: OpenVINO was 2-4x faster than ONNX Runtime on the same
-    int8 file on the AMX Xeon (bench/RESULTS.md), so OpenVINO when installed."""
-    return ("openvino", "onnxruntime") if openvino_available() else ("onnxruntime",)
+    int8 file on the AMX Xeon (bench/RESULTS.md), so OpenVINO when installed; u8 weights (U8U8, CPUs
+    without VNNI) only ONNX Runtime, whose kernel widens them before multiplying (OpenVINO's oneDNN
+    forced down to AVX2 could not compile them, and lost 1.5 points of top-1 where it could)."""
+    if weights == "u8" or not openvino_available():
+        return ("onnxruntime",)
+    return ("openvino", "onnxruntime")
 
 
 def make_engine(
@@ -389,7 +394,7 @@ def make_engine(
             )
         if int8 is None or not path.is_file():
             raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
-        if int8_runner_order()[0] == "openvino":
+        if int8_runner_order(int8.weights)[0] == "openvino":
             return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache, features=features)
         return OrtEngine(path, threads, name="int8", spin=spin, features=features)
     raise EngineError(

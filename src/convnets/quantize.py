@@ -48,20 +48,26 @@ X86_MACHINE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 QUANTIZER = "onnxruntime.quantize_static QDQ per-channel s8 weights u8 activations MinMax"
 
 
-def needs_reduced_range(flags: frozenset[str] | None = None) -> bool:
-    """Whether int8 weights must keep to 7 bits on this CPU: x86 without VNNI multiplies u8 activations
-    by s8 weights with AVX2's ``vpmaddubsw``, whose 16-bit pair sums saturate at full range (ONNX
-    Runtime's quantization guide; on an AVX2 EPYC a MobileNetV2 lost 3.1 points of top-1 so). With
-    VNNI (``avx512_vnni``, ``avx_vnni``) or AMX the products accumulate in 32 bits and full range
-    is exact. Off x86 there is no such instruction. By the CPU's flags, never its vendor."""
+def int8_weight_type(flags: frozenset[str] | None = None) -> str:
+    """``"s8"`` or ``"u8"``: the int8 weights' type for this CPU. x86 without VNNI multiplies u8
+    activations by s8 weights with AVX2's ``vpmaddubsw``, whose 16-bit pair sums saturate (ONNX
+    Runtime's quantization guide): on an AVX2 EPYC a MobileNetV2 lost 3.1 points of top-1 so, and with
+    oneDNN forced down to AVX2 here OpenVINO lost the same 3.1 points. The guide's two fixes, measured
+    on the alpaca MobileNetV2 (bench/RESULTS.md, "int8 on CPUs without VNNI"): 7-bit weights
+    (``reduce_range``) lost the same 3.1 points to their coarser steps, while u8 weights (U8U8, run by
+    ONNX Runtime, whose kernel widens to 16 bits first) kept fp32's top-1 exactly. With VNNI or AMX the
+    products accumulate in 32 bits, and s8 weights on OpenVINO are the fastest and as exact. By the
+    CPU's flags, never its vendor."""
     from .runtime import cpu_flags
 
     flags = cpu_flags() if flags is None else flags
-    return X86_MACHINE and bool(flags) and not flags & INT8_FLAGS
+    return "u8" if X86_MACHINE and flags and not flags & INT8_FLAGS else "s8"
 
 
-def quantizer_name(reduce_range: bool) -> str:
-    return QUANTIZER + (" reduce_range (7-bit weights: this CPU has no VNNI)" if reduce_range else "")
+def quantizer_name(weights: str) -> str:
+    if weights == "u8":
+        return QUANTIZER.replace("s8 weights", "u8 weights (U8U8: this CPU has no VNNI)")
+    return QUANTIZER
 
 
 class QuantizationRefused(RuntimeError):
@@ -115,15 +121,16 @@ def quantize_onnx(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
     batches: Callable[[], Iterable[np.ndarray]],
-    reduce_range: bool | None = None,
+    weights: str | None = None,
+    reduce_range: bool = False,
 ) -> None:
     """Static int8 quantization of ``onnx_path`` to ``out`` (:data:`QUANTIZER`), calibrated on the
-    pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes). ``reduce_range``
-    (default: :func:`needs_reduced_range` for this CPU) keeps weights to 7 bits."""
+    pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes). ``weights``:
+    ``"s8"`` or ``"u8"`` (default :func:`int8_weight_type` for this CPU); ``reduce_range``: 7-bit
+    weights (measured, not used: bench/backends.py)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if reduce_range is None:
-        reduce_range = needs_reduced_range()
+    weights = weights or int8_weight_type()
     input_name = OrtEngine(onnx_path, threads=1).input_name
     with _quiet_root_logger():
         quantize_static(
@@ -132,9 +139,9 @@ def quantize_onnx(
             _CalibrationReader(batches, input_name),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,  # OpenVINO 2026.4 failed to compile s8 activations
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8,
+            reduce_range=reduce_range,
             # MinMax adds ReduceMin/ReduceMax outputs per tensor, so only scalars are kept per batch.
             # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops, not merges, what it flushes.)
             calibrate_method=CalibrationMethod.MinMax,
@@ -164,12 +171,12 @@ def quantize_run(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     max_drop: float = DEFAULT_MAX_DROP,
     seed: int = 0,
-    reduce_range: bool | None = None,
+    weights: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     """Write ``RUN_DIR/model.int8.onnx`` and record its measured top-1 change in ``export.json``.
 
-    ``reduce_range`` (default: :func:`needs_reduced_range` on this CPU) keeps int8 weights to 7 bits.
+    ``weights``: the int8 weights' type, ``"s8"`` or ``"u8"`` (default :func:`int8_weight_type`).
     Raises :class:`QuantizationRefused` (nothing written but the record) when top-1 on the
     validation split drops by more than ``max_drop`` points, and
     :class:`convnets.runs.RunFolderError` for a run without recorded image files.
@@ -200,22 +207,22 @@ def quantize_run(
                     if views:
                         yield pixels_of(views)
 
-            if reduce_range is None:
-                reduce_range = needs_reduced_range()
-            if reduce_range:
-                say("no VNNI on this CPU: int8 weights keep to 7 bits, so AVX2's u8 x s8 sums can't saturate")
-            quantize_onnx(onnx_path, tmp_model, batches, reduce_range=reduce_range)
+            weights = weights or int8_weight_type()
+            if weights == "u8":
+                say("no VNNI on this CPU: u8 weights (U8U8, run by ONNX Runtime) so AVX2 cannot saturate")
+            quantize_onnx(onnx_path, tmp_model, batches, weights=weights)
         seconds = time.perf_counter() - t0
 
         say(f"measuring top-1 on {len(val)} validation images (fp32 and int8)")
         views, kept = _read_views([f for f, _ in val], config)
         pixels, labels = pixels_of(views), np.array([val[i][1] for i in kept])
-        int8 = _int8_engine(tmp_model)
+        int8 = _int8_engine(tmp_model, weights)
         fp32_top1, fp32_pred = top1(fp32, pixels, labels)
         int8_top1, int8_pred = top1(int8, pixels, labels)
         info = Int8Info(
             weights_sha256=ExportInfo.read(run_dir).weights_sha256,
-            quantizer=quantizer_name(reduce_range),
+            quantizer=quantizer_name(weights),
+            weights=weights,
             calibration_images=len(calib),
             val_images=len(labels),
             fp32_top1=fp32_top1,
@@ -236,9 +243,9 @@ def quantize_run(
     return QuantizeResult(out, info, int8.description)
 
 
-def _int8_engine(path: Path) -> Engine:
-    """The int8 model on what ``--backend int8`` will run it on (OpenVINO when installed)."""
-    if int8_runner_order()[0] == "openvino":
+def _int8_engine(path: Path, weights: str) -> Engine:
+    """The int8 model on what ``--backend int8`` will run it on (:func:`int8_runner_order`)."""
+    if int8_runner_order(weights)[0] == "openvino":
         from .exported import OpenVinoEngine
 
         return OpenVinoEngine(path, name="int8")
