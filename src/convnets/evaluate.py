@@ -19,6 +19,7 @@ import torch
 from .analysis import ErrorAnalysis
 from .calibration import Calibration, Reliability, plot_reliability
 from .data.images import expand_paths
+from .errors import ConvnetsError
 from .inference import backend_of
 from .ood import features_and_logits
 from .plots import plot_confusion_matrix, plot_image_grid
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(ConvnetsError, ValueError):
     """The data's classes are not the run's classes."""
 
 

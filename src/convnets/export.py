@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ConvnetsError
 from .inference import count_batchnorm, write_onnx
 from .inference import fold_batchnorm as fold_in_place
 
@@ -46,7 +47,7 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-class ExportError(RuntimeError):
+class ExportError(ConvnetsError, RuntimeError):
     """The export could not be written or does not match PyTorch within tolerance."""
 
 

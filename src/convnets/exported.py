@@ -38,6 +38,7 @@ from .atomic import atomic_write_json
 from .backends import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
 from .data.decode import ImageReadError
 from .data.images import ImageSource, center_crop, expand_paths, read_image
+from .errors import ConvnetsError
 from .predictions import Prediction, softmax, top_k
 from .runs import (
     EXPORT_INFO_FILE,
@@ -72,7 +73,7 @@ CHECK_IMAGES = 32
 AUTO_MIN_IMAGES = 32
 
 
-class EngineError(RuntimeError):
+class EngineError(ConvnetsError, RuntimeError):
     """The asked-for engine cannot run this run's export (not installed, no int8 model, stale)."""
 
 

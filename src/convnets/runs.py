@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
+from .errors import ConvnetsError
 
 SCHEMA_VERSION = 1
 
@@ -48,7 +49,7 @@ OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the O
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ConvnetsError, ValueError):
     """A folder that is not a usable run: missing, not a run, bad JSON, or from a newer convnets."""
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .errors import ConvnetsError
 from .models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from .runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, RunFolderError
 
@@ -53,7 +54,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 
 
-class WeightsError(ValueError):
+class WeightsError(ConvnetsError, ValueError):
     """A checkpoint that cannot be found, read or used; the message names the file."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             **options,
         )
     except (KeyError, ValueError, FileNotFoundError) as e:  # incl. the trainer's and data layer's errors
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     print(Path(board.files["leaderboard_md"]).read_text(encoding="utf-8"))
     for path in board.files.values():
         print(f"wrote {path}")

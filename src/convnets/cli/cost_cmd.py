@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, error_text
 
 USAGE = """convnets cost MODEL [--image-size N] [--in-chans C] [--json]
        convnets cost conv --input HxWxC --filters N --kernel K [--stride S] [--padding same|valid]
@@ -88,7 +88,7 @@ def _model(args: argparse.Namespace, name: str) -> int:
     try:
         report = model_cost(name, image_size=args.image_size, in_chans=args.in_chans)
     except KeyError as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     except ValueError as e:
         raise CLIError(str(e)) from e
     if args.json:
@@ -133,7 +133,7 @@ def _compare(args: argparse.Namespace, names: list[str]) -> int:
             names, image_size=args.image_size, measure_latency=not args.no_latency, runs=args.runs
         )
     except KeyError as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     except ValueError as e:
         raise CLIError(str(e)) from e
     out = args.out if args.out is not None else Path("cost_compare.png")

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import CLIError
+from . import CLIError, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except DoctorError as e:
         raise CLIError(str(e)) from e
     except (FileNotFoundError, ValueError, KeyError) as e:  # bad --weights / --model
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.html:
         path = report.write_html(args.html)
         print(f"wrote {path}", file=sys.stderr)

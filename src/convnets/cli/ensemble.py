@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_ensemble(runs, data, batch_size=args.batch_size, backend=args.backend)
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

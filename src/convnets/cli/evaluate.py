@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError, add_backend_argument, add_tta_argument
+from . import CLIError, add_backend_argument, add_tta_argument, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
         )
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError
+from . import CLIError, error_text
 
 EXAMPLES = """examples:
   convnets experiment depth digits --out exp/depth                 # plain vs residual, depths 8,20,32,56
@@ -153,7 +153,7 @@ def _run_gradients(args) -> int:
             seed=args.seed, device=args.device, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e).strip("'\"")) from None
+        raise CLIError(error_text(e)) from None
     print(f"wrote {args.out}/gradients.png, gradients.json, gradients.md")
     return 0
 
@@ -169,6 +169,6 @@ def _run_identity(args) -> int:
             in_chans=args.in_chans, seed=args.seed, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e).strip("'\"")) from None
+        raise CLIError(error_text(e)) from None
     print(f"wrote {args.out}/identity.md, identity.json")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import CLIError, add_backend_argument, add_tta_argument
+from . import CLIError, add_backend_argument, add_tta_argument, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -99,7 +99,7 @@ def predict_torch(args: argparse.Namespace) -> list:
 
             explain_files(args.run_dir, [r.file for r in results if r.error is None], args.explain)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     return results
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConvnetsError
+
 if TYPE_CHECKING:
     import torch
 
@@ -66,7 +68,7 @@ RESUME_OVERRIDABLE = {
 AUTO_AUGMENT = {"scratch": "none", "transfer": "none"}
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConvnetsError, ValueError):
     """An invalid option or combination of options; the message names the option."""
 
 
