@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     threshold = NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold
     if not 0 < threshold <= 1:
         raise CLIError("--near-threshold must be in (0, 1]")
+    if args.html:
+        from ..errors import output_file
+
+        output_file(args.html, "--html")  # a folder there, or a read-only one: refused before the scan
     try:
         report = diagnose(
             args.data,

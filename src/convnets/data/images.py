@@ -35,7 +35,11 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     out: list[str] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # e.g. a name too long for the file system: the loader reports it
+            is_dir = False
+        if is_dir:
             out += sorted(
                 str(f)
                 for f in p.rglob("*")
