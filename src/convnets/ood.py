@@ -127,8 +127,9 @@ class OODDetector:
             centres, precision = arrays["centres"], arrays["precision"]
             if centres.ndim != 2 or precision.shape != (centres.shape[1], centres.shape[1]):
                 raise ValueError(f"centres {centres.shape} and precision {precision.shape} do not fit")
-        except Exception as e:  # noqa: BLE001 - missing, truncated, not safetensors (SafetensorError), wrong arrays
-            detail = f"no array {e}" if isinstance(e, KeyError) else (str(e).strip() or type(e).__name__).splitlines()[0]
+        except Exception as e:  # noqa: BLE001 - missing, truncated, SafetensorError, wrong arrays
+            text = (str(e).strip() or type(e).__name__).splitlines()[0]
+            detail = f"no array {e}" if isinstance(e, KeyError) else text
             raise RunFolderError(
                 f"{path}: cannot read the OOD detector ({detail}); refit it with "
                 "`convnets evaluate RUN_DIR DATA --calibrate`, or pass --no-ood"
