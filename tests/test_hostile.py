@@ -171,6 +171,17 @@ def test_num_classes_not_a_number(run, images, capsys):
     one_error_line(err, "config.json", "num_classes", "'ten'")
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("model_kwargs", [1]), ("temperature", "hot"), ("image_size", [0, 0]), ("mean", ["a"])],
+)
+def test_damaged_config_fields_are_named(run, images, capsys, field, value):
+    edit_config(run, **{field: value})
+    rc, _, err = cli(capsys, "predict", run, images[0], "--backend", "eager")
+    assert rc == EXIT_USAGE
+    one_error_line(err, "config.json", field)
+
+
 def test_garbage_ood_detector(run, images, capsys):
     (run / "ood.safetensors").write_bytes(b"garbage" * 10)
     rc, _, err = cli(capsys, "predict", run, images[0])

@@ -101,18 +101,24 @@ def can_write_in(folder: str | os.PathLike) -> bool:
 
 
 def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """``path`` as a folder to write into: created when missing; :class:`OutputPathError` naming
-    ``option`` when it is a file or cannot be written."""
+    """``path`` checked as a folder to write into, creating nothing: :class:`OutputPathError` naming
+    ``option`` when it (or a parent) is a file, or when it (or, if missing, its nearest existing
+    parent, where it would be created) cannot be written."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"{option} {_short(str(path))}: is a file, not a folder")
+    shown = _short(str(path))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        reason = os_error_message(e)
-        raise OutputPathError(f"{option} {_short(str(path))}: cannot create the folder ({reason})") from None
-    if not can_write_in(path):
-        raise OutputPathError(f"{option} {_short(str(path))}: folder is not writable")
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise OutputPathError(f"{option} {shown}: {os_error_message(e).rsplit(': ', 1)[-1]}") from None
+    if not is_dir:
+        where = "is a file" if existing == path else f"{_short(str(existing))} is a file"
+        raise OutputPathError(f"{option} {shown}: {where}, not a folder")
+    if not can_write_in(existing):
+        where = "folder" if existing == path else f"{_short(str(existing))}"
+        raise OutputPathError(f"{option} {shown}: {where} is not writable")
     return path
 
 

@@ -307,6 +307,7 @@ def explain_files(
 
         model, _ = load_run(run_dir)
     out_dir = output_dir(out_dir, option)  # before the model runs: a file or read-only folder is refused
+    out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = config.normalization()
     names = config.class_names
     target = names.index(class_name) if class_name is not None else None

@@ -171,6 +171,7 @@ def export_model(
     """
     check_export_options(format, atol, opset)
     out = output_file(out, "--out")  # a folder there, or a read-only one: refused before the export
+    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     reference = NormalizedModel(model, mean, std).eval()
     folded, fold_info = fold_batchnorm(model)

@@ -129,6 +129,11 @@ class RunConfig:
             n = len(self.class_names) if isinstance(self.class_names, list) else self.class_names
             raise ValueError(f"class_names has {n} names for num_classes {self.num_classes}")
         self.class_names = [str(c) for c in self.class_names]
+        for name, kind in (("model_kwargs", dict), ("options", dict), ("versions", dict), ("phases", list)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
+        if self.temperature is not None:
+            self.temperature = _positive("temperature", self.temperature)
         if isinstance(self.data, dict):
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
@@ -242,6 +247,16 @@ def _whole_number(name: str, value: Any) -> int:
         ok = False
     if not ok:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < float("inf") or isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
     return number
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError, add_backend_argument, error_text
+from . import CLIError, add_backend_argument, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         "parameters, multiply-adds and batch-1 latency: ensembles win benchmarks, cost production budgets.",
     )
     p.add_argument("items", metavar="RUN_DIR... DATA", nargs="+", help="two or more run folders, then DATA")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true")
     add_backend_argument(p)
     p.set_defaults(func=run)

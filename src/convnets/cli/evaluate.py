@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError, add_backend_argument, add_tta_argument, error_text
+from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     add_tta_argument(
         p, help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)"
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument(

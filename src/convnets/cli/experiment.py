@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError, error_text
+from . import CLIError, error_text, positive_int
 
 EXAMPLES = """examples:
   convnets experiment depth digits --out exp/depth                 # plain vs residual, depths 8,20,32,56
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=10, help="epochs per network (default 10)")
     d.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     d.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
-    d.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    d.add_argument("--batch-size", type=positive_int, default=64, help="(default 64)")
     d.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine schedule (default 0.1)")
     d.add_argument("--weight-decay", type=float, default=1e-4, help="(default 1e-4, as in the paper)")
     d.add_argument("--val-split", type=float, help="fraction held out for validation (default 0.2)")
@@ -82,7 +82,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 "
                    "(default plain56,resnet56)")
     g.add_argument("--steps", type=int, default=50, help="training steps to record (default 50)")
-    g.add_argument("--batch-size", type=int, default=128, help="(default 128)")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9 (default 0.1)")
     g.add_argument("--plot-steps", type=_int_list, help="steps drawn in the figure (default 1,10,STEPS)")
     g.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
