@@ -131,16 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    with warnings.catch_warnings():
-        if not debug:
-            warnings.showwarning = _warning_line(args.command)
-        try:
-            rc = args.func(args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except Exception as e:  # noqa: BLE001 - the CLI's one error policy
-            return report_error(args.command, e, debug)
+    # Warnings as one line: the format, not the display, is replaced, so whoever records warnings
+    # (pytest.warns, a caller's catch_warnings(record=True)) still gets them.
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _warning_line(args.command)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the CLI's one error policy
+        return report_error(args.command, e, debug)
+    finally:
+        warnings.formatwarning = formatwarning
     return int(rc or 0)
 
 
@@ -163,16 +167,13 @@ def report_error(command: str, e: BaseException, debug: bool = False) -> int:
 
 
 def _warning_line(command: str):
-    """``warnings.showwarning`` as one line per warning (a skipped image, a library's notice)."""
+    """``warnings.formatwarning`` as one line per warning (a skipped image, a library's notice)."""
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def one_line(message, category, filename, lineno, line=None) -> str:
         text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-        try:
-            print(f"convnets {command}: warning: {text}", file=file or sys.stderr)
-        except OSError:  # stderr gone: nothing left to tell
-            pass
+        return f"convnets {command}: warning: {text}\n"
 
-    return show
+    return one_line
 
 
 if __name__ == "__main__":
