@@ -138,6 +138,22 @@ def test_read_only_output_folder_is_refused_before_the_work(run, tmp_path, capsy
     assert list(read_only.iterdir()) == []
 
 
+def test_describe_tells_expected_failures_from_bugs():
+    from convnets.errors import describe, error_text
+    from convnets.runs import RunFolderError
+
+    assert describe(PermissionError(13, "Permission denied", "/runs/a")) == ("/runs/a: Permission denied", 2)
+    assert describe(OSError(36, "File name too long", "a" * 300))[0].endswith("file name too long")
+    assert describe(RunFolderError("runs/a/config.json: missing model\nmore")) == (
+        "runs/a/config.json: missing model",
+        EXIT_USAGE,
+    )
+    assert describe(ValueError("--top-k must be at least 1")) == ("--top-k must be at least 1", EXIT_USAGE)
+    assert describe(TypeError("unsupported operand")) is None
+    assert describe(type("DecodeError", (ValueError,), {"__module__": "google.protobuf"})("x")) is None
+    assert error_text(KeyError("unknown dataset 'x'")) == "unknown dataset 'x'"
+
+
 def test_write_probe_sees_a_read_only_file_system_even_as_root(tmp_path):
     sys_fs = Path("/sys/kernel")
     assert can_write_in(tmp_path)

@@ -65,7 +65,7 @@ def describe(e: BaseException) -> tuple[str, int] | None:
 
 
 def os_error_message(e: OSError) -> str:
-    """``FILE: reason`` (both files of a rename), e.g. ``runs/a: Permission denied``."""
+    """``FILE: reason``, e.g. ``runs/a: Permission denied`` (of a rename onto a folder: the folder)."""
     reason = e.strerror or str(e) or type(e).__name__
     if e.errno == errno.ENAMETOOLONG:
         reason = "file name too long"
