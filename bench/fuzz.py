@@ -34,6 +34,7 @@ import resource
 import sys
 import tempfile
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def fuzz_server(args, deadline: float, folder: Path) -> Tally:
         proc = start_server(run, port, *limits, "--no-access-log", log=folder / "server.log")
 
         def post(request: dict) -> tuple[int, bytes]:
-            query = "&".join(f"top_k={v}" for v in request["params"].values())
+            query = urllib.parse.urlencode(request["params"])  # as httpx encodes it in-process
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
                 conn.request("POST", request["url"] + ("?" + query if query else ""), request["content"],
