@@ -19,6 +19,7 @@ import torch
 from .analysis import ErrorAnalysis
 from .calibration import Calibration, Reliability, plot_reliability
 from .data.images import expand_paths
+from .errors import ConvnetsError, output_dir
 from .inference import backend_of
 from .ood import features_and_logits
 from .plots import confusion_counts, plot_confusion_matrix, plot_image_grid
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(ConvnetsError, ValueError):
     """The data's classes are not the run's classes."""
 
 
@@ -358,6 +359,8 @@ def evaluate(
     ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.inference.inference_module`.
     """
     check_tta(tta)
+    if out is not None:
+        out = output_dir(out, "--out")  # a file there, or a read-only folder: refused before the work
     fit = None
     if calibrate:
         if isinstance(run, Classifier):

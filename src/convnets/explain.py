@@ -32,6 +32,7 @@ finer, less class-specific map).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import os_error_message, output_dir
+
 if TYPE_CHECKING:  # torch is imported where it is used: the pictures do without it
     import torch
     from torch import nn
+
+# Longest image-name stem in an overlay's name: "<stem>.gradcam.png" (+ "-N") within 255 bytes.
+MAX_STEM_BYTES = 255 - len(".gradcam.png") - 4
 
 __all__ = [
     "Explanation",
@@ -277,11 +283,13 @@ def explain_files(
     layer: str | None = None,
     batch_size: int = 16,
     model: nn.Module | None = None,
+    option: str = "--out",
 ) -> list[Explanation]:
     """Grad-CAM overlays for image files (folders searched recursively) with a trained run:
     ``OUT_DIR/<image name>.gradcam.png`` per image, for the predicted class or ``class_name``.
 
-    An unreadable file gets an :class:`Explanation` with ``error`` and the rest go on.
+    An unreadable file (or an overlay that cannot be written) gets an :class:`Explanation` with
+    ``error`` and the rest go on. ``option`` names ``out_dir`` in errors (``--explain`` for predict).
     """
     import torch
 
@@ -298,7 +306,7 @@ def explain_files(
         from .weights import load_run
 
         model, _ = load_run(run_dir)
-    out_dir = Path(out_dir)
+    out_dir = output_dir(out_dir, option)  # before the model runs: a file or read-only folder is refused
     out_dir.mkdir(parents=True, exist_ok=True)
     mean, std = config.normalization()
     names = config.class_names
@@ -329,13 +337,19 @@ def explain_files(
             if cls != pred:
                 caption += f"; map for {row.explained} {row.explained_prob:.2f}"
             out = out_dir / _unique_name(Path(row.file).stem, used)
-            row.path = str(save_overlay(out, view, heat, caption))
+            try:
+                row.path = str(save_overlay(out, view, heat, caption))
+            except OSError as e:  # e.g. the disk filled up: this image's row says so, the rest go on
+                row.error = f"cannot write {out}: {os_error_message(e)}"
             results.append(row)
     order = {f: i for i, f in enumerate(files)}
     return sorted(results, key=lambda r: order[r.file])
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
+    raw = os.fsencode(stem)
+    if len(raw) > MAX_STEM_BYTES:  # file systems allow 255 bytes a name: keep the start, made unique
+        stem = os.fsdecode(raw[: MAX_STEM_BYTES - 9]) + "-" + hashlib.sha1(raw).hexdigest()[:8]
     name, n = f"{stem}.gradcam.png", 1
     while name in used:  # two inputs with the same file name from different folders
         n += 1

@@ -29,8 +29,11 @@ import torch
 from torch import nn
 
 from .atomic import make_like_new_file
+from .errors import ConvnetsError, output_file
+from .exported import record_export, weights_fingerprint
 from .inference import count_batchnorm, write_onnx
 from .inference import fold_batchnorm as fold_in_place
+from .runs import ONNX_FILE
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -47,7 +50,7 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-class ExportError(RuntimeError):
+class ExportError(ConvnetsError, RuntimeError):
     """The export could not be written or does not match PyTorch within tolerance."""
 
 
@@ -141,6 +144,29 @@ def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
     if name == "letterbox":
         out["fill"] = list(LETTERBOX_FILL)
     return out
+# Opsets the TorchScript-based exporter writes these CNNs in: below 11 it cannot export adaptive
+# pooling or a dynamic batch (opset 1 failed with an exporter traceback).
+MIN_OPSET = 11
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14)."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+        return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except ImportError:  # a private name: keep working if it moves
+        return 20
+
+
+def check_export_options(format: str, atol: float, opset: int) -> None:
+    """Refuse bad options before any work (``ValueError`` naming the option)."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if not atol >= 0:  # also NaN
+        raise ValueError(f"--atol must be a number >= 0, got {atol!r}")
+    if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
+        raise ValueError(f"--opset must be {MIN_OPSET}-{max_opset()} (what this torch exports), got {opset}")
 
 
 def export_model(
@@ -164,9 +190,8 @@ def export_model(
     Raises :class:`ExportError` when the exported model differs from PyTorch by more than ``atol``
     (the file is kept so it can be inspected).
     """
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    out = Path(out)
+    check_export_options(format, atol, opset)
+    out = output_file(out, "--out")  # a folder there, or a read-only one: refused before the export
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     reference = NormalizedModel(model, mean, std).eval()
@@ -191,6 +216,9 @@ def export_model(
                     write_onnx(deployed, example, tmp, opset)
                 except ImportError as e:  # the export extra is not installed
                     raise ExportError(str(e)) from e
+                except Exception as e:  # noqa: BLE001 - the exporter's own failure, told in one line
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise ExportError(f"ONNX export at --opset {opset} failed: {first}") from e
             else:
                 _write_torchscript(deployed, example, tmp)
         os.replace(tmp, out)
@@ -247,10 +275,13 @@ def export_run(
     from .weights import load_run
 
     run_dir = Path(run_dir)
+    check_export_options(format, atol, opset)
+    out = Path(out) if out is not None else run_dir / f"model{_SUFFIX[format]}"
+    own = format == "onnx" and out.resolve() == (run_dir / ONNX_FILE).resolve()
+    fingerprint = weights_fingerprint(run_dir) if own else None  # of the weights about to be loaded
     model, config = load_run(run_dir)
     mean, std = config.normalization()
-    out = Path(out) if out is not None else run_dir / f"model{_SUFFIX[format]}"
-    return export_model(
+    result = export_model(
         model,
         out,
         format=format,
@@ -263,3 +294,6 @@ def export_run(
         opset=opset,
         resize=config.resize,
     )
+    if own:  # the run's own model.onnx: export.json records it (hash, shape, classes) as the run's
+        record_export(run_dir, fingerprint, result.max_abs_diff, opset, config)
+    return result

@@ -41,6 +41,7 @@ from .atomic import atomic_write_json
 from .backends import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
 from .data.decode import ImageReadError
 from .data.images import ImageSource, center_crop, expand_paths, read_image
+from .errors import ConvnetsError, can_write_in, os_error_message
 from .predictions import Prediction, softmax, top_k
 from .runs import (
     EXPORT_INFO_FILE,
@@ -78,17 +79,29 @@ CHECK_IMAGES = 32
 AUTO_MIN_IMAGES = 32
 
 
-class EngineError(RuntimeError):
+class EngineError(ConvnetsError, RuntimeError):
     """The asked-for engine cannot run this run's export (not installed, no int8 model, stale)."""
+
+
+class ExportMismatchError(EngineError):
+    """The exported file is not the one exported from this run's weights (or is missing), and the run
+    folder cannot be written to export it again: it is refused, never run."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise RunFolderError(f"{path}: cannot read ({e.strerror or e})") from None
+    return h.hexdigest()
 
 
 def weights_fingerprint(run_dir: str | os.PathLike) -> str:
     """sha256 of ``model.safetensors`` (what the export was made from)."""
-    h = hashlib.sha256()
-    with open(weights_path(run_dir), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(weights_path(run_dir))
 
 
 @dataclass
@@ -120,6 +133,7 @@ class Int8Info:
     max_drop: float  # points; above it the int8 model is refused
     seconds: float = 0.0
     weights: str = "s8"  # "u8" (U8U8) where the CPU that quantized had no VNNI: runs on ONNX Runtime
+    int8_sha256: str | None = None  # of model.int8.onnx as written: any other file there is refused
 
     @property
     def delta_points(self) -> float:
@@ -141,6 +155,11 @@ class ExportInfo:
     convnets: str = __version__
     checks: dict[str, EngineCheck] = field(default_factory=dict)
     int8: Int8Info | None = None
+    # model.onnx itself as written, and what it takes and gives: a file swapped in from another run
+    # (or damaged) has another hash and is exported again or refused, never run.
+    onnx_sha256: str | None = None
+    input_shape: list[int] | None = None  # [C, H, W]
+    num_classes: int | None = None
     # milliseconds per image of each engine (check key) at batch SPEED_BATCH, by machine_key()
     speeds: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -150,6 +169,8 @@ class ExportInfo:
         try:
             raw = json.loads(path.read_text())
             info = cls(**{k: raw[k] for k in ("weights_sha256", "max_abs_diff", "opset", "convnets")})
+            info.onnx_sha256, info.input_shape = raw.get("onnx_sha256"), raw.get("input_shape")
+            info.num_classes = raw.get("num_classes")
             info.checks = {k: EngineCheck(**v) for k, v in (raw.get("checks") or {}).items()}
             if raw.get("int8"):
                 info.int8 = Int8Info(**raw["int8"])
@@ -163,32 +184,79 @@ class ExportInfo:
         return atomic_write_json(Path(run_dir) / EXPORT_INFO_FILE, asdict(self))
 
 
-def export_is_fresh(run_dir: str | os.PathLike) -> bool:
-    """``model.onnx`` exists and was exported from the run's current weights."""
+def export_problem(run_dir: str | os.PathLike, config: RunConfig | None = None) -> str | None:
+    """Why ``RUN_DIR/model.onnx`` is not to be run as this run's model (None: it is).
+
+    It is the run's when ``export.json`` records the sha256 of both the current ``model.safetensors``
+    and ``model.onnx`` itself, and the input shape and class count of the run's ``config.json``."""
     run_dir = Path(run_dir)
+    onnx_path = run_dir / ONNX_FILE
     info = ExportInfo.read(run_dir)
-    if info is None or not (run_dir / ONNX_FILE).is_file():
-        return False
+    if not onnx_path.is_file():
+        return f"{onnx_path} does not exist"
+    if info is None:
+        return f"{run_dir / EXPORT_INFO_FILE} is missing or damaged, so {onnx_path} cannot be verified"
+    if info.weights_sha256 != weights_fingerprint(run_dir):
+        return f"{run_dir / 'model.safetensors'} changed since {onnx_path} was exported"
+    if info.onnx_sha256 is None:
+        return f"{run_dir / EXPORT_INFO_FILE} (older convnets) records no hash of {onnx_path}"
+    if info.onnx_sha256 != file_sha256(onnx_path):
+        return f"{onnx_path} is not the file exported from this run (its sha256 differs from export.json's)"
+    config = config or RunConfig.read(run_dir)
+    if info.input_shape is not None and tuple(info.input_shape) != tuple(config.input_shape):
+        return f"{onnx_path} takes {tuple(info.input_shape)} input, config.json says {config.input_shape}"
+    if info.num_classes is not None and info.num_classes != config.num_classes:
+        return f"{onnx_path} gives {info.num_classes} classes, config.json says {config.num_classes}"
+    return None
+
+
+def export_is_fresh(run_dir: str | os.PathLike) -> bool:
+    """``model.onnx`` exists and is the file exported from the run's current weights."""
     try:
-        return info.weights_sha256 == weights_fingerprint(run_dir)
+        return export_problem(run_dir) is None
     except (OSError, RunFolderError):
         return False
 
 
-def ensure_exported(run_dir: str | os.PathLike, *, opset: int = 17, log=None) -> Path:
-    """``RUN_DIR/model.onnx``, exported (with torch, once) unless a fresh export is already there."""
+def record_export(
+    run_dir: str | os.PathLike, weights_sha256: str, max_abs_diff: float, opset: int, config: RunConfig
+) -> ExportInfo:
+    """A new ``export.json`` for the ``model.onnx`` just written (the old engine checks and int8 model
+    described the previous file: both are dropped)."""
     run_dir = Path(run_dir)
-    if export_is_fresh(run_dir):
+    info = ExportInfo(
+        weights_sha256,
+        max_abs_diff,
+        opset,
+        onnx_sha256=file_sha256(run_dir / ONNX_FILE),
+        input_shape=list(config.input_shape),
+        num_classes=config.num_classes,
+    )
+    info.write(run_dir)
+    (run_dir / INT8_ONNX_FILE).unlink(missing_ok=True)
+    return info
+
+
+def ensure_exported(run_dir: str | os.PathLike, *, opset: int = 17, log=None) -> Path:
+    """``RUN_DIR/model.onnx``, exported (with torch, once) unless the run's own export is already
+    there; :class:`ExportMismatchError` when it is not and the run folder cannot be written."""
+    run_dir = Path(run_dir)
+    config = RunConfig.read(run_dir)
+    weights_path(run_dir)
+    problem = export_problem(run_dir, config)
+    if problem is None:
         return run_dir / ONNX_FILE
+    if not can_write_in(run_dir):
+        raise ExportMismatchError(f"{problem}; {run_dir} is read-only, so it cannot be exported again")
     from .export import export_run  # torch: only when an export must be written
 
     if log is not None:
-        log(f"exporting {run_dir / ONNX_FILE} (once; later runs start without torch)")
-    fingerprint = weights_fingerprint(run_dir)
-    result = export_run(run_dir, "onnx", run_dir / ONNX_FILE, opset=opset)
-    # A new export.json: the old engine checks and int8 model described the previous weights.
-    ExportInfo(fingerprint, result.max_abs_diff, opset).write(run_dir)
-    (run_dir / INT8_ONNX_FILE).unlink(missing_ok=True)
+        why = "" if not (run_dir / ONNX_FILE).exists() else f": {problem}"
+        log(f"exporting {run_dir / ONNX_FILE} (once; later runs start without torch){why}")
+    try:
+        result = export_run(run_dir, "onnx", run_dir / ONNX_FILE, opset=opset)  # records export.json
+    except PermissionError as e:  # the probe passed, the write did not (a quota, an ACL)
+        raise ExportMismatchError(f"{problem}; cannot export it again: {os_error_message(e)}") from None
     return result.path
 
 
@@ -394,6 +462,11 @@ def make_engine(
             )
         if int8 is None or not path.is_file():
             raise EngineError(f"{run_dir} has no int8 model: run `convnets export {run_dir} --int8` first")
+        if int8.int8_sha256 is None or int8.int8_sha256 != file_sha256(path):
+            raise EngineError(
+                f"{path} is not the file `convnets export --int8` wrote and checked (its sha256 differs "
+                f"from export.json's): run `convnets export {run_dir} --int8` again"
+            )
         if int8_runner_order(int8.weights)[0] == "openvino":
             return OpenVinoEngine(path, threads, precision, name="int8", cache_dir=cache, features=features)
         return OrtEngine(path, threads, name="int8", spin=spin, features=features)
@@ -494,6 +567,7 @@ def auto_candidates(run_dir: str | os.PathLike) -> list[str]:
         and int8.accepted
         and int8.weights_sha256 == info.weights_sha256
         and (Path(run_dir) / INT8_ONNX_FILE).is_file()
+        and int8.int8_sha256 is not None
     ):
         out.append("int8")
     if openvino_available():
@@ -646,7 +720,13 @@ class ExportedModel:
             run_dir,
             config,
             open_engine(
-                run_dir, backend, threads=threads, config=config, images=images, spin=spin, features=features,
+                run_dir,
+                backend,
+                threads=threads,
+                config=config,
+                images=images,
+                spin=spin,
+                features=features,
                 log=log,
             ),
         )

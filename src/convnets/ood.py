@@ -124,14 +124,17 @@ class OODDetector:
         path = Path(run_dir) / cfg.file
         try:
             arrays = load_file(str(path))
-        except (OSError, ValueError) as e:  # missing, truncated or not safetensors
+            centres, precision = arrays["centres"], arrays["precision"]
+            if centres.ndim != 2 or precision.shape != (centres.shape[1], centres.shape[1]):
+                raise ValueError(f"centres {centres.shape} and precision {precision.shape} do not fit")
+        except Exception as e:  # noqa: BLE001 - missing, truncated, SafetensorError, wrong arrays
+            text = (str(e).strip() or type(e).__name__).splitlines()[0]
+            detail = f"no array {e}" if isinstance(e, KeyError) else text
             raise RunFolderError(
-                f"{path}: cannot read the OOD detector ({e}); refit it with "
-                "`convnets evaluate RUN_DIR --calibrate`"
+                f"{path}: cannot read the OOD detector ({detail}); refit it with "
+                "`convnets evaluate RUN_DIR DATA --calibrate`, or pass --no-ood"
             ) from e
-        return cls(
-            arrays["centres"], arrays["precision"], cfg.threshold, cfg.quantile, cfg.n_train, cfg.n_val
-        )
+        return cls(centres, precision, cfg.threshold, cfg.quantile, cfg.n_train, cfg.n_val)
 
 
 def shrunk_precision(x: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from .exported import (
     Int8Info,
     OrtEngine,
     ensure_exported,
+    file_sha256,
     int8_runner_order,
     pixels_of,
     run_batched,
@@ -230,6 +231,7 @@ def quantize_run(
             top1_agreement=float((fp32_pred == int8_pred).mean()),
             max_drop=float(max_drop),
             seconds=round(seconds, 1),
+            int8_sha256=file_sha256(tmp_model),
         )
         record = ExportInfo.read(run_dir)
         record.int8 = info

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import ConvnetsError
 
 SCHEMA_VERSION = 1
 
@@ -51,7 +52,7 @@ OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the O
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ConvnetsError, ValueError):
     """A folder that is not a usable run: missing, not a run, bad JSON, or from a newer convnets."""
 
 
@@ -117,13 +118,28 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Each field checked by name: a damaged config.json says which value is wrong.
         if isinstance(self.image_size, int):
             self.image_size = (self.image_size, self.image_size)
-        self.image_size = tuple(int(v) for v in self.image_size)
+        if not isinstance(self.image_size, (list, tuple)) or len(self.image_size) != 2:
+            raise ValueError(f"image_size must be [height, width], got {self.image_size!r}")
+        self.image_size = tuple(_whole_number("image_size", v) for v in self.image_size)
         if self.mean is not None:
-            self.mean = tuple(float(v) for v in self.mean)
-            self.std = tuple(float(v) for v in self.std)
-        self.num_classes, self.in_chans = int(self.num_classes), int(self.in_chans)
+            self.mean = _numbers("mean", self.mean)
+            self.std = _numbers("std", self.std if self.std is not None else ())
+        self.num_classes = _whole_number("num_classes", self.num_classes)
+        self.in_chans = _whole_number("in_chans", self.in_chans)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a model name, got {self.model!r}")
+        if not isinstance(self.class_names, list) or len(self.class_names) != self.num_classes:
+            n = len(self.class_names) if isinstance(self.class_names, list) else self.class_names
+            raise ValueError(f"class_names has {n} names for num_classes {self.num_classes}")
+        self.class_names = [str(c) for c in self.class_names]
+        for name, kind in (("model_kwargs", dict), ("options", dict), ("versions", dict), ("phases", list)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
+        if self.temperature is not None:
+            self.temperature = _positive("temperature", self.temperature)
         if isinstance(self.data, dict):
             self.data = DataSource(**self.data)
         if isinstance(self.best, dict):
@@ -176,7 +192,12 @@ class RunConfig:
             raise RunFolderError(f"{where}: missing {', '.join(missing)}")
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in raw.items() if k in known and v is not None}
-        values.setdefault("class_names", [str(i) for i in range(int(raw["num_classes"]))])
+        if "class_names" not in values:
+            try:
+                n = _whole_number("num_classes", raw["num_classes"])
+                values["class_names"] = [str(i) for i in range(n)]
+            except ValueError as e:
+                raise RunFolderError(f"{where}: {e}") from None
         values.setdefault("image_size", (224, 224))
         # Runs written before "resize" was a top-level key recorded it only among the options.
         if "resize" not in values and isinstance(raw.get("options"), dict) and raw["options"].get("resize"):
@@ -269,6 +290,38 @@ def weights_path(run_dir: str | os.PathLike) -> Path:
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """A positive whole number from config.json (``10``, ``10.0``, ``"10"``), else ValueError naming it."""
+    try:
+        number = int(value)
+        ok = number == float(value) and number >= 1 and not isinstance(value, bool)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < float("inf") or isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def _numbers(name: str, values: Any) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if not out:
+        raise ValueError(f"{name} must be a list of numbers, got {values!r}")
+    return out
 
 
 def _fit_channels(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:

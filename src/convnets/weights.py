@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .errors import ConvnetsError, error_text
 from .models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from .runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, RunFolderError
 
@@ -53,7 +54,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 
 
-class WeightsError(ValueError):
+class WeightsError(ConvnetsError, ValueError):
     """A checkpoint that cannot be found, read or used; the message names the file."""
 
 
@@ -131,8 +132,11 @@ def load_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             f"them could run arbitrary code. Re-save only the state dict "
             f"(torch.save(model.state_dict(), ...)) or convert it to .safetensors. Detail: {detail}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler makes of a text file or noise
+        detail = f"{type(e).__name__}: {e}" if isinstance(e, (KeyError, IndexError, TypeError)) else str(e)
+        raise WeightsError(
+            f"{path}: not a readable PyTorch checkpoint (.pt/.pth) or .safetensors file ({detail})"
+        ) from e
     return _unwrap(obj, path), {}
 
 
@@ -525,8 +529,11 @@ def load_run(
     model_kwargs = {**config.model_kwargs, **overrides}
     num_classes = config.num_classes
     transfer, dropout = config.head == "transfer", config.head_dropout
+    try:
+        cfg = get_model_cfg(config.model)
+    except (KeyError, ImportError) as e:  # an unknown name, or a timm/ model without timm installed
+        raise RunLoadError(f"{run_dir / CONFIG_FILE}: model: {error_text(e)}") from None
     state, _ = load_weights_file(weights_path)
-    cfg = get_model_cfg(config.model)
     # A run fine-tuned from torchvision's GoogLeNet has its layout (tv_layout, no side heads) even if
     # config.json's model_kwargs do not say so: rebuild the layout the weights have.
     layouts = [cfg.extra["torchvision_kwargs"]] if cfg.extra.get("torchvision_kwargs") else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--models", required=True, help="comma-separated model names, e.g. lenet5,resnet18")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--image-size", type=int, default=None, help="one input size for all (default: per model)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--val-split", type=float, default=None, help="validation fraction (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             **options,
         )
     except (KeyError, ValueError, FileNotFoundError) as e:  # incl. the trainer's and data layer's errors
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     print(Path(board.files["leaderboard_md"]).read_text(encoding="utf-8"))
     for path in board.files.values():
         print(f"wrote {path}")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, error_text, positive_int
 
 USAGE = """convnets cost MODEL [--image-size N] [--in-chans C] [--json]
        convnets cost conv --input HxWxC --filters N --kernel K [--stride S] [--padding same|valid]
@@ -38,17 +38,21 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", nargs="+", metavar="MODEL|conv|compare", help="what to cost")
-    p.add_argument("--image-size", type=int, default=None, help="input H = W (default: the model's own)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's own)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="input H = W (default: the model's own)"
+    )
+    p.add_argument(
+        "--in-chans", type=positive_int, default=None, help="input channels (default: the model's own)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     conv = p.add_argument_group("conv")
     conv.add_argument("--input", default=None, metavar="HxWxC", help="input volume, e.g. 28x28x192")
-    conv.add_argument("--filters", type=int, default=None, help="number of output channels")
-    conv.add_argument("--kernel", type=int, default=None, help="kernel size k (k x k)")
-    conv.add_argument("--stride", type=int, default=None, help="stride (default 1)")
+    conv.add_argument("--filters", type=positive_int, default=None, help="number of output channels")
+    conv.add_argument("--kernel", type=positive_int, default=None, help="kernel size k (k x k)")
+    conv.add_argument("--stride", type=positive_int, default=None, help="stride (default 1)")
     conv.add_argument("--padding", choices=["same", "valid"], default=None, help="default same")
     conv.add_argument(
-        "--bottleneck", type=int, default=None, metavar="B", help="1x1 reduction to B channels first"
+        "--bottleneck", type=positive_int, default=None, metavar="B", help="1x1 reduction to B channels first"
     )
     conv.add_argument(
         "--depthwise-separable", action="store_true", default=None, help="depthwise kxk + pointwise 1x1"
@@ -88,7 +92,7 @@ def _model(args: argparse.Namespace, name: str) -> int:
     try:
         report = model_cost(name, image_size=args.image_size, in_chans=args.in_chans)
     except KeyError as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     except ValueError as e:
         raise CLIError(str(e)) from e
     if args.json:
@@ -133,7 +137,7 @@ def _compare(args: argparse.Namespace, names: list[str]) -> int:
             names, image_size=args.image_size, measure_latency=not args.no_latency, runs=args.runs
         )
     except KeyError as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     except ValueError as e:
         raise CLIError(str(e)) from e
     out = args.out if args.out is not None else Path("cost_compare.png")

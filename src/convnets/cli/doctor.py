@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import CLIError
+from . import CLIError, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--near-threshold must be in (0, 1]")
     if args.max_label_issues is not None and args.max_label_issues < 0:
         raise CLIError(f"--max-label-issues: must be >= 0, got {args.max_label_issues}")
+    if args.html:
+        from ..errors import output_file
+
+        output_file(args.html, "--html")  # a folder there, or a read-only one: refused before the scan
     try:
         report = diagnose(
             args.data,
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     except DoctorError as e:
         raise CLIError(str(e)) from e
     except (FileNotFoundError, ValueError, KeyError) as e:  # bad --weights / --model
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.html:
         path = report.write_html(args.html)
         print(f"wrote {path}", file=sys.stderr)

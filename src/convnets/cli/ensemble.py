@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         "parameters, multiply-adds and batch-1 latency: ensembles win benchmarks, cost production budgets.",
     )
     p.add_argument("items", metavar="RUN_DIR... DATA", nargs="+", help="two or more run folders, then DATA")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true")
     add_backend_argument(p)
     p.set_defaults(func=run)
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_ensemble(runs, data, batch_size=args.batch_size, backend=args.backend)
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

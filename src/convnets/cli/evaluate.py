@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError, add_backend_argument, add_tta_argument
+from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     add_tta_argument(
         p, help="test-time augmentation: mirror (2x compute) or 4 corners + centre, each mirrored (10x)"
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", type=Path, default=None, help="where plots go (default RUN_DIR/eval/)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument(
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
         )
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

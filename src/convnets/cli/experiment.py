@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.recipes import RECIPES
-from . import CLIError
+from . import CLIError, error_text, positive_int
 
 EXAMPLES = """examples:
   convnets experiment depth digits --out exp/depth                 # plain vs residual, depths 8,20,32,56
@@ -65,7 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "else 10)")
     d.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     d.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
-    d.add_argument("--batch-size", type=int, help="(default: the recipe's, else 64)")
+    d.add_argument("--batch-size", type=positive_int, help="(default: the recipe's, else 64)")
     d.add_argument("--lr", type=float, help="SGD learning rate (default: the recipe's, else 0.1, cosine)")
     d.add_argument("--weight-decay", type=float, help="(default: the recipe's, else 1e-4 as in the paper)")
     d.add_argument("--val-split", type=float, help="fraction held out for validation (default 0.2)")
@@ -93,7 +93,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 "
                    "(default plain56,resnet56)")
     g.add_argument("--steps", type=int, default=50, help="training steps to record (default 50)")
-    g.add_argument("--batch-size", type=int, default=128, help="(default 128)")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9 (default 0.1)")
     g.add_argument("--plot-steps", type=_int_list, help="steps drawn in the figure (default 1,10,STEPS)")
     g.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
@@ -175,7 +175,7 @@ def _run_gradients(args) -> int:
             seed=args.seed, device=args.device, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e).strip("'\"")) from None
+        raise CLIError(error_text(e)) from None
     print(f"wrote {args.out}/gradients.png, gradients.json, gradients.md")
     return 0
 
@@ -191,6 +191,6 @@ def _run_identity(args) -> int:
             in_chans=args.in_chans, seed=args.seed, data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        raise CLIError(str(e).strip("'\"")) from None
+        raise CLIError(error_text(e)) from None
     print(f"wrote {args.out}/identity.md, identity.json")
     return 0

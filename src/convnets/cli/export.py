@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, non_negative_float
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", type=Path, default=None, help="output file (default RUN_DIR/model.onnx or .pt)")
     p.add_argument(
-        "--atol", type=float, default=1e-4, help="largest allowed |exported - PyTorch| (default 1e-4)"
+        "--atol",
+        type=non_negative_float,
+        default=1e-4,
+        help="largest allowed |exported - PyTorch| (default 1e-4)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     q = p.add_argument_group("int8 (post-training static quantization of RUN_DIR/model.onnx)")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import CLIError, add_backend_argument, add_tta_argument
+from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -18,9 +18,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `convnets train`")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes to show per image (default 5)")
     add_tta_argument(p)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
         "--json", action="store_true", help='print [{"file", "top": [{"class", "prob"}], "error"?}]'
     )
@@ -42,7 +42,7 @@ def predict_exported(args: argparse.Namespace) -> list | None:
     from pathlib import Path
 
     from ..data.images import expand_paths
-    from ..exported import EngineError, ExportedModel
+    from ..exported import EngineError, ExportedModel, ExportMismatchError
     from ..runs import OOD_FILE
 
     if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
@@ -63,6 +63,8 @@ def predict_exported(args: argparse.Namespace) -> list | None:
         )
     except (EngineError, ImportError) as e:
         if args.backend == "auto":
+            if isinstance(e, ExportMismatchError):  # e.g. a read-only run folder without its export
+                print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
             return None
         raise CLIError(str(e)) from e
     except (ValueError, RuntimeError) as e:  # RunFolderError, or an export that failed its parity check
@@ -97,17 +99,20 @@ def predict_torch(args: argparse.Namespace) -> list:
         if args.explain:
             from ..explain import explain_files
 
-            explain_files(args.run_dir, [r.file for r in results if r.error is None], args.explain)
+            good = [r.file for r in results if r.error is None]
+            explain_files(args.run_dir, good, args.explain, option="--explain")
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     return results
 
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
 
-    if args.top_k < 1:
-        raise CLIError("--top-k must be at least 1")
+    if args.explain:
+        from ..errors import output_dir
+
+        output_dir(args.explain, "--explain")  # before any model runs
     results = None
     if args.backend in ("auto", *EXPORTED_BACKENDS) and not args.explain:
         results = predict_exported(args)  # no torch (Grad-CAM, --explain, needs it)

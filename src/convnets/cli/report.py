@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError, add_backend_argument
+from . import CLIError, add_backend_argument, error_text
 
 
 def add_parser(subparsers) -> None:
@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = report(args.run_dir, args.out, data=args.data, samples=args.samples, backend=args.backend)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        raise CLIError(str(e).strip("'\"")) from e
+        raise CLIError(error_text(e)) from e
     print(f"wrote {path}")
     return 0

@@ -9,6 +9,7 @@ import argparse
 import ipaddress
 import os
 import signal
+import socket
 import sys
 
 from ..backends import EXPORTED_BACKENDS
@@ -122,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
     except (RunFolderError, ValueError, ImportError, OSError) as e:
         raise CLIError(str(e)) from e
 
+    sock = listen_socket(args.host, args.port)  # before the URL is printed: a busy port is told, not a URL
+    port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(
         f"convnets serve: {config.model} ({config.num_classes} classes) from {args.run_dir} "
         f"on {getattr(model, 'backend', args.backend)}"
     )
-    say(f"convnets serve: open http://{host}:{args.port}/  (API: POST /v1/predict, GET /v1/model)")
+    say(f"convnets serve: open http://{host}:{port}/  (API: POST /v1/predict, GET /v1/model)")
     if not _is_loopback(args.host) and api_key is None:
         say(
             f"convnets serve: warning: listening on {args.host} without an API key "
@@ -143,5 +146,26 @@ def run(args: argparse.Namespace) -> int:
     # handler that was installed before it started; a no-op there makes a graceful stop exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0 if server.started else 1
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (what uvicorn would bind), or a one-line error naming them."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise CLIError(f"--host {host}: cannot listen there ({e.strerror or e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise CLIError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock

@@ -22,12 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConvnetsError
 from .decode import ImageReadError, SkippedImageWarning, cpu_count, is_image_file, probe
 
 PRESPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
-class DatasetError(ValueError):
+class DatasetError(ConvnetsError, ValueError):
     """The data cannot be used as given (bad folder layout, no images, unknown dataset...)."""
 
 

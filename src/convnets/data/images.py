@@ -13,6 +13,7 @@ the same arrays with ``torch.from_numpy``.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -35,7 +36,11 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     out: list[str] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # e.g. a name too long for the file system: the loader reports it
+            is_dir = False
+        if is_dir:
             out += sorted(
                 str(f)
                 for f in p.rglob("*")
@@ -79,10 +84,14 @@ def read_image(
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise ImageReadError("no such file" if not path.exists() else "not a file")
-        if path.stat().st_size == 0:
-            raise ImageReadError("empty file (0 bytes)")
+        try:
+            if not path.is_file():
+                raise ImageReadError("no such file" if not path.exists() else "not a file")
+            if path.stat().st_size == 0:
+                raise ImageReadError("empty file (0 bytes)")
+        except OSError as e:  # a name too long for the file system, a permission on the folder
+            reason = "file name too long" if e.errno == errno.ENAMETOOLONG else e.strerror or str(e)
+            raise ImageReadError(f"cannot read: {reason}") from None
     try:
         arr = load_base(source, base_size(image_size, resize), in_chans, resize, max_pixels=max_pixels)
     except OSError as e:  # permission denied and the like

@@ -35,6 +35,7 @@ from ..data.decode import (
     to_mode,
 )
 from ..data.folder import DatasetError, find_presplit, scan_folder
+from ..errors import ConvnetsError
 
 GREY_SIZE = 64  # grey thumbnail side for hashing and near-duplicate checks
 RGB_SIZE = 32  # colour thumbnail side for the quick label model
@@ -42,7 +43,7 @@ RGB_SIZE = 32  # colour thumbnail side for the quick label model
 SPLIT_ORDER = ("train", "val", "test")
 
 
-class DoctorError(ValueError):
+class DoctorError(ConvnetsError, ValueError):
     """The input cannot be checked as given (missing folder, not a class-per-folder layout, ...)."""
 
 

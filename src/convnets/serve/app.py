@@ -39,7 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from ..data.decode import ImageReadError
-from ..exported import EngineError, ExportedModel
+from ..exported import EngineError, ExportedModel, ExportMismatchError
 from ..predictions import Prediction, top_k
 from ..runs import RunConfig, weights_path
 from ..trust import RunTrust
@@ -104,7 +104,7 @@ def open_model(
         try:
             return ExportedModel.open(run_dir, backend=backend, **kwargs)
         except EngineError as e:
-            if not kwargs.get("features"):
+            if not kwargs.get("features") or isinstance(e, ExportMismatchError):  # never serve a stranger
                 raise
             # A graph the features output cannot be found in: serve without the ood field.
             _log.warning("convnets serve: rows will have no ood field: %s", e)

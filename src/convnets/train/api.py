@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import output_dir
 from ..runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
 from ..runtime import prefers_channels_last
 from . import distributed as ddp
@@ -77,6 +78,7 @@ def train(
                 "with --resume, or pass --overwrite or another --out"
             )
     check_options(opts)
+    output_dir(run_dir, "--out")  # a file there, or a read-only folder: refused before any training
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConvnetsError
+
 if TYPE_CHECKING:
     import torch
 
@@ -66,7 +68,7 @@ RESUME_OVERRIDABLE = {
 AUTO_AUGMENT = {"scratch": "none", "transfer": "none"}
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConvnetsError, ValueError):
     """An invalid option or combination of options; the message names the option."""
 
 
@@ -139,6 +141,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Largest --image-size: one 4096 x 4096 RGB float32 input is 200 MB before any activation; 99999
+# asked for 40 GB per image and failed deep in the data layer.
+MAX_IMAGE_SIZE = 4096
+
+
 def check_options(opts: TrainOptions) -> None:
     """Refuse invalid values and combinations that need neither the data nor the model."""
 
@@ -177,6 +184,8 @@ def check_options(opts: TrainOptions) -> None:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise bad(name, f"must be at least 1, got {value}")
+    if opts.image_size is not None and opts.image_size > MAX_IMAGE_SIZE:
+        raise bad("image_size", f"at most {MAX_IMAGE_SIZE} pixels a side, got {opts.image_size}")
     if not 0.0 <= opts.val_split < 1.0:
         raise bad("val_split", f"must be in [0, 1), got {opts.val_split}")
     if opts.lr is not None and not opts.lr > 0:
