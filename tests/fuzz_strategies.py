@@ -17,8 +17,8 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr")
 # Sizes a PNG header may claim. SAFE_SIZES cost little to decode and resize; HUGE_SIZES are past
 # Pillow's bomb guard (89 M pixels) and must be refused; EXTREME_SIZES (80000 x 1 and the like: few
-# pixels, but a resize to the model's short side multiplies them) are for bench/fuzz.py, which measures
-# what each costs.
+# pixels, but a resize to the model's short side would multiply them; the loader sizes the work first)
+# are in the suite's run too, and bench/fuzz.py measures what each costs.
 SAFE_SIZES = st.tuples(st.integers(1, 2048), st.integers(1, 2048))
 HUGE_SIZES = st.tuples(st.integers(10**5, 2**31 - 1), st.integers(10**5, 2**31 - 1))
 EXTREME_SIZES = st.one_of(

@@ -35,7 +35,7 @@ SUITE = settings(
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on corrupt EXIF/TIFF tags
 @SUITE
-@given(data=image_files())
+@given(data=image_files(extreme=True))
 def test_loader_gives_a_view_or_a_clear_error(data, size, in_chans, resize):
     try:
         view = read_image(data, size, in_chans, resize)
@@ -63,7 +63,7 @@ def client(tmp_path_factory):
 
 
 @SUITE
-@given(request=requests())
+@given(request=requests(extreme=True))
 def test_predict_answers_every_request_with_a_row_or_a_4xx(client, request):
     r = client.post(**request)
     assert r.status_code in (200, 400, 413, 415), (r.status_code, r.text[:200])
