@@ -16,6 +16,7 @@ from ..backends import BACKEND_CHOICES, TORCH_PATH_CHOICES, TTA_MODES  # imports
 COMMAND_MODULES = [
     "demo",
     "train",
+    "lr_find",
     "evaluate",
     "predict",
     "explain",
