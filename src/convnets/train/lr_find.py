@@ -326,7 +326,7 @@ def auto_phase_lr(trainer: Trainer, phase: Phase) -> None:
         if phase.name in done:  # a resumed run: the phase keeps the rate it started with
             phase.lr = float(done[phase.name]["lr"])
         else:
-            curve = phase_range_test(trainer, phase)
+            curve = phase_range_test(trainer, phase, steps=DEFAULT_STEPS)
             phase.lr = float(curve.suggestion)
             trainer.log(describe(curve))
             if trainer.dist.is_main:
