@@ -100,7 +100,8 @@ def main() -> int:
                 rows.append(run_one(data, f"{epochs} ep {augment}", dict(base, epochs=epochs, augment=spec)))
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     if args.out:
-        args.out.write_text(json.dumps({"setting": args.setting, "what": args.what, "load": load, "rows": rows}))
+        summary = {"setting": args.setting, "what": args.what, "load": load, "rows": rows}
+        args.out.write_text(json.dumps(summary))
     print(f"\nload average after: {' '.join(load)}")
     for r in rows:
         found = ", ".join(f"{f['phase']} {f['lr']:.3g} ({f['seconds']:.0f}s)" for f in r["lr_found"]) or "-"

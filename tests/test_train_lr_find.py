@@ -149,3 +149,47 @@ def test_fine_tune_phase_gets_its_own_range_test(tmp_path, one_thread, monkeypat
     assert [p["lr"] for p in config.phases] == [r["lr"] for r in config.lr_find]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["lr"] for m in metrics] == pytest.approx([r["lr"] for r in config.lr_find])
+
+
+def test_resumed_lr_auto_run_keeps_its_rate_and_equals_the_straight_run(
+    shapes, tmp_path, one_thread, monkeypatch
+):
+    import os
+    import signal
+
+    from convnets.models.lenet import LeNet5
+    from convnets.train import TrainingInterrupted
+    from convnets.train import lr_find as lr_find_module
+
+    monkeypatch.setattr(lr_find_module, "DEFAULT_STEPS", 30)
+    options = dict(COMMON, epochs=2, lr="auto")
+    straight = train(shapes, out=tmp_path / "a", **options)
+    tests, steps, stop = {"n": 0, "done": False}, {"n": 0}, {"on": True}
+    real_test = lr_find_module.phase_range_test
+
+    def counted_test(*args, **kwargs):
+        tests["n"] += 1
+        curve = real_test(*args, **kwargs)
+        tests["done"] = True
+        return curve
+
+    def hook(module, _inputs, _output):
+        if isinstance(module, LeNet5) and module.training and tests["done"]:
+            steps["n"] += 1
+            if steps["n"] == 3 and stop["on"]:  # epoch 2 (2 batches per epoch), step 1
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(lr_find_module, "phase_range_test", counted_test)
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(shapes, out=tmp_path / "b", **options)
+        stop["on"], tests["n"] = False, 0
+        resumed = train(None, out=tmp_path / "b", resume=True, quiet=True)
+    finally:
+        handle.remove()
+    assert tests["n"] == 0  # the resumed run reused the rate it had found: no second range test
+    (found_b,), (found_a,) = RunConfig.read(tmp_path / "b").lr_find, RunConfig.read(tmp_path / "a").lr_find
+    assert found_b["lr"] == found_a["lr"] and found_b["why"] == found_a["why"]
+    losses = [h["train_loss"] for h in straight.history]
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(losses)
