@@ -37,7 +37,7 @@ def cifar_subset(per_class: int = 500) -> Path:
     return root
 
 
-def setting(name: str) -> tuple[str, dict]:
+def setting(name: str, per_class: int = 500) -> tuple[str, dict]:
     weights = str(SHARED / "weights" / "mobilenet_v2_imagenet.pth")
     if name == "alpaca":
         return str(SHARED / "alpaca"), dict(
@@ -47,7 +47,7 @@ def setting(name: str) -> tuple[str, dict]:
     if name == "signs":
         return str(SHARED / "signs" / "train"), dict(model="resnet20", image_size=64, augment="none")
     if name == "cifar":
-        return str(cifar_subset()), dict(model="resnet20", image_size=32, augment="none")
+        return str(cifar_subset(per_class)), dict(model="resnet20", image_size=32, augment="none")
     if name == "digits":
         return "digits", dict(model="lenet5", augment="none")
     raise SystemExit(f"unknown setting {name!r}")
@@ -83,8 +83,13 @@ def main() -> int:
     parser.add_argument("--epochs", default="3")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--grid", default=",".join(str(v) for v in GRID))
+    parser.add_argument("--image-size", type=int, help="override the setting's image size")
+    parser.add_argument("--per-class", type=int, default=500, help="CIFAR-10 images per class (default 500)")
+    parser.add_argument("--augments", default="none,mixup,cutmix", help="mix: the batch ops compared")
     args = parser.parse_args()
-    data, base = setting(args.setting)
+    data, base = setting(args.setting, args.per_class)
+    if args.image_size:
+        base["image_size"] = args.image_size
     rows = []
     if args.what == "lr":
         epochs = int(args.epochs)
@@ -94,7 +99,7 @@ def main() -> int:
             rows.append(run_one(data, label, dict(base, epochs=epochs, lr=lr)))
     else:
         for epochs in (int(v) for v in args.epochs.split(",")):
-            for augment in ("none", "mixup", "cutmix"):
+            for augment in args.augments.split(","):
                 extra = "" if base["augment"] == "none" else base["augment"] + ","
                 spec = augment if augment == "none" else extra + augment
                 rows.append(run_one(data, f"{epochs} ep {augment}", dict(base, epochs=epochs, augment=spec)))

@@ -249,6 +249,8 @@ def phase_range_test(
     bar = _bar(trainer, steps, phase)
 
     def step(lr: float) -> float:
+        if trainer._stop_signal is not None:  # Ctrl-C/SIGTERM: no epoch has run, nothing to save
+            raise KeyboardInterrupt("stopped during the learning-rate range test; nothing was saved")
         for group in optimizer.param_groups:
             group["lr"] = lr
         epoch, index, batch = next(batches)
