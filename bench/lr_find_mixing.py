@@ -7,6 +7,7 @@ Markdown rows for bench/RESULTS.md.
 
     python bench/lr_find_mixing.py lr alpaca|signs|cifar [--epochs N] [--out FILE]
     python bench/lr_find_mixing.py mix digits|alpaca --epochs 5,30 [--out FILE]
+    python bench/lr_find_mixing.py ft alpaca --epochs 3   # fine-tuning: --fine-tune-lr-scale auto vs 0.1
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def run_one(data: str, label: str, options: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("lr", "mix"))
+    parser.add_argument("what", choices=("lr", "mix", "ft"))
     parser.add_argument("setting")
     parser.add_argument("--epochs", default="3")
     parser.add_argument("--out", type=Path)
@@ -97,6 +98,12 @@ def main() -> int:
         for lr in (float(v) for v in args.grid.split(",")):
             label = f"lr {lr:g}" + (" (default)" if lr == 1e-3 else "")
             rows.append(run_one(data, label, dict(base, epochs=epochs, lr=lr)))
+    elif args.what == "ft":
+        epochs = int(args.epochs)
+        for scale in ("auto", 0.1):
+            options = dict(base, epochs=epochs, fine_tune_last=2, fine_tune_epochs=epochs)
+            options["fine_tune_lr_scale"] = scale
+            rows.append(run_one(data, f"fine-tune lr scale {scale}", options))
     else:
         for epochs in (int(v) for v in args.epochs.split(",")):
             for augment in args.augments.split(","):
