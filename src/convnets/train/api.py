@@ -86,7 +86,8 @@ def train(
 
 def build_trainer(data: str | Path, model: str, out: str | Path, *, log=None, **options: Any) -> Trainer:
     """The :class:`Trainer` ``train`` would run, built (data loaded, model and phases planned) but not
-    started: what ``convnets lr-find`` tests on. One process; writes nothing to ``out``."""
+    started: what ``convnets lr-find`` tests on. One process; nothing is trained or saved (only its
+    TensorBoard writer, when installed, opens under ``out``)."""
     opts = TrainOptions.from_kwargs(**options)
     check_options(opts)
     seed_everything(opts.seed)
