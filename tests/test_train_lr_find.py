@@ -193,3 +193,17 @@ def test_resumed_lr_auto_run_keeps_its_rate_and_equals_the_straight_run(
     assert found_b["lr"] == found_a["lr"] and found_b["why"] == found_a["why"]
     losses = [h["train_loss"] for h in straight.history]
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(losses)
+
+
+def test_valley_never_lands_past_the_smoothed_minimum():
+    # A fall to a dip at index 30, a rise, then a slow decline that stays above the dip: the longest
+    # decreasing subsequence skips the dip and ends at index 70, past the minimum.
+    fall = [3.0 - 0.02 * i for i in range(30)]  # 3.0 .. 2.42
+    rise = [2.40 + 0.02 * i for i in range(1, 11)]  # up to 2.60
+    slow = [2.599 - 0.004 * i for i in range(40)]  # 2.599 .. 2.443, above the dip's 2.42
+    losses = fall + [2.40] + rise + slow + [5.0] * 5
+    n = len(losses)
+    lrs = [10 ** (-7 + 8 * i / (n - 1)) for i in range(n)]
+    curve = suggest(LRCurve(lrs, losses, losses, lrs[0], lrs[-1], steps=n, stopped="completed"))
+    low = losses.index(min(losses))
+    assert curve.index <= low and "up to the smoothed minimum" in curve.why

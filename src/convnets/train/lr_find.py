@@ -5,8 +5,10 @@ to ``end_lr``, record the loss of each step, smooth it (exponential moving avera
 correction, beta 0.98, as fastai) and stop early once the smoothed loss passes ``diverge`` x its
 minimum. A suggestion is then read off the smoothed curve:
 
-* ``valley`` (default, fastai's): the longest run of decreasing loss; the point 1/3 + 1/6 of the
-  way into it (well before the minimum, where the loss still falls fast);
+* ``valley`` (default, fastai's): the longest decreasing stretch of the smoothed loss, taken halfway
+  along it (before the minimum, where the loss still falls fast). fastai's stretch is a decreasing
+  *subsequence* and on a noisy curve can skip a dip and end past the minimum (measured: CIFAR-10 from
+  scratch, bench/RESULTS.md); then the valley is read off the curve up to the minimum, and ``why`` says so;
 * ``steep``: the steepest descent of the smoothed loss (``torch-lr-finder``'s suggestion);
 * ``minimum``: the learning rate at the smoothed minimum divided by 10 (fastai's ``minimum``).
 
@@ -143,6 +145,12 @@ def suggest(curve: LRCurve, method: str = "valley") -> LRCurve:
     lrs, losses = curve.lrs[skip:end], curve.smoothed[skip:end]
     if method == "valley":
         i, why = _valley(losses)
+        low = min(range(len(losses)), key=losses.__getitem__)
+        if i > low >= 2:
+            # Past the smoothed minimum the loss no longer falls: the longest decreasing subsequence
+            # skipped a dip (a noisy curve). Read the valley off the curve up to the minimum instead.
+            i, why = _valley(losses[: low + 1])
+            why += f"; taken up to the smoothed minimum at lr {lrs[low]:.3g} (the whole curve's ran past it)"
     elif method == "steep":
         logs = [math.log10(v) for v in lrs]
         slopes = [(losses[j + 1] - losses[j]) / (logs[j + 1] - logs[j]) for j in range(len(losses) - 1)]
