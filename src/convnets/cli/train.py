@@ -63,8 +63,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--augment",
         metavar="PRESET",
-        help="auto|none|light|standard|strong or ops like 'hflip,rotate:15' (default auto: the preset "
-        "measured best for the regime, from scratch or from --weights)",
+        help="auto|none|light|standard|strong or ops like 'hflip,rotate:15'; 'mixup'/'cutmix' mix the "
+        "batch (soft labels) (default auto: the preset measured best for the regime, from scratch or from "
+        "--weights)",
     )
     g.add_argument(
         "--normalize",
