@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.options import FREEZE_REGIMES, OPTIMIZERS, PRECISIONS
+from ..train.options import BALANCE_MODES, FREEZE_REGIMES, OPTIMIZERS, PRECISIONS
 from . import CLIError
 
 EXAMPLES = """examples:
@@ -75,7 +75,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--balance", choices=("none", "loss", "sampler", "auto"))
+    g.add_argument("--balance", choices=BALANCE_MODES)
     g.add_argument("--freeze", choices=FREEZE_REGIMES)
     g.add_argument("--head-dropout", type=float)
     g.add_argument("--precision", choices=PRECISIONS)
