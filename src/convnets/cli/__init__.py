@@ -27,6 +27,7 @@ from ..errors import (  # noqa: F401 (error_text: for the command modules)
 COMMAND_MODULES = [
     "demo",
     "train",
+    "lr_find",
     "evaluate",
     "predict",
     "explain",

@@ -73,8 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--augment",
         metavar="PRESET",
-        help="auto|none|light|standard|strong or ops like 'hflip,rotate:15' (default auto: the preset "
-        "measured best for the regime, from scratch or from --weights)",
+        help="auto|none|light|standard|strong or ops like 'hflip,rotate:15'; 'mixup'/'cutmix' mix the "
+        "batch (soft labels) (default auto: the preset measured best for the regime, from scratch or from "
+        "--weights)",
     )
     g.add_argument(
         "--resize",
@@ -105,7 +106,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs (of the head phase, with --freeze base) (default 10)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 sgd, 1e-3 adam/adamw)")
+    g.add_argument(
+        "--lr",
+        type=_number_or_auto,
+        metavar="LR|auto",
+        help="peak learning rate (default: 0.1 sgd, 1e-3 adam/adamw); auto: an LR range test (as "
+        "`convnets lr-find`) picks it before training, recorded in config.json",
+    )
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="(default adamw)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument(
@@ -154,7 +161,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="M",
         help="epochs of the fine-tuning phase (default: --epochs)",
     )
-    g.add_argument("--fine-tune-lr-scale", type=float, help="fine-tuning lr = lr x this (default 0.1)")
+    g.add_argument(
+        "--fine-tune-lr-scale",
+        type=_number_or_auto,
+        metavar="SCALE|auto",
+        help="fine-tuning lr = lr x this (default 0.1); auto: a range test when fine-tuning starts",
+    )
     g.add_argument(
         "--bn-train",
         action="store_true",
@@ -199,6 +211,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--quiet", "-q", action="store_true", default=None, help="print only the final summary")
     p.set_defaults(func=run)
     return p
+
+
+def _number_or_auto(text: str) -> float | str:
+    from ..train.options import number_or_auto
+
+    try:
+        return number_or_auto(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _json_object(text: str) -> dict:

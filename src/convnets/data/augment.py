@@ -22,6 +22,8 @@ elastic [50]   local warping, displacement strength alpha (sigma 5)       v2.Ela
 jitter [0.2]   brightness, contrast (and saturation for RGB) +-param      v2.ColorJitter
 colorshift     per-channel offsets uniform in [-param, param] [0.1]       ColorShift (augment_ops)
 pca [0.1]      AlexNet PCA colour augmentation, alpha ~ N(0, param)       PCAColor (augment_ops)
+mixup [0.4]    blend pairs of images and their labels, lambda ~ Beta(a, a)  v2.MixUp (on the batch)
+cutmix [1.0]   paste a box of another image, labels by area, Beta(a, a)   v2.CutMix (on the batch)
 =============  =========================================================  ====================================
 
 Geometric ops run first, in the order given, on the uint8 base image (cheap); if none of them is a
@@ -37,6 +39,11 @@ is never cut, and ``rotate``/``shear``/``crop`` padding/``rrc`` fill uncovered a
 letterbox colour instead of black. In ``center-crop`` and ``resize`` (squash) modes ``rrc`` is
 torchvision's random-resized crop of the base image (in squash mode: a random region stretched to
 the input, the mode's own geometry).
+
+``mixup`` and ``cutmix`` are *batch* ops: the data layer ignores them (``sample_ops``); the trainer
+applies them to each training batch after the per-image ops (``train/mixing.py``) and trains on the
+mixed, soft labels. Both given: each batch uses one of them, chosen at random. They are never part of
+a preset.
 
 Randomness comes only from torch's RNG, which the loaders seed per sample (see ``loaders.py``), so
 a seed reproduces the same augmented epochs whatever the number of worker processes.
@@ -80,6 +87,9 @@ OPS: dict[str, OpInfo] = {
     "jitter": OpInfo("colour", 0.2, "brightness/contrast/saturation jitter"),
     "colorshift": OpInfo("colour", 0.1, "per-channel offsets"),
     "pca": OpInfo("colour", 0.1, "AlexNet PCA colour (sigma)"),
+    # Batch ops (the trainer's, train/mixing.py); alphas as fastai's MixUp(0.4) and CutMix(1.0).
+    "mixup": OpInfo("batch", 0.4, "MixUp on the batch (Beta alpha)"),
+    "cutmix": OpInfo("batch", 1.0, "CutMix on the batch (Beta alpha)"),
 }
 CROP_OPS = frozenset({"crop", "rrc"})
 
@@ -127,8 +137,20 @@ def parse_ops(spec: str | Sequence[str] | Mapping[str, Any] | None) -> list[tupl
             raise ValueError(f"augmentation {name!r}: parameter must be >= 0, got {value}")
         if key in ("hflip", "vflip", "rrc") and value > 1:
             raise ValueError(f"augmentation {name!r}: parameter must be in [0, 1], got {value}")
+        if OPS[key].kind == "batch" and value == 0:
+            raise ValueError(f"augmentation {name!r}: the Beta distribution's alpha must be > 0")
         ops.append((key, value))
     return ops
+
+
+def sample_ops(spec: Any) -> list[tuple[str, float]]:
+    """The per-image ops of a spec (what the data layer applies)."""
+    return [(n, p) for n, p in parse_ops(spec) if OPS[n].kind != "batch"]
+
+
+def batch_ops(spec: Any) -> list[tuple[str, float]]:
+    """The batch ops of a spec (``mixup``, ``cutmix``: what the trainer applies)."""
+    return [(n, p) for n, p in parse_ops(spec) if OPS[n].kind == "batch"]
 
 
 def needs_pca(spec: Any) -> bool:
@@ -145,8 +167,8 @@ def build_train_transform(
     resize: str = "center-crop",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (C, H', W') base image -> augmented, normalised float (C, H, W); ``resize`` is the
-    run's resize mode (see the module docstring)."""
-    ops = parse_ops(spec)
+    run's resize mode (see the module docstring); batch ops are skipped."""
+    ops = sample_ops(spec)
     if not ops:  # no augmentation: the eval transform, without importing torchvision
         return build_eval_transform(image_size, mean, std)
     from .augment_ops import compose

@@ -7,6 +7,7 @@ over to :class:`~convnets.train.trainer.Trainer`.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import warnings
 from pathlib import Path
@@ -91,6 +92,17 @@ def train(
         return result
     finally:
         ddp.cleanup_distributed()
+
+
+def build_trainer(data: str | Path, model: str, out: str | Path, *, log=None, **options: Any) -> Trainer:
+    """The :class:`Trainer` ``train`` would run, built (data loaded, model and phases planned) but not
+    started: what ``convnets lr-find`` tests on. One process; nothing is trained or saved (only its
+    TensorBoard writer, when installed, opens under ``out``)."""
+    opts = TrainOptions.from_kwargs(**options)
+    check_options(opts)
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    return _build_trainer(data, model, Path(out), opts, device, ddp.DistInfo(), None, log)
 
 
 def _fit_ood(run_dir: Path, trainer: Trainer) -> None:
@@ -219,7 +231,7 @@ def _build_trainer(
     data, model_name: str, run_dir: Path, opts: TrainOptions, device, dist_info, resume_state, log
 ) -> Trainer:
     """Options -> model, data, RunConfig -> Trainer, in that order (each step checks its inputs)."""
-    from ..data.augment import parse_ops
+    from ..data.augment import batch_ops, sample_ops
     from ..data.loaders import collate
 
     model_cfg, image_size, in_chans = _resolve_input(data, model_name, opts)
@@ -245,14 +257,27 @@ def _build_trainer(
     n_train = train_set.total if streaming else len(train_set)
     n_val = 0 if val_set is None else (val_set.total if streaming else len(val_set))
     quiet_log = say if is_main else (lambda _m: None)
-    phases = plan_phases(opts, model, n_train / num_classes, opts.lr, log=quiet_log)
-    if streaming:  # the feature cache indexes the training set; a stream is read afresh each epoch
+    # --lr auto / --fine-tune-lr-scale auto: placeholders now, each phase's range test sets its rate.
+    planning = dataclasses.replace(
+        opts,
+        lr=DEFAULT_LR[opts.optimizer] if opts.lr == "auto" else opts.lr,
+        fine_tune_lr_scale=1.0 if opts.fine_tune_lr_scale == "auto" else opts.fine_tune_lr_scale,
+    )
+    phases = plan_phases(planning, model, n_train / num_classes, planning.lr, log=quiet_log)
+    mixing = bool(batch_ops(opts.augment))
+    if streaming or mixing:
+        # The feature cache indexes the training set, while a stream is read afresh each epoch; and
+        # MixUp/CutMix mix images, which cached pooled features cannot reproduce.
+        if mixing and any(p.cached for p in phases):
+            quiet_log("mixup/cutmix: the head trains on the frozen base's output of mixed images (no cache)")
         for phase in phases:
             phase.cached = False
     if opts.weights is not None and opts.freeze is None:
         opts.freeze = "none" if phases[0].name == "train" else "base"
     from_checkpoint = normalization[0] is not None
     config = _run_config(data, model_name, opts, splits, head, phases, from_checkpoint)
+    if resume_state is not None:  # the learning rates --lr auto found before the interruption
+        config.lr_find = RunConfig.from_dict(resume_state["config"]).lr_find
     if is_main:
         say(
             f"{model_name}: {num_classes} classes, {n_train:,} training / "
@@ -273,7 +298,7 @@ def _build_trainer(
         dist=dist_info,
         collate_fn=collate,
         num_workers=opts.workers,
-        augmenting=bool(parse_ops(opts.augment)),
+        augmenting=bool(sample_ops(opts.augment)),
         on_skipped=_skip_reporter(splits.train),
         resume_state=resume_state,
         log=log,

@@ -93,7 +93,7 @@ class TrainOptions:
     head_dropout: float = 0.2
     # optimisation
     epochs: int = 10
-    lr: float | None = None
+    lr: float | str | None = None  # "auto": an LR range test before the phase (lr_find.py)
     optimizer: str = "adamw"
     momentum: float = 0.9
     nesterov: bool = True
@@ -109,7 +109,7 @@ class TrainOptions:
     fine_tune_last: int | None = None
     fine_tune_from: str | None = None
     fine_tune_epochs: int | None = None
-    fine_tune_lr_scale: float = 0.1
+    fine_tune_lr_scale: float | str = 0.1  # "auto": the fine-tuning phase runs its own range test
     bn_train: bool = False
     feature_cache: bool = True
     feature_views: int = 1
@@ -188,8 +188,8 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("image_size", f"at most {MAX_IMAGE_SIZE} pixels a side, got {opts.image_size}")
     if not 0.0 <= opts.val_split < 1.0:
         raise bad("val_split", f"must be in [0, 1), got {opts.val_split}")
-    if opts.lr is not None and not opts.lr > 0:
-        raise bad("lr", f"must be positive, got {opts.lr}")
+    if opts.lr is not None and opts.lr != "auto" and not (_is_number(opts.lr) and opts.lr > 0):
+        raise bad("lr", f"must be a positive number or auto, got {opts.lr!r}")
     if opts.weight_decay is not None and opts.weight_decay < 0:
         raise bad("weight_decay", f"must be >= 0, got {opts.weight_decay}")
     if not 0.0 <= opts.label_smoothing < 1.0:
@@ -198,8 +198,9 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("head_dropout", f"must be in [0, 1), got {opts.head_dropout}")
     if opts.warmup_epochs < 0:
         raise bad("warmup_epochs", f"must be >= 0, got {opts.warmup_epochs}")
-    if not opts.fine_tune_lr_scale > 0:
-        raise bad("fine_tune_lr_scale", f"must be positive, got {opts.fine_tune_lr_scale}")
+    scale = opts.fine_tune_lr_scale
+    if scale != "auto" and not (_is_number(scale) and scale > 0):
+        raise bad("fine_tune_lr_scale", f"must be a positive number or auto, got {scale!r}")
     if opts.workers is not None and opts.workers < 0:
         raise bad("workers", f"must be >= 0, got {opts.workers}")
 
@@ -248,6 +249,20 @@ def check_options(opts: TrainOptions) -> None:
                 )
     if opts.compile and not hasattr(torch, "compile"):
         raise bad("compile", "this PyTorch has no torch.compile")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number_or_auto(text: str) -> float | str:
+    """``--lr``/``--fine-tune-lr-scale`` on the command line: a number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or auto, got {text!r}") from None
 
 
 def resolve_augment(opts: TrainOptions) -> str:

@@ -44,6 +44,7 @@ from .bf16_backward import FastBf16ConvBackward
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
 from .fused_bn_act import fuse_batchnorm_act, kernel_error
+from .mixing import batch_mixer, mixed_targets
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
 
@@ -273,6 +274,8 @@ to ``config.json`` (``best`` is filled in here).
         weight = self.balance.class_weights().to(device) if self.balance.mode == "loss" else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=opts.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss()
+        # --augment mixup/cutmix (mixing.py): mixed batches, soft targets (the criterion takes them).
+        self.mixer = batch_mixer(opts.augment, len(self.class_names), opts.seed, self.dist.rank)
 
         # Progress through the run (all saved in last.pt).
         self.history: list[dict] = []
@@ -331,8 +334,24 @@ to ``config.json`` (``best`` is filled in here).
 
     # --- one phase ----------------------------------------------------------------------------
 
-    def _run_phase(self, phase: Phase) -> None:
+    def prepare_phase(self, phase: Phase) -> None:
+        """Trainable layers, cached features (frozen-base head) and the module each step runs."""
         apply_phase(self.model, phase)
+        if phase.cached:
+            self._cache_features(phase)
+            head = nn.Sequential(nn.Dropout(self.opts.head_dropout), self.model.get_classifier())
+            self.forward_model = self._wrap(head)
+        else:
+            self.features = None
+            net = self._wrap(self.model)
+            self.forward_model = torch.compile(net) if self.opts.compile else net
+
+    def _run_phase(self, phase: Phase) -> None:
+        self.prepare_phase(phase)
+        if self.opts.lr == "auto" or self.opts.fine_tune_lr_scale == "auto":
+            from .lr_find import auto_phase_lr  # --lr auto: a range test sets phase.lr
+
+            auto_phase_lr(self, phase)
         self.log(describe_phase(self.model, phase))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, self.opts, phase.lr)
@@ -343,15 +362,6 @@ to ``config.json`` (``best`` is filled in here).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(schedule, s, total, warmup)
         )
-
-        if phase.cached:
-            self._cache_features(phase)
-            head = nn.Sequential(nn.Dropout(self.opts.head_dropout), self.model.get_classifier())
-            self.forward_model = self._wrap(head)
-        else:
-            self.features = None
-            net = self._wrap(self.model)
-            self.forward_model = torch.compile(net) if self.opts.compile else net
 
         resumed = self._resume is not None
         if resumed:  # continue this phase exactly where the saved run stopped
@@ -538,6 +548,8 @@ to ``config.json`` (``best`` is filled in here).
             x, y = self._unpack(batch)
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
+            # MixUp/CutMix: soft targets for the loss, each image's dominant label for the accuracy.
+            x, target, y = mixed_targets(self.mixer, x, y, epoch, batch_index)
             if self.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             update = (batch_index + 1) % accum == 0 or batch_index + 1 == n_batches
@@ -545,7 +557,7 @@ to ``config.json`` (``best`` is filled in here).
             sync = nullcontext() if update or not self.dist.enabled else self.forward_model.no_sync()
             with sync:
                 with self._autocast():
-                    loss, logits = self._loss(self.forward_model(x), y)
+                    loss, logits = self._loss(self.forward_model(x), target)
                 finite = bool(torch.isfinite(loss.detach()).item())
                 if ddp.any_rank(not finite, self.dist, self.device):  # before backward: no rank hangs
                     bar.close()
