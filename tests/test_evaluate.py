@@ -277,7 +277,9 @@ def test_evaluate_cli_without_data_uses_the_runs_own_validation_split(tmp_path, 
     data = make_shapes(tmp_path / "shapes", per_class=10, size=24)
     run = tmp_path / "run"
     train(str(data), "lenet5", run, epochs=1, workers=0, quiet=True, val_split=0.3, seed=3)
-    split = json.loads((run / "config.json").read_text())["split"]
+    from convnets.runs import RunConfig
+
+    split = RunConfig.read(run).split  # config.json's split, its file lists kept in split.json
     val_files = sorted(str(data / rel) for rel in split["val"])
     assert 0 < len(val_files) < 30
 
