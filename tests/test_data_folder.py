@@ -322,3 +322,40 @@ def test_alpaca_integration(shared_data):
     assert splits.skipped == []
     x, y = next(iter(splits.val))
     assert x.shape == (64, 3, 32, 32) and -1.01 <= x.min() and x.max() <= 1.01
+
+
+def test_garbage_is_freed_in_the_parent_before_a_worker_forks(tmp_path):
+    """Objects left in reference cycles are collected before DataLoader forks its workers, so none is
+    freed inside a worker: an ONNX Runtime session freed there hung on its thread pool (its destructor
+    needs threads the child does not have), which stalled a test run under pytest-xdist for good."""
+    import gc
+    import os
+
+    from torch.utils.data import DataLoader, Dataset
+
+    import convnets.data.loaders  # noqa: F401 - registers the before-fork collection
+
+    freed_in = tmp_path / "freed_in"
+
+    class Cyclic:
+        def __del__(self):
+            freed_in.write_text(str(os.getpid()))
+
+    class Collecting(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            gc.collect()  # a worker's own collection: would free the cycle here if it were still there
+            return torch.zeros(1)
+
+    gc.disable()  # keep the cycle alive until the fork, as a busy process may
+    try:
+        garbage = Cyclic()
+        garbage.self = garbage
+        del garbage
+        for _ in DataLoader(Collecting(), num_workers=1, multiprocessing_context="fork"):
+            pass
+    finally:
+        gc.enable()
+    assert freed_in.read_text() == str(os.getpid())

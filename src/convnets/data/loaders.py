@@ -21,6 +21,7 @@ processes while the model trains in the main one:
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import warnings
@@ -32,6 +33,14 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from .datasets import BaseDataset, Subset, cpu_count
 from .decode import SkippedImageWarning
+
+# A forked data-loading worker must not free objects whose destructors need threads only the parent
+# has: an ONNX Runtime session that earlier work left in a reference cycle was collected by the garbage
+# collector inside a freshly forked worker, and its destructor hung there on its thread pool's condition
+# variable (pthread_cond_destroy), stalling the epoch for good. Collecting the garbage in the parent just
+# before each fork leaves the child nothing of the kind to free (a few ms per fork; DataLoader workers
+# fork once per loader, persistent_workers).
+os.register_at_fork(before=gc.collect)
 
 
 class SeededSampler(Sampler):
