@@ -76,25 +76,50 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def start_server(run_dir: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
-    """``convnets serve`` in a child process; returns once /readyz answers (or raises with its log)."""
-    env = child_env()
+def start_command(args: list[str], ready_url: str, log: Path | None = None) -> subprocess.Popen:
+    """``python -m convnets ARGS`` in a child process; returns once ``ready_url`` answers 200 (or raises
+    with its log)."""
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convnets", "serve", str(run_dir), "--port", str(port), *extra],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
+        [sys.executable, "-m", "convnets", *args], stdout=out, stderr=subprocess.STDOUT, env=child_env()
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text() if log else ''}")
+            raise RuntimeError(f"{args[0]} exited with {proc.returncode}: {log.read_text() if log else ''}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(ready_url, timeout=1) as r:
                 if r.status == 200:
                     return proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("server did not become ready in 60 s")
+    raise RuntimeError(f"{args[0]} did not answer {ready_url} in 60 s")
+
+
+def start_server(run_dir: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """``convnets serve`` in a child process; returns once /readyz answers (or raises with its log)."""
+    args = ["serve", str(run_dir), "--port", str(port), *extra]
+    return start_command(args, f"http://127.0.0.1:{port}/readyz", log)
+
+
+def headless_chromium():
+    """(selenium.webdriver, a headless Debian Chromium driven by it); skips the test without them. The
+    flags keep Chromium off the network this machine does not have."""
+    import shutil
+
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver (apt-get install)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver, webdriver.Chrome(service=Service(driver), options=options)

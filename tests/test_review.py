@@ -10,14 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("starlette")
-from serve_helpers import child_env, free_port  # noqa: E402
+from serve_helpers import child_env, free_port, headless_chromium, start_command  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from convnets.cli import main  # noqa: E402
@@ -340,43 +338,13 @@ def test_bad_class_names_are_refused():
 # --- the page in a browser ------------------------------------------------------------------------
 
 
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("headless browser test needs Debian's chromium and chromium-driver (apt-get install)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run"):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def _start_review(data: Path, port: int, *extra: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convnets", "review", str(data), "--port", str(port), *extra],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=child_env(),
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"review exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("review did not answer in 60 s")
+    args = ["review", str(data), "--port", str(port), *extra]
+    return start_command(args, f"http://127.0.0.1:{port}/api/state", log)
 
 
 def test_relabel_quarantine_and_undo_in_headless_chromium(planted, tmp_path, capsys):
-    browser = _browser()
+    _, browser = headless_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import signal
 import socket
 import threading
@@ -17,7 +16,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("onnxruntime")
 
-from serve_helpers import free_port, image_bytes, make_run, start_server  # noqa: E402
+from serve_helpers import free_port, headless_chromium, image_bytes, make_run, start_server  # noqa: E402
 
 from convnets.exported import ExportedModel  # noqa: E402
 
@@ -29,31 +28,8 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("headless browser test needs Debian's chromium and chromium-driver (apt-get install)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ):
-        options.add_argument(flag)
-    return webdriver, webdriver.Chrome(service=Service(driver), options=options)
-
-
 def test_page_in_a_headless_browser(run_dir, tmp_path):
-    webdriver, browser = _browser()
+    webdriver, browser = headless_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
