@@ -218,7 +218,9 @@ def test_residual_form_matches_float64(kernel, batch_stats):
 def test_resnet_blocks_fuse_their_shortcut_and_the_model_is_left_as_it_was(kernel):
     """ResNet-18: each block's last BatchNorm, shortcut add and ReLU become one call in a rewritten
     forward (torch.fx), only inside the block; one bf16 step agrees with fp32 as closely as ATen's bf16
-    does, and afterwards the model's own forward is back."""
+    does (loss and gradient on the mean of three seeds: one step's gradient cosine to fp32 moves by
+    +-0.03 between seeds and thread counts for either, 0.89-0.93), and afterwards the model's own
+    forward is back."""
     from convnets.models.registry import create_model
     from convnets.train.fused_bn_act import residual_forward
 
@@ -227,19 +229,25 @@ def test_resnet_blocks_fuse_their_shortcut_and_the_model_is_left_as_it_was(kerne
     rewritten = residual_forward(model)
     assert rewritten is not None
     assert sum(n.op == "call_function" and n.target is fba.bn_add_act for n in rewritten.graph.nodes) == 8
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=CL)
-    y = torch.arange(8) % 5
-
-    loss32, grads32 = _step(model, start, x, y, bf16=False)
-    loss_aten, grads_aten = _step(model, start, x, y, bf16=True)
-    with fuse_batchnorm_act(model):
-        assert "forward" in model.__dict__
-        loss_fused, grads_fused = _step(model, start, x, y, bf16=True)
-    assert "forward" not in model.__dict__
-
-    assert abs(loss_fused - loss32) <= max(2 * abs(loss_aten - loss32), 0.01 * loss32)
-    assert _cosine(grads_fused, grads32) > _cosine(grads_aten, grads32) - 0.02
+    cosines_aten, cosines_fused, loss_errors_aten, loss_errors_fused, losses32 = [], [], [], [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        start = {k: v.clone() for k, v in create_model("resnet18", num_classes=5).state_dict().items()}
+        x = torch.randn(8, 3, 32, 32).contiguous(memory_format=CL)
+        y = torch.arange(8) % 5
+        loss32, grads32 = _step(model, start, x, y, bf16=False)
+        loss_aten, grads_aten = _step(model, start, x, y, bf16=True)
+        with fuse_batchnorm_act(model):
+            assert "forward" in model.__dict__
+            loss_fused, grads_fused = _step(model, start, x, y, bf16=True)
+        assert "forward" not in model.__dict__
+        loss_errors_aten.append(abs(loss_aten - loss32))
+        loss_errors_fused.append(abs(loss_fused - loss32))
+        losses32.append(loss32)
+        cosines_aten.append(_cosine(grads_aten, grads32))
+        cosines_fused.append(_cosine(grads_fused, grads32))
+    assert sum(loss_errors_fused) <= max(2 * sum(loss_errors_aten), 0.01 * sum(losses32))
+    assert sum(cosines_fused) / 3 > sum(cosines_aten) / 3 - 0.02, (cosines_fused, cosines_aten)
     model.eval()
     model.load_state_dict(start)
     with torch.no_grad():
