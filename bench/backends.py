@@ -38,7 +38,7 @@ if not SHARED.is_dir():
 
 
 def machine() -> dict:
-    from convnets.runtime import cpu_flags
+    from convnets.base.runtime import cpu_flags
 
     model = next(
         (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
@@ -54,7 +54,7 @@ def machine() -> dict:
 
 def alpaca_pixels(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     from convnets.data.images import expand_paths, read_image
-    from convnets.exported import pixels_of
+    from convnets.deploy.exported import pixels_of
 
     files = expand_paths([SHARED / "alpaca"])
     pick = np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False)
@@ -67,8 +67,8 @@ def make_run(model_name: str, out: Path, size: int = 224) -> Path:
     from safetensors.torch import save_file
 
     from convnets import create_model
-    from convnets.exported import ensure_exported
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
+    from convnets.deploy.exported import ensure_exported
 
     torch.manual_seed(0)
     model = create_model(model_name).eval()
@@ -88,8 +88,8 @@ def make_run(model_name: str, out: Path, size: int = 224) -> Path:
 
 
 def engines_for(run_dir: Path, threads: int, calib: np.ndarray) -> dict:
-    from convnets.exported import OpenVinoEngine, OrtEngine
-    from convnets.quantize import quantize_onnx
+    from convnets.deploy.exported import OpenVinoEngine, OrtEngine
+    from convnets.deploy.quantize import quantize_onnx
 
     int8 = run_dir / "model.int8.onnx"
     if not int8.exists():
@@ -147,9 +147,9 @@ def part_speed(args) -> dict:
 
 
 def _labelled_pixels(run_dir: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
+    from convnets.base.runs import RunConfig
     from convnets.data.images import read_image
-    from convnets.exported import pixels_of, split_files
-    from convnets.runs import RunConfig
+    from convnets.deploy.exported import pixels_of, split_files
 
     config = RunConfig.read(run_dir)
     files = split_files(config, role)
@@ -162,8 +162,8 @@ def part_accuracy(args) -> dict:
     top-1 agreement with fp32 on the same images."""
     import shutil
 
-    from convnets.exported import OpenVinoEngine, OrtEngine, run_batched
-    from convnets.quantize import int8_weight_type, quantize_run
+    from convnets.deploy.exported import OpenVinoEngine, OrtEngine, run_batched
+    from convnets.deploy.quantize import int8_weight_type, quantize_run
 
     work = Path(args.work) / "accuracy"
     shutil.rmtree(work, ignore_errors=True)
@@ -195,7 +195,7 @@ def part_accuracy(args) -> dict:
             out["not_run"][k] = str(error).strip().splitlines()[-1][:160]
     # The other int8 weight type than this CPU's default (u8 where there is no VNNI, issue #22), on
     # ONNX Runtime, and 7-bit s8 weights (the guide's other fix), so any CPU shows what each costs.
-    from convnets.quantize import quantize_onnx
+    from convnets.deploy.quantize import quantize_onnx
 
     other = int8_weight_type() == "s8" and "u8" or "s8"
     for tag, kwargs in ((f"{other}-weights", {"weights": other}), ("s8-7bit", {"reduce_range": True})):
@@ -222,11 +222,11 @@ def part_accuracy(args) -> dict:
 
     # The ImageNet model itself: no labels here, so agreement with fp32 over 1000 classes (a far
     # finer test than a 2-class head), on the alpaca validation images, calibrated on the train ones.
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
 
     imagenet = make_imagenet_run(work / "imagenet", RunConfig.read(run_dir).image_size)
     quantize_imagenet = imagenet / "model.int8.onnx"
-    from convnets.quantize import quantize_onnx
+    from convnets.deploy.quantize import quantize_onnx
 
     quantize_onnx(
         imagenet / "model.onnx",
@@ -258,8 +258,8 @@ def make_imagenet_run(out: Path, image_size: tuple[int, int] = (224, 224)) -> Pa
     from safetensors.torch import save_file
 
     from convnets import create_model
-    from convnets.exported import ensure_exported
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
+    from convnets.deploy.exported import ensure_exported
 
     weights = SHARED / "weights"
     model = create_model("mobilenet_v2").eval()
@@ -287,7 +287,7 @@ def _wall(cmd: list[str], env: dict) -> float:
 
 
 def part_coldstart(args) -> dict:
-    from convnets.exported import ensure_exported
+    from convnets.deploy.exported import ensure_exported
 
     ensure_exported(args.run)
     image = sorted((SHARED / "alpaca" / "alpaca").iterdir())[0]

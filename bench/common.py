@@ -264,7 +264,7 @@ def _version(module: str) -> str | None:
 
 def describe_machine() -> dict:
     """CPU (runtime.describe_cpu), library versions, and the load average as a noise indicator."""
-    from convnets.runtime import describe_cpu
+    from convnets.base.runtime import describe_cpu
 
     info = describe_cpu()
     info.update(
@@ -291,7 +291,7 @@ def matmul_peaks(size: int = 2048, reps: int = 5) -> dict[str, Stat]:
     import torch
     import torch.nn.functional as F
 
-    from convnets.runtime import tune_malloc
+    from convnets.base.runtime import tune_malloc
 
     tune_malloc()
     a, b = torch.randn(size, size), torch.randn(size, size)

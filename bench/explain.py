@@ -39,7 +39,7 @@ def _captum_predicted(model, captum, x):
 
 def main() -> None:
     from convnets import create_model
-    from convnets.explain import grad_cam, target_layer
+    from convnets.trust.explain import grad_cam, target_layer
 
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=7)

@@ -158,8 +158,8 @@ def fuzz_loader(args, deadline: float) -> Tally:
 def make_server_run(folder: Path) -> Path:
     from serve_helpers import make_run
 
-    from convnets.exported import ExportedModel
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
+    from convnets.deploy.exported import ExportedModel
 
     run = make_run(folder / "run")
     config = RunConfig.read(run)

@@ -60,12 +60,16 @@ def machine(device: str) -> dict:
             cuda=torch.version.cuda,
             native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
         )
-        code, text, _ = sh(["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"], 30)
+        code, text, _ = sh(
+            ["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"], 30
+        )
         info["nvidia_smi"] = text.strip() if code == 0 else "nvidia-smi failed"
     return info
 
 
-def step_throughput(model_name: str, size: int, batch: int, device: str, reps: int, steps: int) -> dict[str, float]:
+def step_throughput(
+    model_name: str, size: int, batch: int, device: str, reps: int, steps: int
+) -> dict[str, float]:
     """Images/s of convnets' training step in fp32 and in bf16 autocast + channels-last, interleaved."""
     import torch
     from torch import nn
@@ -130,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU here: run this on the lent GPU machine (or --device cpu --quick to check the script)")
+        print(
+            "no CUDA GPU here: run this on the lent GPU machine (or --device cpu --quick to check the script)"
+        )
         return 2
     lines = ["# GPU checks (bench/gpu_checks.py, issue #15 item 5)", ""]
     results: dict = {"machine": machine(args.device)}
@@ -144,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. the suite's device tests
     tests = ["tests/test_train_precision.py", "tests/test_train_ddp.py", "tests/test_train_cli.py"]
-    code, text, seconds = sh([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], 60 if args.quick else 240)
+    code, text, seconds = sh(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        60 if args.quick else 240,
+    )
     results["tests"] = {"returncode": code, "seconds": seconds}
     say(f"## Tests on this machine ({' '.join(tests)}): return code {code}, {seconds:.0f} s")
     say("```")
@@ -159,22 +168,48 @@ def main(argv: list[str] | None = None) -> int:
     results["throughput"] = {}
     for name, size, batch in cases:
         try:
-            r = step_throughput(name, size, batch, args.device, reps=2 if args.quick else 5, steps=1 if args.quick else 10)
+            r = step_throughput(
+                name, size, batch, args.device, reps=2 if args.quick else 5, steps=1 if args.quick else 10
+            )
         except Exception as e:  # noqa: BLE001 - one failed case is a finding, the report goes on
             say(f"| {name} | {size} | {batch} | failed: {type(e).__name__}: {e} | | |")
             continue
         results["throughput"][name] = r
-        say(f"| {name} | {size} | {batch} | {r['fp32_img_s']:.0f} | {r['bf16_img_s']:.0f} | {r['bf16_vs_fp32']:.2f}x |")
+        say(
+            f"| {name} | {size} | {batch} | {r['fp32_img_s']:.0f} | {r['bf16_img_s']:.0f} | {r['bf16_vs_fp32']:.2f}x |"
+        )
     say()
 
     # 4. train end to end, plain and under torchrun (DDP on one device)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        common = ["digits", "--model", "resnet20", "--epochs", "1" if args.quick else "3", "--device", args.device, "--workers", "0"]
+        common = [
+            "digits",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "1" if args.quick else "3",
+            "--device",
+            args.device,
+            "--workers",
+            "0",
+        ]
         trains = {
             "train": [sys.executable, "-m", "convnets", "train", *common, "--out", str(run_dir)],
-            "torchrun x1": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                            "-m", "convnets", "train", *common, "--out", str(Path(tmp) / "ddp")],
+            "torchrun x1": [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "1",
+                "-m",
+                "convnets",
+                "train",
+                *common,
+                "--out",
+                str(Path(tmp) / "ddp"),
+            ],
         }
         say("## `convnets train digits --model resnet20` on this device")
         for label, cmd in trains.items():
@@ -188,15 +223,21 @@ def main(argv: list[str] | None = None) -> int:
         if config.is_file():
             options = json.loads(config.read_text())["options"]
             results["precision_recorded"] = options.get("precision")
-            say(f"- recorded precision: {options.get('precision')}, channels_last: {options.get('channels_last')}")
+            say(
+                f"- recorded precision: {options.get('precision')}, channels_last: {options.get('channels_last')}"
+            )
 
         # 5. inference: the PyTorch path on this device against the exported engine on the CPU
         if config.is_file():
-            code, text, _ = sh([sys.executable, "-W", "ignore", "-c", _PREDICT, str(run_dir), args.device], 180)
+            code, text, _ = sh(
+                [sys.executable, "-W", "ignore", "-c", _PREDICT, str(run_dir), args.device], 180
+            )
             found = [line[len("RESULT: ") :] for line in text.splitlines() if line.startswith("RESULT: ")]
             result = found[-1] if found and code == 0 else text.strip()[-600:]
             results["predict"] = {"returncode": code, "output": result}
-            say(f"- predict, torch on {args.device} vs the exported engine on the CPU: return code {code}; {result}")
+            say(
+                f"- predict, torch on {args.device} vs the exported engine on the CPU: return code {code}; {result}"
+            )
     say()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
@@ -212,8 +253,8 @@ import sys, time, tempfile
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
-from convnets.predictor import predict
-from convnets.exported import ExportedModel
+from convnets.deploy.predictor import predict
+from convnets.deploy.exported import ExportedModel
 run, device = sys.argv[1], sys.argv[2]
 d = tempfile.mkdtemp()
 images = load_digits().images[:64]

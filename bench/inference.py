@@ -1,12 +1,12 @@
 """Inference: batch-1 latency and batch-32 throughput at 224, each peer in its own process.
 
-Peers: ``convnets`` (``convnets.inference.inference_module`` with ``backend="auto"``, what
+Peers: ``convnets`` (``convnets.accel.inference.inference_module`` with ``backend="auto"``, what
 ``predict``/``evaluate`` run: ONNX Runtime when installed), ``convnets-torch`` (the torch-only path
 that ``auto`` uses without onnxruntime: ``prepare_for_inference`` defaults, TorchScript),
 ``torchvision`` (the eager ``model.eval()`` + ``torch.no_grad()`` people write), ``onnxruntime``
 (the torchvision model exported with ``torch.onnx.export``, default ``InferenceSession``).
 The fast-path variants (``prepare_for_inference`` with one option changed, and ``torch.compile``)
-back the defaults of ``convnets.inference``.
+back the defaults of ``convnets.accel.inference``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class InferencePeer:
         import torch
 
         if spec.get("malloc", True) and spec["peer"] != "torchvision":
-            from convnets.runtime import tune_malloc
+            from convnets.base.runtime import tune_malloc
 
             tune_malloc()
         self.spec = spec
@@ -42,7 +42,7 @@ class InferencePeer:
         elif kind == "onnxruntime":
             self._setup_ort()
         else:  # convnets, with the fast-path options in spec["options"]
-            from convnets.inference import (
+            from convnets.accel.inference import (
                 backend_of,
                 count_batchnorm,
                 inference_module,
@@ -89,7 +89,7 @@ class InferencePeer:
         path = Path(self._tmp.name) / "model.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # dynamo=False: the TorchScript exporter, needing only the onnx package (as convnets.export).
+            # dynamo=False: the TorchScript exporter, needing only the onnx package (as deploy/export.py).
             torch.onnx.export(
                 model,
                 (self.x[:1],),

@@ -42,7 +42,11 @@ def setting(name: str, per_class: int = 500) -> tuple[str, dict]:
     weights = str(SHARED / "weights" / "mobilenet_v2_imagenet.pth")
     if name == "alpaca":
         return str(SHARED / "alpaca"), dict(
-            model="mobilenet_v2", weights=weights, normalize="inception", freeze="base", image_size=160,
+            model="mobilenet_v2",
+            weights=weights,
+            normalize="inception",
+            freeze="base",
+            image_size=160,
             augment="none",
         )
     if name == "signs":
@@ -55,7 +59,7 @@ def setting(name: str, per_class: int = 500) -> tuple[str, dict]:
 
 
 def run_one(data: str, label: str, options: dict) -> dict:
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
     from convnets.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +121,10 @@ def main() -> int:
     print(f"\nload average after: {' '.join(load)}")
     for r in rows:
         found = ", ".join(f"{f['phase']} {f['lr']:.3g} ({f['seconds']:.0f}s)" for f in r["lr_found"]) or "-"
-        print(f"| {r['label']} | {r['best_val_acc']:.3f} (ep {r['best_epoch']}) | {r['final_train_acc']:.3f} "
-              f"| {found} | {r['seconds']:.0f} |")
+        print(
+            f"| {r['label']} | {r['best_val_acc']:.3f} (ep {r['best_epoch']}) | {r['final_train_acc']:.3f} "
+            f"| {found} | {r['seconds']:.0f} |"
+        )
     return 0
 
 

@@ -42,7 +42,7 @@ def make_run(out: Path) -> None:
     import torch
 
     from convnets import create_model
-    from convnets.runs import BestEpoch, DataSource, RunConfig
+    from convnets.base.runs import BestEpoch, DataSource, RunConfig
     from convnets.weights import save_state_dict
 
     torch.manual_seed(0)

@@ -100,7 +100,7 @@ def main() -> int:
     if not (alpaca.is_dir() and cifar.is_dir() and WEIGHTS.is_file()):
         print(f"skipped: needs {alpaca}, {cifar} and {WEIGHTS}", file=sys.stderr)
         return 0
-    from convnets.runtime import describe_cpu, tune_malloc
+    from convnets.base.runtime import describe_cpu, tune_malloc
 
     tune_malloc()
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,7 +50,13 @@ from common import (  # noqa: E402
 )
 
 SECTIONS = ["peak", "train", "inference", "fastpath", "defaults", "transfer", "data", "tta", "serve"]
-OPTIONAL_SECTIONS = ["shards", "backends", "precision", "wholeprocess", "workers"]  # heavy: only when --only names them
+OPTIONAL_SECTIONS = [
+    "shards",
+    "backends",
+    "precision",
+    "wholeprocess",
+    "workers",
+]  # heavy: only when --only names them
 TITLES = {
     "peak": "Machine fp32 matmul peak",
     "train": "Training throughput",
@@ -281,7 +287,7 @@ def section_fastpath(args, state) -> tuple[str, dict]:
     data = inference.run_fast_path(quick=args.quick, reps=args.reps, compile_=not args.no_compile)
     lines = [
         "Each `prepare_for_inference` option against the unprepared eager model (same process layout, "
-        "interleaved). These rows choose `convnets.inference`'s defaults.",
+        "interleaved). These rows choose `convnets.accel.inference`'s defaults.",
         "",
     ]
     for c in data["configs"]:
@@ -390,7 +396,9 @@ def section_serve(args, state) -> tuple[str, dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "serve.json"
-        cmd = [sys.executable, str(BENCH_DIR / "serve.py"), "--json", str(out)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(BENCH_DIR / "serve.py"), "--json", str(out)] + (
+            ["--quick"] if args.quick else []
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(BENCH_DIR.parent))
         if proc.returncode != 0:
             return f"bench/serve.py failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", {}
@@ -585,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         selected.append("peak")  # the % of peak column needs the peak from the same run
     selected = [s for s in SECTIONS + OPTIONAL_SECTIONS if s in selected]
 
-    from convnets.runtime import tune_malloc
+    from convnets.base.runtime import tune_malloc
 
     tune_malloc()  # the parent runs only the matmul peak; peers set their own allocator in their process
     machine = describe_machine()

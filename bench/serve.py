@@ -20,7 +20,6 @@ process) plus HTTP (``GET /healthz`` round trip), launch-to-``/readyz`` of ``con
 whether libtorch was mapped into it), and a soak of ``--soak`` requests with 1% malformed uploads.
 """
 
-
 import argparse
 import http.client
 import io
@@ -62,7 +61,12 @@ def serve_peer(kind: str, run_dir: Path, port: int) -> None:
         model.load_state_dict(load_file(run_dir / "model.safetensors"))
         model.eval()
         preprocess = transforms.Compose(
-            [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(mean, std)]
+            [
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
         )
 
         def infer(image: Image.Image) -> np.ndarray:
@@ -80,7 +84,12 @@ def serve_peer(kind: str, run_dir: Path, port: int) -> None:
             image = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
             w, h = image.size
             left, top = (w - 224) // 2, (h - 224) // 2
-            x = np.asarray(image.crop((left, top, left + 224, top + 224)), np.float32).transpose(2, 0, 1)[None] / 255
+            x = (
+                np.asarray(image.crop((left, top, left + 224, top + 224)), np.float32).transpose(2, 0, 1)[
+                    None
+                ]
+                / 255
+            )
             (logits,) = session.run(None, {input_name: x})
             e = np.exp(logits[0] - logits[0].max())
             return e / e.sum()
@@ -95,7 +104,11 @@ def serve_peer(kind: str, run_dir: Path, port: int) -> None:
     def predict(file: UploadFile = File(...)) -> dict:  # noqa: B008 - FastAPI's own idiom
         probs = infer(Image.open(file.file).convert("RGB"))
         top = np.argsort(-probs)[:5]
-        return {"predictions": [{"file": file.filename, "top": [{"class": names[i], "prob": float(probs[i])} for i in top]}]}
+        return {
+            "predictions": [
+                {"file": file.filename, "top": [{"class": names[i], "prob": float(probs[i])} for i in top]}
+            ]
+        }
 
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
@@ -108,8 +121,8 @@ def make_run(out: Path) -> Path:
     import torch
 
     from convnets import create_model
-    from convnets.exported import ExportedModel
-    from convnets.runs import BestEpoch, RunConfig
+    from convnets.base.runs import BestEpoch, RunConfig
+    from convnets.deploy.exported import ExportedModel
     from convnets.serve.model_info import write_cost
     from convnets.weights import save_state_dict
 
@@ -143,9 +156,13 @@ def test_jpeg() -> bytes:
 
 def multipart(name: str, data: bytes, content_type: str = "image/jpeg") -> bytes:
     return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def malformed_bodies(jpeg: bytes) -> list[tuple[str, bytes]]:
@@ -197,10 +214,28 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> float
 def start(kind: str, run_dir: Path, log_dir: Path) -> tuple[subprocess.Popen, int, float]:
     port = free_port()
     if kind.startswith("convnets"):  # "convnets" (defaults) or "convnets --max-batch N"
-        cmd = [sys.executable, "-m", "convnets", "serve", str(run_dir), "--port", str(port), "--no-access-log"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "convnets",
+            "serve",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--no-access-log",
+        ]
         cmd += kind.split()[1:]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", kind, "--run", str(run_dir), "--port", str(port)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--peer",
+            kind,
+            "--run",
+            str(run_dir),
+            "--port",
+            str(port),
+        ]
     log = open(log_dir / f"{kind.replace(' ', '_')}.log", "ab")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_for_child())
@@ -361,14 +396,20 @@ def engine_sweep(run_dir: Path, reps: int = 4) -> dict:
 
 
 def engine_markdown(sweep: dict) -> str:
-    rows = ["| ORT threads between operators | " + " | ".join(f"batch {n}" for n in (1, 2, 4, 8, 16, 32)) + " |"]
+    rows = [
+        "| ORT threads between operators | " + " | ".join(f"batch {n}" for n in (1, 2, 4, 8, 16, 32)) + " |"
+    ]
     rows.append("|---" * 7 + "|")
     for setting in ("spin", "no spin"):
-        cells = [f"{sweep[f'{setting}|{n}']['cpu_ms']:.2f} / {sweep[f'{setting}|{n}']['wall_ms']:.2f}" for n in (1, 2, 4, 8, 16, 32)]
+        cells = [
+            f"{sweep[f'{setting}|{n}']['cpu_ms']:.2f} / {sweep[f'{setting}|{n}']['wall_ms']:.2f}"
+            for n in (1, 2, 4, 8, 16, 32)
+        ]
         rows.append(f"| {setting} | " + " | ".join(cells) + " |")
     return (
         f"ONNX Runtime alone on the same model.onnx, {os.cpu_count()} threads: CPU ms / wall ms per image by batch size "
-        f"(median of {sweep['reps']} interleaved repetitions of 32 images; load average {sweep['load'][0]:.2f}).\n\n" + "\n".join(rows)
+        f"(median of {sweep['reps']} interleaved repetitions of 32 images; load average {sweep['load'][0]:.2f}).\n\n"
+        + "\n".join(rows)
     )
 
 
@@ -417,10 +458,14 @@ def run(quick: bool, reps: int, soak_n: int) -> dict:
                         proc, port, _ = servers[kind]
                         cpu0 = cpu_seconds(proc.pid)
                         r = load(port, lambda i: good, c, burst_requests, burst_seconds)
-                        r["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(proc.pid) - cpu0) / max(1, r["requests"])
+                        r["server_cpu_ms_per_request"] = (
+                            1000 * (cpu_seconds(proc.pid) - cpu0) / max(1, r["requests"])
+                        )
                         results[kind][c].append(r)
             data["load"] = results
-            with urllib.request.urlopen(f"http://127.0.0.1:{servers['convnets'][1]}/v1/model", timeout=10) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{servers['convnets'][1]}/v1/model", timeout=10
+            ) as r:
                 data["convnets_batching"] = json.loads(r.read())["batching"]
 
             # Soak: 1% malformed uploads mixed in; every good one must be answered 200, no 5xx at all.
@@ -572,7 +617,9 @@ def main() -> int:
             args.json.write_text(json.dumps(sweep, indent=1) + "\n")
         print(engine_markdown(sweep))
         return 0
-    data = run(args.quick, args.reps or (1 if args.quick else 2), args.soak or (1000 if args.quick else 10_000))
+    data = run(
+        args.quick, args.reps or (1 if args.quick else 2), args.soak or (1000 if args.quick else 10_000)
+    )
     if args.json:
         args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
     md = markdown(data)

@@ -34,7 +34,7 @@ QUICK_RECIPE = {**RECIPE, "image_size": 96, "epochs": 1, "fine_tune_epochs": 1}
 
 class TimeToAccuracyPeer:
     def __init__(self, spec: dict) -> None:
-        from convnets.runtime import tune_malloc
+        from convnets.base.runtime import tune_malloc
 
         tune_malloc()  # as the CLI does at start
         self.spec = spec

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
 
-    from convnets.runtime import describe_cpu
+    from convnets.base.runtime import describe_cpu
 
     cpu = describe_cpu()
     print(

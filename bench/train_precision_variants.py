@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 
-from convnets.runtime import tune_malloc
+from convnets.base.runtime import tune_malloc
 
 tune_malloc()
 import torch  # noqa: E402 - after tune_malloc

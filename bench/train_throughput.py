@@ -73,16 +73,16 @@ class ConvnetsPeer(_TorchPeer):
 
     def __init__(self, spec: dict) -> None:
         if spec.get("malloc", True):
-            from convnets.runtime import tune_malloc
+            from convnets.base.runtime import tune_malloc
 
             tune_malloc()
         import torch
         from torch import nn
 
+        from convnets.accel.bf16_backward import FastBf16ConvBackward
+        from convnets.accel.fused_bn_act import fuse_batchnorm_act
+        from convnets.base.runtime import describe_cpu, prefers_channels_last
         from convnets.models.registry import create_model
-        from convnets.runtime import describe_cpu, prefers_channels_last
-        from convnets.train.bf16_backward import FastBf16ConvBackward
-        from convnets.train.fused_bn_act import fuse_batchnorm_act
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
         from convnets.train.trainer import build_optimizer, clamps_out_of_place
 

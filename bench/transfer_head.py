@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from train_shapes import SHAPES, make_shapes  # noqa: E402
 
-from convnets.runtime import describe_cpu, tune_malloc  # noqa: E402
+from convnets.base.runtime import describe_cpu, tune_malloc  # noqa: E402
 from convnets.train import train  # noqa: E402
 
 WEIGHTS = ROOT.parent / "shared" / "data" / "weights" / "mobilenet_v2_imagenet.pth"
@@ -54,8 +54,17 @@ def main() -> None:
 
             weights, normalize = str(Path(tmp) / "random.safetensors"), "imagenet"
             save_state_dict(create_model("mobilenet_v2"), weights)
-        common = dict(model="mobilenet_v2", weights=weights, normalize=normalize, image_size=args.size,
-                      freeze="base", epochs=args.epochs, augment="none", quiet=True, workers=0)
+        common = dict(
+            model="mobilenet_v2",
+            weights=weights,
+            normalize=normalize,
+            image_size=args.size,
+            freeze="base",
+            epochs=args.epochs,
+            augment="none",
+            quiet=True,
+            workers=0,
+        )
         times: dict[bool, list[float]] = {True: [], False: []}
         accs: dict[bool, list[float]] = {True: [], False: []}
         # One warm-up run (imports, first-call allocations), then the two ways alternate.
@@ -67,19 +76,25 @@ def main() -> None:
                 accs[cached].append(r.best_val_acc or 0.0)
         n_train = round(0.8 * args.images)
     speedup = statistics.median(times[False]) / statistics.median(times[True])
-    print(f"MobileNetV2 head phase, {args.epochs} epochs, ~{n_train} training + {args.images - n_train} "
-          f"validation images at {args.size}x{args.size}, whole `convnets.train` call (feature extraction, "
-          "validation every epoch, plots and checkpoints included); seconds, median (min-max) of "
-          f"{args.reps}:")
+    print(
+        f"MobileNetV2 head phase, {args.epochs} epochs, ~{n_train} training + {args.images - n_train} "
+        f"validation images at {args.size}x{args.size}, whole `convnets.train` call (feature extraction, "
+        "validation every epoch, plots and checkpoints included); seconds, median (min-max) of "
+        f"{args.reps}:"
+    )
     print()
     print("| way | seconds | best val acc |")
     print("|---|---|---|")
     print(f"| cached features (default) | {_stat(times[True])} | {statistics.median(accs[True]):.3f} |")
-    print(f"| head through the frozen base (`feature_cache=False`) | {_stat(times[False])} | "
-          f"{statistics.median(accs[False]):.3f} |")
+    print(
+        f"| head through the frozen base (`feature_cache=False`) | {_stat(times[False])} | "
+        f"{statistics.median(accs[False]):.3f} |"
+    )
     print()
-    print(f"**Speed-up of the feature cache: {speedup:.1f}x** (goal 10x; {describe_cpu()['cpu']}, "
-          f"{torch.get_num_threads()} threads, weights: {'pretrained' if WEIGHTS.is_file() else 'random'}).")
+    print(
+        f"**Speed-up of the feature cache: {speedup:.1f}x** (goal 10x; {describe_cpu()['cpu']}, "
+        f"{torch.get_num_threads()} threads, weights: {'pretrained' if WEIGHTS.is_file() else 'random'})."
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def make_run(out: Path, val_acc: float = 0.75) -> Path:
     import torch
 
     from convnets import create_model
-    from convnets.runs import BestEpoch, DataSource, RunConfig
+    from convnets.base.runs import BestEpoch, DataSource, RunConfig
     from convnets.weights import save_state_dict
 
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def _grey_folder(root, counts, seed):
 
 
 def test_balance_raises_the_minority_recall_on_a_10_to_1_set(tmp_path, one_thread, capsys):
-    from convnets.evaluate import evaluate
+    from convnets.deploy.evaluate import evaluate
     from convnets.train import train
 
     data = _grey_folder(tmp_path / "data", (200, 20), seed=0)

@@ -1,4 +1,4 @@
-"""The fastest way to each bf16 convolution gradient on CPU (convnets.train.bf16_backward)."""
+"""The fastest way to each bf16 convolution gradient on CPU (convnets.accel.bf16_backward)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnets.train import bf16_backward as bb
-from convnets.train.bf16_backward import (
+from convnets.accel import bf16_backward as bb
+from convnets.accel.bf16_backward import (
     FastBf16ConvBackward,
     depthwise_input_grad_dilated,
     weight_grad_matmul,

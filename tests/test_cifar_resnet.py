@@ -18,8 +18,13 @@ def n_params(model: nn.Module) -> int:
 # Exact counts at 10 classes, 3 input channels; Table 6 rounds them to 0.27M/0.46M/0.66M/0.85M/1.7M.
 @pytest.mark.parametrize(
     "depth, option_a, paper",
-    [(20, 269_722, 0.27e6), (32, 464_154, 0.46e6), (44, 658_586, 0.66e6), (56, 853_018, 0.85e6),
-     (110, 1_727_962, 1.7e6)],
+    [
+        (20, 269_722, 0.27e6),
+        (32, 464_154, 0.46e6),
+        (44, 658_586, 0.66e6),
+        (56, 853_018, 0.85e6),
+        (110, 1_727_962, 1.7e6),
+    ],
 )
 def test_parameter_counts_match_table_6(depth, option_a, paper):
     model = create_model(f"resnet{depth}", num_classes=10)

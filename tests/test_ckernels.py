@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from convnets import runtime
-from convnets.train import ckernels
+from convnets.accel import ckernels
+from convnets.base import runtime
 
 SOURCE = Path(ckernels.__file__).with_name("bn_act_kernel.c")
 needs_x86_cc = pytest.mark.skipif(

@@ -179,5 +179,7 @@ def test_training_without_augmentation_never_imports_torchvision(tmp_path):
         f"train('digits', model='lenet5', epochs=1, out={str(tmp_path / 'run')!r}, workers=0, quiet=True); "
         "print(sorted(m for m in sys.modules if m.startswith('torchvision'))[:3])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900)  # noqa: E501
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
+    )  # noqa: E501
     assert out.stdout.strip().splitlines()[-1] == "[]"

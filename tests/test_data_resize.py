@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from convnets.base.runs import RunConfig, RunFolderError
 from convnets.data import load_data
 from convnets.data.decode import LETTERBOX_FILL, letterbox_fill, load_base, resize_mode
 from convnets.data.images import read_image, to_input
 from convnets.models.base import IMAGENET_MEAN, IMAGENET_STD
-from convnets.runs import RunConfig, RunFolderError
 
 SIZE = (16, 16)
 MODES = ("center-crop", "letterbox", "resize")
@@ -68,9 +68,9 @@ def test_letterbox_keeps_the_whole_picture_and_pads_with_the_mean_colour(tmp_pat
 def test_every_reader_gives_training_eval_input(wide_folder, tmp_path, mode):
     """Training's eval transform (load_data's validation loader), evaluate on a folder, predict on
     torch, the exported model's reader and the server's (uploaded bytes) give the same tensor."""
-    from convnets.evaluate import load_run_splits
-    from convnets.exported import ExportedModel
-    from convnets.predictor import Classifier
+    from convnets.deploy.evaluate import load_run_splits
+    from convnets.deploy.exported import ExportedModel
+    from convnets.deploy.predictor import Classifier
 
     splits = load_data(
         wide_folder,
@@ -142,7 +142,7 @@ def test_letterbox_augmentation_never_cuts_the_picture():
 
 def test_train_records_the_mode_and_export_documents_it(wide_folder, tmp_path, one_thread):
     from convnets.cli import main
-    from convnets.predictor import Classifier
+    from convnets.deploy.predictor import Classifier
     from convnets.train import train
 
     with pytest.raises(SystemExit):  # argparse: --resize takes only the three names
@@ -170,7 +170,7 @@ def test_train_records_the_mode_and_export_documents_it(wide_folder, tmp_path, o
     expected = to_input([read_image(f, SIZE, 3, "letterbox") for f in files], *config.normalization())
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
     pytest.importorskip("onnx")
-    from convnets.export import export_run
+    from convnets.deploy.export import export_run
 
     result = export_run(run, "onnx", tmp_path / "m.onnx")
     meta = json.loads((tmp_path / "m.onnx.json").read_text())

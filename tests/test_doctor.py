@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convnets.base.runs import RunConfig
 from convnets.cli import main
 from convnets.doctor import diagnose
 from convnets.doctor.duplicates import (
@@ -24,7 +25,6 @@ from convnets.doctor.duplicates import (
     warn_split_duplicates,
 )
 from convnets.doctor.synthetic import make_copy, make_planted, random_picture
-from convnets.runs import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +148,12 @@ def test_label_check_says_when_it_is_too_weak_to_trust():
     assert not trusted and "30%" in warning and "60%" not in warning
 
     issues = [LabelIssue(i + 1, f"cat/{i}.png", "train", "cat", "dog", 0.1, 0.8, 0.1) for i in range(3)]
-    check = LabelCheck(True, "tiny CNN", 5, 60_000, 0.6, 1.0, flagged=15_185, shown=3, trusted=False,
-                       warning=warning)
-    report = DoctorReport(sources={"train": "/d"}, files=60_000, usable=60_000, label_issues=issues,
-                          label_check=check)
+    check = LabelCheck(
+        True, "tiny CNN", 5, 60_000, 0.6, 1.0, flagged=15_185, shown=3, trusted=False, warning=warning
+    )
+    report = DoctorReport(
+        sources={"train": "/d"}, files=60_000, usable=60_000, label_issues=issues, label_check=check
+    )
     text = report.to_text()
     assert "WARNING: the label check is too weak to trust" in text and "first 3 of 15,185 flagged" in text
     assert "15,185" in text.split("likely label errors")[1].splitlines()[0]

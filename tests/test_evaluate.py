@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convnets.evaluate import ClassMismatchError, classification_metrics, evaluate, evaluate_ensemble
-from convnets.predictor import Classifier, predict, tta_views
-from convnets.runs import RunConfig
+from convnets.base.runs import RunConfig
+from convnets.deploy.evaluate import ClassMismatchError, classification_metrics, evaluate, evaluate_ensemble
+from convnets.deploy.predictor import Classifier, predict, tta_views
 
 
 class LeftHalfMean(nn.Module):
@@ -277,7 +277,7 @@ def test_evaluate_cli_without_data_uses_the_runs_own_validation_split(tmp_path, 
     data = make_shapes(tmp_path / "shapes", per_class=10, size=24)
     run = tmp_path / "run"
     train(str(data), "lenet5", run, epochs=1, workers=0, quiet=True, val_split=0.3, seed=3)
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
 
     split = RunConfig.read(run).split  # config.json's split, its file lists kept in split.json
     val_files = sorted(str(data / rel) for rel in split["val"])

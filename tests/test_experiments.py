@@ -14,7 +14,7 @@ from torch import nn
 
 from convnets.blocks import BasicBlock
 from convnets.cli import main
-from convnets.experiments import (
+from convnets.studies.experiments import (
     InsertedBlock,
     _depth_verdict,
     _identity_distance,
@@ -40,13 +40,25 @@ def tiny_digits(tmp_path_factory) -> Path:
 
 
 def test_depth_experiment_end_to_end(tiny_digits, tmp_path, one_thread):
-    result = depth_experiment(tiny_digits, out=tmp_path, depths=[14, 8], epochs=1, image_size=8,
-                              batch_size=16, quiet=True, workers=0)
+    result = depth_experiment(
+        tiny_digits,
+        out=tmp_path,
+        depths=[14, 8],
+        epochs=1,
+        image_size=8,
+        batch_size=16,
+        quiet=True,
+        workers=0,
+    )
     for name in ("depth.png", "depth.md", "depth.json"):
         assert (tmp_path / name).stat().st_size > 0
     report = json.loads((tmp_path / "depth.json").read_text())
     assert [(r["family"], r["depth"]) for r in report["rows"]] == [
-        ("plain", 8), ("plain", 14), ("resnet", 8), ("resnet", 14)]
+        ("plain", 8),
+        ("plain", 14),
+        ("resnet", 8),
+        ("resnet", 14),
+    ]
     for row in report["rows"]:
         assert 0.0 <= row["final_train_error"] <= 1.0 and 0.0 <= row["final_val_error"] <= 1.0
         assert (Path(row["run_dir"]) / "metrics.jsonl").is_file()
@@ -59,8 +71,11 @@ def test_depth_experiment_end_to_end(tiny_digits, tmp_path, one_thread):
 
 def test_depth_verdict_reads_the_training_errors():
     def rows(plain, resnet):
-        return [{"family": f, "depth": d, "final_train_error": e}
-                for f, errors in (("plain", plain), ("resnet", resnet)) for d, e in zip((8, 20, 56), errors)]
+        return [
+            {"family": f, "depth": d, "final_train_error": e}
+            for f, errors in (("plain", plain), ("resnet", resnet))
+            for d, e in zip((8, 20, 56), errors)
+        ]
 
     v = _depth_verdict(rows([0.01, 0.02, 0.30], [0.02, 0.01, 0.005]), tolerance=0.005)
     assert v["plain_degrades"] and v["resnet_deeper_lower"] and v["summary"].startswith("reproduced")
@@ -80,8 +95,15 @@ def test_depth_experiment_rejects_bad_depths(tmp_path):
 
 
 def test_gradient_experiment_one_value_per_layer_per_step(tiny_digits, tmp_path):
-    report = gradient_experiment(tiny_digits, out=tmp_path, models=["plain8", "resnet8"], steps=3,
-                                 batch_size=16, plot_steps=[1, 3], log=lambda _m: None)
+    report = gradient_experiment(
+        tiny_digits,
+        out=tmp_path,
+        models=["plain8", "resnet8"],
+        steps=3,
+        batch_size=16,
+        plot_steps=[1, 3],
+        log=lambda _m: None,
+    )
     saved = json.loads((tmp_path / "gradients.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert (tmp_path / "gradients.png").stat().st_size > 0 and (tmp_path / "gradients.md").is_file()
@@ -124,21 +146,40 @@ def test_zero_branch_residual_block_is_exactly_the_identity():
 
 
 def test_identity_experiment_end_to_end(tiny_digits, tmp_path):
-    report = identity_experiment(tiny_digits, out=tmp_path, epochs=1, extra_epochs=1, batch_size=16,
-                                 log=lambda _m: None)
+    report = identity_experiment(
+        tiny_digits, out=tmp_path, epochs=1, extra_epochs=1, batch_size=16, log=lambda _m: None
+    )
     assert json.loads((tmp_path / "identity.json").read_text())["summary"] == report["summary"]
     assert "‖out−in‖/‖in‖" in (tmp_path / "identity.md").read_text()
     stages = [(r["block"], r["stage"]) for r in report["rows"]]
-    assert stages == [(None, "before"), ("residual", "inserted"), ("residual", "trained"),
-                      ("plain", "inserted"), ("plain", "trained")]
+    assert stages == [
+        (None, "before"),
+        ("residual", "inserted"),
+        ("residual", "trained"),
+        ("plain", "inserted"),
+        ("plain", "trained"),
+    ]
     for row in report["rows"][1:]:
         assert 0.0 <= row["train_acc"] <= 1.0 and row["identity_distance"] >= 0.0
 
 
 def test_cli_experiment_gradients_and_errors(tiny_digits, tmp_path, capsys):
     out = tmp_path / "g"
-    rc = main(["experiment", "gradients", str(tiny_digits), "--models", "plain8,resnet8", "--steps", "2",
-               "--batch-size", "8", "--out", str(out)])
+    rc = main(
+        [
+            "experiment",
+            "gradients",
+            str(tiny_digits),
+            "--models",
+            "plain8,resnet8",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and (out / "gradients.json").is_file()
     assert main(["experiment", "depth", "digits", "--depths", "8,21", "--out", str(tmp_path / "d")]) == 2
     assert "6n+2" in capsys.readouterr().err
@@ -159,8 +200,18 @@ class _Killed(Exception):
 
 def test_depth_experiment_with_the_paper_recipe_writes_table_figure_verdicts(tiny_rgb, tmp_path, one_thread):
     lines: list[str] = []
-    result = depth_experiment(tiny_rgb, out=tmp_path, depths=[8, 14], recipe="he2015", epochs=2,
-                              image_size=16, batch_size=16, quiet=False, log=lines.append, workers=0)
+    result = depth_experiment(
+        tiny_rgb,
+        out=tmp_path,
+        depths=[8, 14],
+        recipe="he2015",
+        epochs=2,
+        image_size=16,
+        batch_size=16,
+        quiet=False,
+        log=lines.append,
+        workers=0,
+    )
     report = json.loads((tmp_path / "depth.json").read_text())
     assert report["config"]["recipe"] == "he2015" and report["config"]["weight_decay"] == 1e-4
     assert report["config"]["lr"] == 0.1 and report["config"]["epochs"] == 2  # the recipe, the budget given
@@ -207,8 +258,16 @@ def test_depth_experiment_resumes_after_ctrl_c_and_a_kill_without_retraining(tin
             pass
         return lines
 
-    first = run("2/4 plain14", "sigint", out=tmp_path, depths=[8, 14], epochs=2, image_size=16, batch_size=16,
-                workers=0)
+    first = run(
+        "2/4 plain14",
+        "sigint",
+        out=tmp_path,
+        depths=[8, 14],
+        epochs=2,
+        image_size=16,
+        batch_size=16,
+        workers=0,
+    )
     assert not (tmp_path / "depth.json").exists()
     # resumed with no settings repeated (they are saved in --out); killed hard in the third model
     second = run("3/4 resnet8", "kill", out=tmp_path, resume=True, workers=0)

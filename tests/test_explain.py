@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from convnets import create_model
-from convnets.explain import explain_files, grad_cam, overlay, overlays, target_layer
+from convnets.trust.explain import explain_files, grad_cam, overlay, overlays, target_layer
 
 pytest.importorskip("captum")
 
@@ -109,12 +109,16 @@ def test_grad_cam_peaks_on_the_deciding_patch(tmp_path, one_thread):
     run.mkdir()
     from safetensors.torch import save_file
 
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
 
     save_file(model.state_dict(), str(run / "model.safetensors"))
     RunConfig(
-        model="cifar_resnet", num_classes=2, class_names=["red", "blue"], image_size=(32, 32),
-        model_kwargs={"depth": 8, "widths": [8, 16, 32]}, normalize=False,
+        model="cifar_resnet",
+        num_classes=2,
+        class_names=["red", "blue"],
+        image_size=(32, 32),
+        model_kwargs={"depth": 8, "widths": [8, 16, 32]},
+        normalize=False,
     ).write(run)
     files = []
     for i in range(3):
@@ -138,22 +142,36 @@ def test_explain_cli(tmp_path, capsys):
 
     from safetensors.torch import save_file
 
+    from convnets.base.runs import RunConfig
     from convnets.cli import main
-    from convnets.runs import RunConfig
 
     run = tmp_path / "run"
     run.mkdir()
     model = create_model("cifar_resnet", num_classes=2, depth=8, widths=(8, 16, 32))
     save_file(model.state_dict(), str(run / "model.safetensors"))
     RunConfig(
-        model="cifar_resnet", num_classes=2, class_names=["red", "blue"], image_size=(32, 32),
+        model="cifar_resnet",
+        num_classes=2,
+        class_names=["red", "blue"],
+        image_size=(32, 32),
         model_kwargs={"depth": 8, "widths": [8, 16, 32]},
     ).write(run)
     images, _, _ = _patch_images(2)
     for i, a in enumerate(images):
         Image.fromarray(a).save(tmp_path / f"img{i}.png")
-    rc = main(["explain", str(run), str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
-               "--out", str(tmp_path / "maps"), "--class", "blue", "--json"])
+    rc = main(
+        [
+            "explain",
+            str(run),
+            str(tmp_path / "img0.png"),
+            str(tmp_path / "img1.png"),
+            "--out",
+            str(tmp_path / "maps"),
+            "--class",
+            "blue",
+            "--json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert rc == 0 and [r["explained"] for r in rows] == ["blue", "blue"]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["img0.gradcam.png", "img1.gradcam.png"]

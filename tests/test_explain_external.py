@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from convnets import create_model
-from convnets.explain import grad_cam, target_layer
+from convnets.trust.explain import grad_cam, target_layer
 
 pytest.importorskip("captum")
 pytest.importorskip("timm", reason="timm/ models need the timm extra (pip install 'convnets[timm]')")

@@ -12,7 +12,7 @@ from torch import nn
 
 from convnets import create_model
 from convnets.cli import main
-from convnets.export import NormalizedModel, export_run, fold_batchnorm
+from convnets.deploy.export import NormalizedModel, export_run, fold_batchnorm
 
 pytest.importorskip("onnxruntime")
 

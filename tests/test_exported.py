@@ -15,7 +15,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from convnets import create_model
-from convnets.exported import (
+from convnets.base.runs import INT8_ONNX_FILE, RunConfig, RunFolderError
+from convnets.deploy.exported import (
     EngineError,
     ExportedModel,
     ExportInfo,
@@ -25,7 +26,6 @@ from convnets.exported import (
     split_files,
     ten_crop,
 )
-from convnets.runs import INT8_ONNX_FILE, RunConfig, RunFolderError
 
 pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
     one = ov.predict_views([ov.read(files[0])])
     three = ov.predict_views([ov.read(f) for f in files[:3]])
     np.testing.assert_allclose(one[0], three[0], atol=1e-5)
-    from convnets.exported import check_engine
+    from convnets.deploy.exported import check_engine
 
     check = check_engine(run_dir, ov.engine)
     assert check.source == "validation images" and check.images == 4 and check.passed
@@ -107,7 +107,7 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
 def test_auto_runs_the_engine_timed_fastest_on_this_machine(run, monkeypatch):
     """auto: the candidates that are installed and valid, timed once per run folder and machine (kept in
     export.json), the fastest chosen; small jobs open ONNX Runtime without timing anything."""
-    import convnets.exported as ex
+    import convnets.deploy.exported as ex
 
     run_dir, _, _ = run
     assert auto_candidates(run_dir)[-1] == "onnxruntime"
@@ -159,7 +159,7 @@ def test_tta_views_match_torchvision(run):
 
 
 def test_int8_is_measured_recorded_and_refused_beyond_max_drop(run, tmp_path):
-    from convnets.quantize import QuantizationRefused, quantize_run
+    from convnets.deploy.quantize import QuantizationRefused, quantize_run
 
     run_dir, _, _ = run
     result = quantize_run(run_dir, calibration_images=6)
@@ -255,8 +255,9 @@ def test_int8_without_vnni_has_u8_weights_run_by_onnxruntime(run, monkeypatch):
     on ONNX Runtime (OpenVINO's AVX2 kernels cannot), and still gates it by accuracy."""
     import onnx
 
-    from convnets import quantize, runtime
-    from convnets.quantize import int8_weight_type, quantize_run
+    from convnets.base import runtime
+    from convnets.deploy import quantize
+    from convnets.deploy.quantize import int8_weight_type, quantize_run
 
     avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
     assert int8_weight_type(avx2) == ("u8" if quantize.X86_MACHINE else "s8")
@@ -281,7 +282,7 @@ def test_int8_without_vnni_has_u8_weights_run_by_onnxruntime(run, monkeypatch):
 def test_features_graph_is_made_once_and_then_opened_without_the_onnx_package(run, tmp_path, monkeypatch):
     """The out-of-distribution features come from a cached copy of the graph with a second output:
     building it imports `onnx` (1.2 s of a 2 s cold `predict` on an AVX2 EPYC), opening it does not."""
-    from convnets.ood import features_graph
+    from convnets.trust.ood import features_graph
 
     run_dir, _, _ = run
     cache = tmp_path / "cache"
@@ -294,7 +295,7 @@ def test_features_graph_is_made_once_and_then_opened_without_the_onnx_package(ru
     np.testing.assert_allclose(logits, ExportedModel.open(run_dir, "onnxruntime").logits(pixels), atol=1e-5)
     assert feats.shape == (2, 64)  # resnet20's pooled features
     code = (
-        "import sys; from convnets.exported import ExportedModel as M; "
+        "import sys; from convnets.deploy.exported import ExportedModel as M; "
         f"M.open({str(run_dir)!r}, 'onnxruntime', features=True); print('onnx' in sys.modules)"
     )
     env = {**__import__("os").environ, "CONVNETS_CACHE": str(cache)}

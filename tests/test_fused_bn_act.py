@@ -1,4 +1,4 @@
-"""BatchNorm + activation in fused bf16 CPU kernels (convnets.train.fused_bn_act)."""
+"""BatchNorm + activation in fused bf16 CPU kernels (convnets.accel.fused_bn_act)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from convnets.train import fused_bn_act as fba
-from convnets.train.fused_bn_act import FusedBatchNorm2d, batchnorm_activation_pairs, fuse_batchnorm_act
+from convnets.accel import fused_bn_act as fba
+from convnets.accel.fused_bn_act import FusedBatchNorm2d, batchnorm_activation_pairs, fuse_batchnorm_act
 
 CL = torch.channels_last
 
@@ -221,8 +221,8 @@ def test_resnet_blocks_fuse_their_shortcut_and_the_model_is_left_as_it_was(kerne
     does (loss and gradient on the mean of three seeds: one step's gradient cosine to fp32 moves by
     +-0.03 between seeds and thread counts for either, 0.89-0.93), and afterwards the model's own
     forward is back."""
+    from convnets.accel.fused_bn_act import residual_forward
     from convnets.models.registry import create_model
-    from convnets.train.fused_bn_act import residual_forward
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=5).train().to(memory_format=CL)
@@ -340,7 +340,7 @@ def test_mobilenet_v2_trains_fused_and_is_left_as_it_was(kernel):
 
 def test_without_a_compiler_nothing_changes(tmp_path, monkeypatch):
     """No C compiler: the context switches nothing and says why (the trainer logs it)."""
-    from convnets.train import ckernels
+    from convnets.accel import ckernels
 
     monkeypatch.setattr(ckernels, "_loaded", {})  # this process's kernels, restored after the test
     monkeypatch.setattr(ckernels, "_errors", {})
@@ -363,7 +363,7 @@ def test_bf16_training_fuses_logs_it_and_resumes_bit_for_bit(kernel, tmp_path, m
 
     from train_shapes import make_shapes
 
-    from convnets.runtime import cpu_has_native_bf16
+    from convnets.base.runtime import cpu_has_native_bf16
     from convnets.train import TrainingInterrupted, train
 
     if not cpu_has_native_bf16():

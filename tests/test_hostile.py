@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
+from convnets.base.errors import EXIT_INTERNAL, EXIT_PARTIAL, EXIT_USAGE, can_write_in, output_dir
 from convnets.cli import main
-from convnets.errors import EXIT_INTERNAL, EXIT_PARTIAL, EXIT_USAGE, can_write_in, output_dir
 
 pytest.importorskip("onnxruntime")
 
@@ -29,7 +29,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """The run folder the issue's cases were found with, exported once (copies carry model.onnx)."""
-    from convnets.exported import ensure_exported
+    from convnets.deploy.exported import ensure_exported
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -128,7 +128,7 @@ def test_read_only_output_folder_is_refused_before_the_work(run, tmp_path, capsy
     read_only = tmp_path / "ro"
     read_only.mkdir()
     real = can_write_in
-    monkeypatch.setattr("convnets.errors.can_write_in", lambda p: Path(p) != read_only and real(p))
+    monkeypatch.setattr("convnets.base.errors.can_write_in", lambda p: Path(p) != read_only and real(p))
     rc, _, err = cli(capsys, "evaluate", run, "digits", "--out", read_only)
     assert rc == EXIT_USAGE
     one_error_line(err, "--out", "not writable")
@@ -139,8 +139,8 @@ def test_read_only_output_folder_is_refused_before_the_work(run, tmp_path, capsy
 
 
 def test_describe_tells_expected_failures_from_bugs():
-    from convnets.errors import describe, error_text
-    from convnets.runs import RunFolderError
+    from convnets.base.errors import describe, error_text
+    from convnets.base.runs import RunFolderError
 
     assert describe(PermissionError(13, "Permission denied", "/runs/a")) == ("/runs/a: Permission denied", 2)
     assert describe(OSError(36, "File name too long", "a" * 300))[0].endswith("file name too long")
@@ -229,7 +229,7 @@ def test_unreadable_weights(run, images, capsys, monkeypatch):
 
 
 def test_export_json_records_the_exported_file(trained):
-    from convnets.exported import ExportInfo, file_sha256
+    from convnets.deploy.exported import ExportInfo, file_sha256
 
     info = ExportInfo.read(trained)
     assert info.onnx_sha256 == file_sha256(trained / "model.onnx")
@@ -239,7 +239,7 @@ def test_export_json_records_the_exported_file(trained):
 def _other_runs_onnx(path: Path, in_chans: int = 1, size: int = 32) -> None:
     """A LeNet-5 with other (random) weights exported to ``path``: another run's model.onnx."""
     from convnets import create_model
-    from convnets.export import export_model
+    from convnets.deploy.export import export_model
 
     torch.manual_seed(123)
     model = create_model("lenet5", num_classes=10, in_chans=in_chans)
@@ -269,7 +269,7 @@ def test_a_swapped_export_is_exported_again_never_run(run, images, tmp_path, cap
 def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, capsys, monkeypatch):
     _other_runs_onnx(tmp_path / "other.onnx")
     shutil.copy(tmp_path / "other.onnx", run / "model.onnx")
-    monkeypatch.setattr("convnets.exported.can_write_in", lambda p: False)
+    monkeypatch.setattr("convnets.deploy.exported.can_write_in", lambda p: False)
     rc, _, err = cli(capsys, "predict", run, images[0], "--backend", "onnxruntime")
     assert rc == EXIT_USAGE
     one_error_line(err, "model.onnx", "sha256", "read-only")
@@ -280,7 +280,7 @@ def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, c
     assert probs(out) == probs(eager)
     # and the server does not start on it
     pytest.importorskip("starlette")
-    from convnets.exported import ExportMismatchError
+    from convnets.deploy.exported import ExportMismatchError
     from convnets.serve.app import open_model
 
     with pytest.raises(ExportMismatchError, match="read-only"):
@@ -290,7 +290,7 @@ def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, c
 def test_read_only_run_without_an_export_runs_on_pytorch(run, images, capsys, monkeypatch):
     (run / "model.onnx").unlink()
     (run / "export.json").unlink()
-    monkeypatch.setattr("convnets.exported.can_write_in", lambda p: False)
+    monkeypatch.setattr("convnets.deploy.exported.can_write_in", lambda p: False)
     rc, out, err = cli(capsys, "predict", run, images[0])
     assert rc == 0, err
     assert "running PyTorch" in err and "Traceback" not in err and out.strip()
@@ -298,7 +298,7 @@ def test_read_only_run_without_an_export_runs_on_pytorch(run, images, capsys, mo
 
 
 def test_an_int8_file_that_is_not_the_checked_one_is_refused(run):
-    from convnets.exported import EngineError, ExportInfo, Int8Info, make_engine
+    from convnets.deploy.exported import EngineError, ExportInfo, Int8Info, make_engine
 
     info = ExportInfo.read(run)
     info.int8 = Int8Info(info.weights_sha256, "q", 4, 4, 0.5, 0.5, 1.0, 1.0, int8_sha256="0" * 64)
@@ -359,7 +359,7 @@ def test_export_opset_out_of_range(run, capsys, opset):
 
 
 def test_export_negative_atol_is_refused_before_the_export(run, tmp_path, capsys):
-    from convnets.export import export_run
+    from convnets.deploy.export import export_run
 
     rc, _, err = cli(capsys, "export", run, "--atol", "-1", "--out", tmp_path / "m.onnx")
     assert rc == EXIT_USAGE and "--atol" in err

@@ -1,4 +1,4 @@
-"""convnets.inference: BatchNorm folding keeps the outputs, the fast path keeps the model usable."""
+"""convnets.accel.inference: BatchNorm folding keeps the outputs, the fast path keeps the model usable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from convnets.inference import count_batchnorm, fold_batchnorm, predict_batch, prepare_for_inference
+from convnets.accel.inference import count_batchnorm, fold_batchnorm, predict_batch, prepare_for_inference
 from convnets.models.registry import create_model
 
 
@@ -176,7 +176,7 @@ def _small_resnet() -> nn.Module:
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript", "eager"])
 def test_every_backend_matches_the_eager_model_and_leaves_it_untouched(backend):
     pytest.importorskip("onnxruntime")
-    from convnets.inference import backend_of, inference_module
+    from convnets.accel.inference import backend_of, inference_module
 
     model = _small_resnet()
     x = torch.randn(3, 3, 32, 32)
@@ -192,7 +192,7 @@ def test_auto_prefers_onnxruntime_and_falls_back_to_torchscript(monkeypatch):
     import importlib.util
     import sys
 
-    from convnets.inference import backend_of, inference_module
+    from convnets.accel.inference import backend_of, inference_module
 
     model, x = _small_resnet(), torch.randn(1, 3, 32, 32)
     if importlib.util.find_spec("onnxruntime") is not None:
@@ -205,7 +205,7 @@ def test_auto_prefers_onnxruntime_and_falls_back_to_torchscript(monkeypatch):
 
 def test_a_session_that_disagrees_with_the_model_is_refused(monkeypatch):
     pytest.importorskip("onnxruntime")
-    from convnets.inference import OnnxRuntimeModule, backend_of, inference_module
+    from convnets.accel.inference import OnnxRuntimeModule, backend_of, inference_module
 
     model, x = _small_resnet(), torch.randn(1, 3, 32, 32)
     monkeypatch.setattr(OnnxRuntimeModule, "__init__", _init_with_atol(OnnxRuntimeModule.__init__, -1.0))
@@ -224,7 +224,7 @@ def _init_with_atol(init, atol):
 
 def test_onnxruntime_module_takes_any_batch_and_a_new_image_size():
     pytest.importorskip("onnxruntime")
-    from convnets.inference import OnnxRuntimeModule
+    from convnets.accel.inference import OnnxRuntimeModule
 
     model = _small_resnet()
     runner = OnnxRuntimeModule(model)
@@ -238,22 +238,22 @@ def test_onnxruntime_module_takes_any_batch_and_a_new_image_size():
 
 
 def test_cli_backend_choices_are_the_librarys():
+    from convnets.accel.inference import BACKENDS
     from convnets.cli import build_parser
-    from convnets.inference import BACKENDS
 
     parser = build_parser()
     args = parser.parse_args(["predict", "run", "img.png", "--backend", "eager"])
     assert args.backend == "eager"
-    from convnets.backends import BACKEND_CHOICES, TORCH_PATH_CHOICES
+    from convnets.base.choices import BACKEND_CHOICES, TORCH_PATH_CHOICES
 
     def choices(command: str) -> tuple[str, ...]:
         sub = parser._subparsers._group_actions[0].choices[command]
         return tuple(next(a for a in sub._actions if a.dest == "backend").choices)
 
     assert choices("evaluate") == TORCH_PATH_CHOICES == BACKENDS
-    # predict also runs the exported model on OpenVINO / int8 (convnets.exported)
+    # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.exported)
     assert choices("predict") == BACKEND_CHOICES and set(BACKENDS) <= set(BACKEND_CHOICES)
     with pytest.raises(ValueError, match="unknown inference backend"):
-        from convnets.inference import inference_module
+        from convnets.accel.inference import inference_module
 
         inference_module(_small_resnet(), backend="tensorrt")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from convnets.cli import main
-from convnets.pick import candidates, pick
+from convnets.studies.pick import candidates, pick
 
 
 def test_candidate_table_has_every_width_and_resolution_with_a_source():

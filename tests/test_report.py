@@ -60,8 +60,16 @@ def test_report_is_self_contained_and_complete(lenet_run, tmp_path):
     assert len(sources) >= 6
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing to fetch
-    for text in ("Training curves", "Confusion matrix", "Sample predictions", "Per-class metrics", "Cost",
-                 "Options", "10,164", "true: dark"):  # fmt: skip  (10,164 = F6: 120 x 84 + 84)
+    for text in (
+        "Training curves",
+        "Confusion matrix",
+        "Sample predictions",
+        "Per-class metrics",
+        "Cost",
+        "Options",
+        "10,164",
+        "true: dark",
+    ):  # fmt: skip  (10,164 = F6: 120 x 84 + 84)
         assert text in page, text
 
 

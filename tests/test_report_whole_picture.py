@@ -13,9 +13,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from convnets import create_model
-from convnets import plots as plots_module
+from convnets.base import plots as plots_module
 from convnets.cli import main
-from convnets.evaluate import SampleDraw, _Batch
+from convnets.deploy.evaluate import SampleDraw, _Batch
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -286,7 +286,7 @@ def test_a_runs_top_losses_are_items(planted, tmp_path):
     import torch
 
     from convnets import create_model
-    from convnets.runs import DataSource, RunConfig
+    from convnets.base.runs import DataSource, RunConfig
     from convnets.weights import save_state_dict
 
     torch.manual_seed(0)

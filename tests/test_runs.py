@@ -1,4 +1,4 @@
-"""The run folder's contract (convnets.runs): old folders still load, bad ones fail with a clear error.
+"""The run folder's contract (convnets.base.runs): old folders still load, bad ones fail with a clear error.
 
 ``tests/fixtures/run_lenet5_v0`` was written by ``convnets train digits --model lenet5 --epochs 1``
 with the code as it was before config.json had an owner (no schema_version): it must keep loading
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnets.runs import SCHEMA_VERSION, RunConfig, RunFolderError
+from convnets.base.runs import SCHEMA_VERSION, RunConfig, RunFolderError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_lenet5_v0"
 
@@ -62,7 +62,7 @@ def test_pre_refactor_run_folder_reads_as_a_run_config():
 def test_pre_refactor_run_predicts_as_before(tmp_path, backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
-    from convnets.predictor import predict
+    from convnets.deploy.predictor import predict
 
     rows = predict(FIXTURE, _digit_images(tmp_path / "imgs"), top_k=3, backend=backend)
     got = {Path(r.file).name: [(c.label, c.prob) for c in r.top] for r in rows}
@@ -73,7 +73,7 @@ def test_pre_refactor_run_predicts_as_before(tmp_path, backend):
 
 
 def test_pre_refactor_run_reproduces_its_validation_accuracy():
-    from convnets.evaluate import evaluate
+    from convnets.deploy.evaluate import evaluate
 
     config = RunConfig.read(FIXTURE)
     result = evaluate(FIXTURE, "digits", backend="eager")
@@ -127,7 +127,7 @@ def test_clear_errors_for_folders_that_are_not_runs(tmp_path):
 
 
 def test_a_run_from_a_newer_convnets_is_refused_with_a_message(tmp_path):
-    from convnets.predictor import Classifier
+    from convnets.deploy.predictor import Classifier
     from convnets.weights import WeightsError
 
     run = tmp_path / "run"
@@ -153,7 +153,7 @@ def test_missing_weights_are_reported(tmp_path):
 def test_cli_modules_and_option_lists_import_without_torch():
     code = (
         "import sys\n"
-        "import convnets.runs, convnets.predictions, convnets.plots, convnets.data.images\n"
+        "import convnets.base.runs, convnets.base.predictions, convnets.base.plots, convnets.data.images\n"
         "from convnets.cli import build_parser\n"
         "build_parser()\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -164,10 +164,10 @@ def test_cli_modules_and_option_lists_import_without_torch():
 def test_cli_option_lists_come_from_the_library():
     import dataclasses
 
+    from convnets.accel.inference import BACKENDS
     from convnets.cli import build_parser
     from convnets.cli.train import OPTION_NAMES
-    from convnets.inference import BACKENDS
-    from convnets.predictor import TTA_MODES
+    from convnets.deploy.predictor import TTA_MODES
     from convnets.train.options import TrainOptions
 
     assert OPTION_NAMES == tuple(f.name for f in dataclasses.fields(TrainOptions))
@@ -175,12 +175,12 @@ def test_cli_option_lists_come_from_the_library():
     args = parser.parse_args(["train", "digits", "--out", "x"])
     assert all(hasattr(args, name) for name in OPTION_NAMES)  # every option has a flag
     sub = next(a for a in parser._actions if a.dest == "command").choices
-    from convnets.backends import BACKEND_CHOICES
+    from convnets.base.choices import BACKEND_CHOICES
 
     for command, backends in (("predict", BACKEND_CHOICES), ("evaluate", BACKENDS)):
         actions = {a.dest: a for a in sub[command]._actions}
         assert tuple(actions["tta"].choices) == TTA_MODES
-        # predict also runs the exported model on OpenVINO / int8 (convnets.exported)
+        # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.exported)
         assert tuple(actions["backend"].choices) == backends
 
 
@@ -208,7 +208,7 @@ def test_run_files_follow_the_umask(tmp_path, umask):
     import os
     import stat
 
-    from convnets.atomic import atomic_write_bytes, current_umask
+    from convnets.base.atomic import atomic_write_bytes, current_umask
 
     previous = os.umask(umask)
     try:

@@ -4,17 +4,17 @@ import os
 import subprocess
 import sys
 
-from convnets import runtime
+from convnets.base import runtime
 
 
 def test_tune_malloc_applies_in_a_fresh_process():
-    code = "from convnets.runtime import tune_malloc; print(tune_malloc(), tune_malloc())"
+    code = "from convnets.base.runtime import tune_malloc; print(tune_malloc(), tune_malloc())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"]
 
 
 def test_tune_malloc_respects_opt_out():
-    code = "from convnets.runtime import tune_malloc; print(tune_malloc())"
+    code = "from convnets.base.runtime import tune_malloc; print(tune_malloc())"
     env = {**os.environ, "CONVNETS_MALLOC_TUNING": "0"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
@@ -28,8 +28,8 @@ def test_describe_cpu_fields():
 def test_channels_last_for_depthwise_models_and_on_avx512(monkeypatch):
     import torch
 
+    from convnets.base.runtime import prefers_channels_last
     from convnets.models import create_model
-    from convnets.runtime import prefers_channels_last
 
     for isa, dense in (("AVX2", False), ("AVX512", True), ("DEFAULT", False)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda isa=isa: isa)

@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from serve_helpers import CLASSES, child_env, image_bytes, make_run, png_bomb  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from convnets.exported import ExportedModel  # noqa: E402
+from convnets.deploy.exported import ExportedModel  # noqa: E402
 from convnets.serve import create_app  # noqa: E402
 
 
@@ -218,7 +218,7 @@ def test_api_key(run_dir):
 
 
 def test_bad_run_folder_is_refused_at_once(tmp_path):
-    from convnets.runs import RunFolderError
+    from convnets.base.runs import RunFolderError
 
     with pytest.raises(RunFolderError, match="not a run folder"):
         create_app(tmp_path)
@@ -264,7 +264,7 @@ def test_predict_cli_gives_the_same_probabilities(run_dir, tmp_path, capsys):
         path.write_bytes(image_bytes(200 + i))
         paths.append(path)
     # One engine for both: under auto a 3-image `predict` runs ONNX Runtime fp32 while a server on an
-    # AMX CPU runs OpenVINO bf16 (convnets.exported), whose probabilities differ in the 5th decimal.
+    # AMX CPU runs OpenVINO bf16 (convnets.deploy.exported), whose probabilities differ in the 5th decimal.
     cli = ["predict", str(run_dir), *map(str, paths), "--json", "--top-k", "3", "--backend", "onnxruntime"]
     assert main(cli) == 0
     cli_rows = json.loads(capsys.readouterr().out)
@@ -314,7 +314,7 @@ def test_cost_is_computed_in_a_child_process_when_missing(run_dir, tmp_path):
     the file it writes."""
     import shutil
 
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
     from convnets.serve.model_info import read_cost, start_cost_job
 
     run = tmp_path / "run"
@@ -385,7 +385,7 @@ def test_extreme_aspect_and_decode_bombs_are_cheap_rows(run_dir, tmp_path):
 
     from test_data_bounds import blank_png
 
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
 
     crop_run = shutil.copytree(run_dir, tmp_path / "crop_run")  # the repro's mode: centre crop
     config = RunConfig.read(crop_run)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from train_shapes import SHAPES, make_shapes
 
+from convnets.base.runs import RunConfig
 from convnets.cli import main
-from convnets.runs import RunConfig
 
 CONTRACT_KEYS = {
     "model",
@@ -94,7 +94,7 @@ def test_run_folder_files_and_config_contract(trained, shapes):
     assert RunConfig.read(run_dir).split == split
     assert config["options"]["epochs"] == 8 and config["options"]["lr"] == 3e-3
     # lenet5 has no depthwise convolutions: NCHW unless the CPU has AVX-512 (measured); CUDA fp32: NCHW.
-    from convnets.runtime import prefers_channels_last
+    from convnets.base.runtime import prefers_channels_last
 
     expected_cl = not torch.cuda.is_available() and prefers_channels_last(nn.Conv2d(1, 1, 1))
     assert config["options"]["optimizer"] == "adamw" and config["options"]["channels_last"] is expected_cl
@@ -183,7 +183,7 @@ def test_cli_refuses_invalid_combinations(args, option, shapes, tmp_path, capsys
 
 
 def test_bf16_refused_without_native_support(shapes, tmp_path, capsys):
-    from convnets.runtime import cpu_has_native_bf16
+    from convnets.base.runtime import cpu_has_native_bf16
 
     if cpu_has_native_bf16():
         pytest.skip("this CPU has native bf16")

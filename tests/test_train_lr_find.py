@@ -9,9 +9,9 @@ import pytest
 import torch
 from train_shapes import make_shapes
 
+from convnets.base.runs import RunConfig
 from convnets.cli import main
 from convnets.models import create_model
-from convnets.runs import RunConfig
 from convnets.train import train
 from convnets.train.api import build_trainer
 from convnets.train.lr_find import LRCurve, lr_schedule, phase_range_test, range_test, suggest
@@ -141,8 +141,18 @@ def test_fine_tune_phase_gets_its_own_range_test(tmp_path, one_thread, monkeypat
     save_state_dict(create_model("resnet20", num_classes=10), ckpt)
     data = make_shapes(tmp_path / "shapes", per_class=8, size=16)
     train(
-        data, model="resnet20", out=tmp_path / "run", weights=str(ckpt), fine_tune_last=1, epochs=1,
-        fine_tune_epochs=1, lr="auto", fine_tune_lr_scale="auto", workers=0, quiet=True, device="cpu",
+        data,
+        model="resnet20",
+        out=tmp_path / "run",
+        weights=str(ckpt),
+        fine_tune_last=1,
+        epochs=1,
+        fine_tune_epochs=1,
+        lr="auto",
+        fine_tune_lr_scale="auto",
+        workers=0,
+        quiet=True,
+        device="cpu",
     )
     config = RunConfig.read(tmp_path / "run")
     assert [r["phase"] for r in config.lr_find] == ["head", "finetune"]

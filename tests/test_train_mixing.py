@@ -9,9 +9,9 @@ import pytest
 import torch
 from train_shapes import make_shapes
 
+from convnets.base.runs import RunConfig
 from convnets.data.augment import PRESETS, batch_ops, parse_ops, sample_ops
 from convnets.models.lenet import LeNet5
-from convnets.runs import RunConfig
 from convnets.train import TrainingInterrupted, train
 from convnets.train.mixing import BatchMixer, batch_mixer, mixed_targets
 

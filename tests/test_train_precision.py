@@ -13,7 +13,7 @@ import pytest
 import torch
 from train_shapes import make_shapes
 
-from convnets import runtime
+from convnets.base import runtime
 from convnets.models import create_model
 from convnets.train import train
 
@@ -65,7 +65,7 @@ def test_auto_precision_on_cuda_asks_for_native_bf16(monkeypatch, native, expect
 
 
 def test_cpu_flags_reader_is_torch_free():
-    code = "import sys, convnets.runtime as r; r.cpu_has_amx_bf16(); print('torch' in sys.modules)"
+    code = "import sys, convnets.base.runtime as r; r.cpu_has_amx_bf16(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -112,7 +112,7 @@ def test_auto_on_cuda_trains_and_records(shapes, tmp_path):
 def test_progress_into_a_log_file_is_one_line_per_epoch(shapes, tmp_path):
     """stdout and stderr into a file (CI, nohup): no carriage-return progress frames."""
     log = tmp_path / "train.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(runtime.__file__).parents[1]), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(runtime.__file__).parents[2]), *sys.path])}
     with open(log, "w") as f:
         subprocess.run(
             [sys.executable, "-m", "convnets", "train", str(shapes), "--model", "lenet5", "--out",

@@ -115,8 +115,18 @@ def test_fast_recipe_trains_and_resumes_with_its_recipe_named(tmp_path, one_thre
 
     data = make_shapes(tmp_path / "shapes", per_class=16, size=16)
     run = tmp_path / "run"
-    train(str(data), model="cifar_resnet", model_kwargs={"depth": 8}, out=run, recipe="fast", epochs=1,
-          batch_size=16, image_size=16, workers=0, quiet=True)
+    train(
+        str(data),
+        model="cifar_resnet",
+        model_kwargs={"depth": 8},
+        out=run,
+        recipe="fast",
+        epochs=1,
+        batch_size=16,
+        image_size=16,
+        workers=0,
+        quiet=True,
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["schedule"] == "onecycle" and config["options"]["label_smoothing"] == 0.1
     assert config["options"]["channels_last"] is True and config["recipe"]["name"] == "fast"

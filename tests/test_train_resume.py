@@ -85,8 +85,8 @@ def test_interrupt_then_resume_equals_uninterrupted_run(shapes, tmp_path):
 def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, monkeypatch):
     """bf16 on CPU picks each convolution gradient's way by timing (train/bf16_backward.py); last.pt
     keeps the picks, so a resumed run whose own timings would pick otherwise gives the same bits."""
-    from convnets.runtime import cpu_has_native_bf16
-    from convnets.train import bf16_backward as bb
+    from convnets.accel import bf16_backward as bb
+    from convnets.base.runtime import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         pytest.skip("--precision bf16 needs a CPU with native bf16")
@@ -110,7 +110,7 @@ def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, mo
 
 
 def _pick(way):
-    from convnets.train import bf16_backward as bb
+    from convnets.accel import bf16_backward as bb
 
     return staticmethod(lambda ways: way if way in ways else bb.BF16)
 
@@ -118,8 +118,8 @@ def _pick(way):
 def test_bf16_runs_with_one_seed_take_this_machines_picks(shapes, tmp_path, monkeypatch):
     """A second fresh run reads the picks the first made on this machine (cache_root()/bf16_backward),
     so the two are bit-identical although the second's own timings would pick otherwise."""
-    from convnets.runtime import cpu_has_native_bf16
-    from convnets.train import bf16_backward as bb
+    from convnets.accel import bf16_backward as bb
+    from convnets.base.runtime import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         pytest.skip("--precision bf16 needs a CPU with native bf16")
@@ -202,10 +202,10 @@ def test_sigterm_exits_143_and_kill9_resumes_from_last_epoch(shapes, tmp_path):
 
 _KILL_MID_SAVE = """
 import os, signal, sys, torch
-import convnets.atomic
+import convnets.base.atomic
 import convnets.train.checkpoint as ckpt
 # die after writing, before the rename
-convnets.atomic.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+convnets.base.atomic.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
 ckpt.atomic_torch_save({"version": torch.full((1000,), 2.0)}, sys.argv[1])
 """
 
@@ -221,7 +221,7 @@ def test_atomic_checkpoint_survives_a_kill_mid_save(tmp_path):
 
 
 def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
-    import convnets.atomic
+    import convnets.base.atomic
 
     path = tmp_path / "last.pt"
     atomic_torch_save({"v": 1}, path)
@@ -229,7 +229,7 @@ def test_failed_save_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
     def broken(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convnets.atomic.os, "replace", broken)
+    monkeypatch.setattr(convnets.base.atomic.os, "replace", broken)
     with pytest.raises(OSError):
         atomic_torch_save({"v": 2}, path)
     assert torch.load(path, weights_only=True) == {"v": 1}

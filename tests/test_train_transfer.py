@@ -214,9 +214,9 @@ def test_head_only_run_fits_the_ood_detector_on_its_cached_features(pretrained, 
     images) and equals the one fitted afterwards by running the saved model over the run's split."""
     import numpy as np
 
-    import convnets.trust as trust
-    from convnets.ood import OODDetector
-    from convnets.runs import RunConfig
+    import convnets.trust.fit as trust
+    from convnets.base.runs import RunConfig
+    from convnets.trust.ood import OODDetector
 
     ckpt, shapes = pretrained
     run = tmp_path / "run"

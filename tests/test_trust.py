@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convnets.calibration import (
+from convnets.base.predictions import softmax
+from convnets.trust.calibration import (
     Calibration,
     apply_temperature,
     expected_calibration_error,
@@ -18,8 +19,7 @@ from convnets.calibration import (
     nll,
     reliability,
 )
-from convnets.ood import OODDetector
-from convnets.predictions import softmax
+from convnets.trust.ood import OODDetector
 
 
 def _overconfident(n: int = 2000, seed: int = 0):
@@ -72,7 +72,7 @@ def test_no_mistakes_leaves_the_temperature_at_one():
 def test_shrunk_precision_equals_scikit_learns_ledoit_wolf(n, p):
     from sklearn.covariance import LedoitWolf
 
-    from convnets.ood import shrunk_precision
+    from convnets.trust.ood import shrunk_precision
 
     rng = np.random.default_rng(n)
     x = rng.normal(0, 1, (n, p)) @ rng.normal(0, 1, (p, p)) / np.sqrt(p)  # correlated features
@@ -91,7 +91,7 @@ def test_ood_detector_on_gaussian_clusters(tmp_path):
     far = rng.normal(0, 1, (100, 16)) + np.array([-4.0] * 16)  # the opposite direction
     assert (det.score(far) > det.threshold).mean() > 0.95
 
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
 
     det2 = OODDetector.load(tmp_path, det.save(tmp_path))
     assert np.allclose(det2.score(far), det.score(far))
@@ -167,8 +167,8 @@ def test_training_fits_the_detector_on_its_own_images_as_a_refit_from_disk_does(
     folder. Both must see the same images the same way."""
     import shutil
 
-    from convnets.runs import RunConfig
-    from convnets.trust import calibrate_run
+    from convnets.base.runs import RunConfig
+    from convnets.trust.fit import calibrate_run
 
     run = tmp_path / "run"
     shutil.copytree(patch_run / "run", run)
@@ -182,10 +182,10 @@ def test_training_fits_the_detector_on_its_own_images_as_a_refit_from_disk_does(
 
 
 def test_ood_flags_a_third_kind_and_passes_the_runs_own_images(patch_run):
+    from convnets.base.runs import RunConfig
     from convnets.data.images import read_image, to_input
-    from convnets.ood import features_and_logits
-    from convnets.runs import RunConfig
-    from convnets.trust import calibrate_run, split_features
+    from convnets.trust.fit import calibrate_run, split_features
+    from convnets.trust.ood import features_and_logits
     from convnets.weights import load_run
 
     run = patch_run / "run"
@@ -220,7 +220,7 @@ def _png_bytes(a):
 
 
 def test_error_analysis_by_hand():
-    from convnets.analysis import balanced_accuracy, macro_f1, most_confused, top_losses
+    from convnets.trust.analysis import balanced_accuracy, macro_f1, most_confused, top_losses
 
     # true a: 8 right, 2 called b; true b: 1 right, 1 called c; true c: 0 images; one b called c.
     cm = [[8, 2, 0], [0, 1, 1], [0, 0, 0]]
@@ -238,12 +238,12 @@ def test_error_analysis_by_hand():
 
 def test_exported_model_gives_the_same_features_and_flags(patch_run):
     pytest.importorskip("onnxruntime")
+    from convnets.base.predictions import Prediction
+    from convnets.base.runs import RunConfig
     from convnets.data.images import read_image, to_input
-    from convnets.exported import ensure_exported
-    from convnets.ood import FeatureSession, features_and_logits
-    from convnets.predictions import Prediction
-    from convnets.runs import RunConfig
-    from convnets.trust import annotate_exported, calibrate_run
+    from convnets.deploy.exported import ensure_exported
+    from convnets.trust.fit import annotate_exported, calibrate_run
+    from convnets.trust.ood import FeatureSession, features_and_logits
     from convnets.weights import load_run
 
     run = patch_run / "run"
@@ -272,7 +272,7 @@ def test_feature_output_name_in_float_and_int8_graphs():
     onnx = pytest.importorskip("onnx")
     from onnx import helper
 
-    from convnets.ood import feature_output_name
+    from convnets.trust.ood import feature_output_name
 
     def graph(nodes, out):
         output = helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
@@ -294,8 +294,14 @@ def test_feature_output_name_in_float_and_int8_graphs():
     q1, pooled = qdq("pool", "p")
     q2, flat = qdq("flat", "f")
     q3, logits = qdq("gemm", "l")
-    int8 = [pool, *q1, helper.make_node("Flatten", [pooled], ["flat"]), *q2,
-            helper.make_node("Gemm", [flat, "w", "b"], ["gemm"]), *q3]
+    int8 = [
+        pool,
+        *q1,
+        helper.make_node("Flatten", [pooled], ["flat"]),
+        *q2,
+        helper.make_node("Gemm", [flat, "w", "b"], ["gemm"]),
+        *q3,
+    ]
     assert feature_output_name(graph(int8, logits)) == "pool"  # the float pool, before any rounding
     with pytest.raises(ValueError, match="final Linear"):
         feature_output_name(graph([pool], "pool"))
@@ -306,10 +312,10 @@ def test_engines_give_the_detectors_features_in_the_same_pass(patch_run, backend
     pytest.importorskip("onnxruntime")
     if backend == "openvino":
         pytest.importorskip("openvino")
+    from convnets.base.runs import RunConfig
     from convnets.data.images import read_image
-    from convnets.exported import ExportedModel, ensure_exported, pixels_of
-    from convnets.ood import FeatureSession
-    from convnets.runs import RunConfig
+    from convnets.deploy.exported import ExportedModel, ensure_exported, pixels_of
+    from convnets.trust.ood import FeatureSession
 
     run = patch_run / "run"
     config = RunConfig.read(run)
@@ -329,9 +335,9 @@ def test_served_rows_carry_the_ood_field(patch_run):
     pytest.importorskip("httpx")
     from starlette.testclient import TestClient
 
-    from convnets.runs import RunConfig
+    from convnets.base.runs import RunConfig
     from convnets.serve import create_app
-    from convnets.trust import calibrate_run
+    from convnets.trust.fit import calibrate_run
 
     run = patch_run / "run"
     if RunConfig.read(run).ood is None:
@@ -351,8 +357,8 @@ def test_server_answers_without_the_field_when_the_graph_gives_no_features(patch
     pytest.importorskip("httpx")
     from starlette.testclient import TestClient
 
-    from convnets import ood
     from convnets.serve import create_app
+    from convnets.trust import ood
 
     def no_linear(path):
         raise ValueError("the logits do not come from a final Linear layer")
@@ -370,8 +376,8 @@ def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
     """End to end through the CLI: train fitted the detector; predict flags a third kind (torch and
     exported paths), --reject-ood answers unknown, evaluate --calibrate stores a temperature that
     predict then applies."""
+    from convnets.base.runs import RunConfig
     from convnets.cli import main
-    from convnets.runs import RunConfig
 
     run = patch_run / "run"
     others = _third_kind(patch_run / "others_cli", n=3)
@@ -404,7 +410,7 @@ def test_predict_and_evaluate_flag_calibrate_and_reject(patch_run, capsys):
 
     assert metrics["top_losses"] and all(Path(t["id"]).is_file() for t in metrics["top_losses"])
     after = json.loads(_run_cli(main, capsys, one))
-    from convnets.calibration import apply_temperature
+    from convnets.trust.calibration import apply_temperature
 
     p = before[0]["top"][0]["prob"]
     expected = apply_temperature(np.array([[p, 1 - p]]), config.temperature)[0, 0]

@@ -176,6 +176,7 @@ class ConvBlock(_Bottleneck):
             stride_in_1x1=stride_in_1x1,
         )
 
+
 # --- Inception module (GoogLeNet) -------------------------------------------------------------
 
 
@@ -243,6 +244,7 @@ class InceptionModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], dim=1)
+
 
 # --- Depthwise-separable (MobileNet v1), InvertedResidual (v2), SqueezeExcitation, MBConv ------
 

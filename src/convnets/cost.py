@@ -408,7 +408,7 @@ def compare_cost(
 
 def plot_compare(rows: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
     """Bar charts of params, multiply-adds and latency side by side, written to a PNG."""
-    from .plots import pyplot, save_figure
+    from .base.plots import pyplot, save_figure
 
     plt = pyplot()
     names = [r["model"] for r in rows]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from .base.atomic import atomic_write_text
+from .base.plots import plot_confusion_matrix, plot_curves, plot_image_grid
+from .base.runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
 from .data.decode import resize_name
-from .plots import plot_confusion_matrix, plot_curves, plot_image_grid
-from .predictor import Classifier
-from .runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
+from .deploy.predictor import Classifier
 
 __all__ = ["report"]
 
@@ -121,8 +121,8 @@ def _thumb_grid(rows: list[dict], kind: str) -> str:
 
 def _trust_sections(result, clf: Classifier) -> list[str]:
     """Why the worst mistakes happened (Grad-CAM), error analysis, calibration, unfamiliar inputs."""
-    from .calibration import Reliability, plot_reliability
-    from .explain import overlays
+    from .trust.calibration import Reliability, plot_reliability
+    from .trust.explain import overlays
 
     m, parts = result.metrics, []
     if result.mistake_images:
@@ -189,7 +189,7 @@ def report(
 ) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
     from .cost import format_count, model_cost
-    from .evaluate import evaluate
+    from .deploy.evaluate import evaluate
 
     run_dir = Path(run_dir)
     clf = Classifier.from_run(run_dir, backend=backend)

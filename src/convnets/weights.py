@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .errors import ConvnetsError, error_text
+from .base.atomic import atomic_write
+from .base.errors import ConvnetsError, error_text
+from .base.runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, RunFolderError
 from .models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
-from .runs import CONFIG_FILE, WEIGHTS_FILE, RunConfig, RunFolderError
 
 __all__ = [
     "CheckpointMismatchError",
@@ -60,7 +60,7 @@ class WeightsError(ConvnetsError, ValueError):
 
 class RunLoadError(WeightsError, RunFolderError):
     """A run folder that cannot be loaded (missing, not a run, bad config.json, newer schema): a
-    :class:`~convnets.runs.RunFolderError` that ``load_run``'s callers may also catch as a WeightsError."""
+    ``RunFolderError`` that ``load_run``'s callers may also catch as a WeightsError."""
 
 
 class CheckpointMismatchError(WeightsError):

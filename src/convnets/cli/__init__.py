@@ -12,8 +12,12 @@ import sys
 import traceback
 import warnings
 
-from ..backends import BACKEND_CHOICES, TORCH_PATH_CHOICES, TTA_MODES  # imports nothing: --help stays fast
-from ..errors import (  # noqa: F401 (error_text: for the command modules)
+from ..base.choices import (  # imports nothing: --help stays fast
+    BACKEND_CHOICES,
+    TORCH_PATH_CHOICES,
+    TTA_MODES,
+)
+from ..base.errors import (  # noqa: F401 (error_text: for the command modules)
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -119,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the one place where failures become a line on stderr and an exit code
-    (convnets.errors: 0 done, 1 partial, 2 usage or expected failure, 3 internal error, 130 interrupted)."""
-    from ..runtime import tune_malloc
+    (base/errors.py: 0 done, 1 partial, 2 usage or expected failure, 3 internal error, 130 interrupted)."""
+    from ..base.runtime import tune_malloc
 
     tune_malloc()  # before the first big tensor is allocated; see runtime.py for the measurement
     argv = list(sys.argv[1:] if argv is None else argv)

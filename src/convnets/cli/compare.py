@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare
+    from ..studies.compare import compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     options = {

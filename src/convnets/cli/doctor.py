@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_label_issues is not None and args.max_label_issues < 0:
         raise CLIError(f"--max-label-issues: must be >= 0, got {args.max_label_issues}")
     if args.html:
-        from ..errors import output_file
+        from ..base.errors import output_file
 
         output_file(args.html, "--html")  # a folder there, or a read-only one: refused before the scan
     try:

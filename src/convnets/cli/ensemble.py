@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cost import format_count
-    from ..evaluate import evaluate_ensemble
+    from ..deploy.evaluate import evaluate_ensemble
 
     if len(args.items) < 3:
         raise CLIError("give at least two run folders and then DATA")

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
+    from ..deploy.evaluate import evaluate
 
     out = args.out if args.out is not None else Path(args.run_dir) / "eval"
     try:

@@ -56,13 +56,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "under OUT/runs/.",
     )
     d.add_argument("data", metavar="DATA", help="folder with one sub-folder per class, or a built-in name")
-    d.add_argument("--depths", type=_int_list, help="comma-separated 6n+2 depths (default 20,56; "
-                   "8,20,32,56 for digits)")
-    d.add_argument("--recipe", choices=tuple(RECIPES),
-                   help="train every network with a named recipe (he2015: the paper's CIFAR-10 recipe, "
-                   "milestones scaled to --epochs); options given explicitly win")
-    d.add_argument("--epochs", type=int, help="epochs per network, the budget (default: the recipe's, "
-                   "else 10)")
+    d.add_argument(
+        "--depths", type=_int_list, help="comma-separated 6n+2 depths (default 20,56; 8,20,32,56 for digits)"
+    )
+    d.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="train every network with a named recipe (he2015: the paper's CIFAR-10 recipe, "
+        "milestones scaled to --epochs); options given explicitly win",
+    )
+    d.add_argument(
+        "--epochs", type=int, help="epochs per network, the budget (default: the recipe's, else 10)"
+    )
     d.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     d.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
     d.add_argument("--batch-size", type=positive_int, help="(default: the recipe's, else 64)")
@@ -74,9 +79,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--device", help="auto|cpu|cuda|mps (default auto)")
     d.add_argument("--data-root", help="where built-in datasets are stored/downloaded")
     d.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    d.add_argument("--resume", action="store_true",
-                   help="continue the experiment in --out: finished models are kept, an interrupted one "
-                   "continues from its last.pt")
+    d.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the experiment in --out: finished models are kept, an interrupted one "
+        "continues from its last.pt",
+    )
     d.add_argument("--overwrite", action="store_true", help="start again over an experiment in --out")
     d.add_argument("--out", "-o", required=True, metavar="DIR")
     d.set_defaults(func=_run_depth)
@@ -89,9 +97,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(one value per layer per step) and gradients.md.",
     )
     g.add_argument("data", metavar="DATA", help="folder with one sub-folder per class, or a built-in name")
-    g.add_argument("--models", type=_name_list, default=["plain56", "resnet56"],
-                   help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 "
-                   "(default plain56,resnet56)")
+    g.add_argument(
+        "--models",
+        type=_name_list,
+        default=["plain56", "resnet56"],
+        help="comma-separated names: registered, or plainN/resnetN with N = 6n+2 (default plain56,resnet56)",
+    )
     g.add_argument("--steps", type=int, default=50, help="training steps to record (default 50)")
     g.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, momentum 0.9 (default 0.1)")
@@ -115,8 +126,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--base", default="plain8", help="network to insert into (default plain8)")
     i.add_argument("--epochs", type=int, default=4, help="epochs training the base (default 4)")
     i.add_argument("--extra-epochs", type=int, default=4, help="epochs after insertion (default 4)")
-    i.add_argument("--block-weight-decay", type=float, default=1.0,
-                   help="L2 on the inserted block (default 1.0)")
+    i.add_argument(
+        "--block-weight-decay", type=float, default=1.0, help="L2 on the inserted block (default 1.0)"
+    )
     i.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     i.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     i.add_argument("--in-chans", type=int, choices=(1, 3), help="default 1 for greyscale built-ins, else 3")
@@ -138,25 +150,41 @@ def _run_depth(args) -> int:
     import shlex
     import sys
 
-    from ..experiments import depth_experiment
+    from ..studies.experiments import depth_experiment
     from ..train import TrainConfigError, TrainingInterrupted
 
     _positive(args, "epochs", "batch_size", "image_size")
-    extra = {k: getattr(args, k) for k in ("val_split", "augment", "device", "data_root")
-             if getattr(args, k) is not None}
+    extra = {
+        k: getattr(args, k)
+        for k in ("val_split", "augment", "device", "data_root")
+        if getattr(args, k) is not None
+    }
     try:
         result = depth_experiment(
-            args.data, out=args.out, depths=args.depths, epochs=args.epochs, image_size=args.image_size,
-            in_chans=args.in_chans, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            recipe=args.recipe, seed=args.seed, quiet=args.quiet, resume=args.resume,
-            overwrite=args.overwrite, **extra,
+            args.data,
+            out=args.out,
+            depths=args.depths,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            in_chans=args.in_chans,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            recipe=args.recipe,
+            seed=args.seed,
+            quiet=args.quiet,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            **extra,
         )
     except (TrainConfigError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     except TrainingInterrupted as e:
         again = shlex.join(["convnets", "experiment", "depth", str(args.data), "--out", str(args.out)])
-        print(f"\n{e}\nresume the whole experiment (its settings are saved in --out) with:\n"
-              f"  {again} --resume", file=sys.stderr)
+        print(
+            f"\n{e}\nresume the whole experiment (its settings are saved in --out) with:\n  {again} --resume",
+            file=sys.stderr,
+        )
         return e.exit_code
     for line in result.verdict["sentences"]:
         print(line)
@@ -165,14 +193,23 @@ def _run_depth(args) -> int:
 
 
 def _run_gradients(args) -> int:
-    from ..experiments import gradient_experiment
+    from ..studies.experiments import gradient_experiment
 
     _positive(args, "steps", "batch_size", "image_size")
     try:
         gradient_experiment(
-            args.data, out=args.out, models=args.models, steps=args.steps, batch_size=args.batch_size,
-            lr=args.lr, plot_steps=args.plot_steps, image_size=args.image_size, in_chans=args.in_chans,
-            seed=args.seed, device=args.device, data_root=args.data_root,
+            args.data,
+            out=args.out,
+            models=args.models,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            plot_steps=args.plot_steps,
+            image_size=args.image_size,
+            in_chans=args.in_chans,
+            seed=args.seed,
+            device=args.device,
+            data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(error_text(e)) from None
@@ -181,14 +218,22 @@ def _run_gradients(args) -> int:
 
 
 def _run_identity(args) -> int:
-    from ..experiments import identity_experiment
+    from ..studies.experiments import identity_experiment
 
     _positive(args, "epochs", "extra_epochs", "image_size")
     try:
         identity_experiment(
-            args.data, out=args.out, base=args.base, epochs=args.epochs, extra_epochs=args.extra_epochs,
-            block_weight_decay=args.block_weight_decay, lr=args.lr, image_size=args.image_size,
-            in_chans=args.in_chans, seed=args.seed, data_root=args.data_root,
+            args.data,
+            out=args.out,
+            base=args.base,
+            epochs=args.epochs,
+            extra_epochs=args.extra_epochs,
+            block_weight_decay=args.block_weight_decay,
+            lr=args.lr,
+            image_size=args.image_size,
+            in_chans=args.in_chans,
+            seed=args.seed,
+            data_root=args.data_root,
         )
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(error_text(e)) from None

@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import explain_files
-    from ..runs import RunFolderError
+    from ..base.runs import RunFolderError
+    from ..trust.explain import explain_files
 
     try:
         rows = explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name, layer=args.layer)

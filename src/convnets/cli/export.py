@@ -47,8 +47,8 @@ def add_parser(subparsers) -> None:
 
 
 def run_int8(args: argparse.Namespace) -> int:
-    from ..quantize import QuantizationRefused, quantize_run
-    from ..runs import RunFolderError
+    from ..base.runs import RunFolderError
+    from ..deploy.quantize import QuantizationRefused, quantize_run
 
     if args.calibration_images < 1:
         raise CLIError("--calibration-images must be at least 1")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         if args.format != "onnx" or args.out is not None:
             raise CLIError("--int8 quantizes the run's own RUN_DIR/model.onnx: drop --format/--out")
         return run_int8(args)
-    from ..export import ExportError, export_run
+    from ..deploy.export import ExportError, export_run
 
     try:
         result = export_run(args.run_dir, args.format, args.out, atol=args.atol, opset=args.opset)

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pick import FAMILIES, pick
+    from ..studies.pick import FAMILIES, pick
 
     if args.latency_ms is None and args.max_params is None and args.max_macs is None:
         raise CLIError("give a budget: --latency-ms, --max-params and/or --max-macs")

@@ -41,9 +41,9 @@ def predict_exported(args: argparse.Namespace) -> list | None:
     import importlib.util
     from pathlib import Path
 
+    from ..base.runs import OOD_FILE
     from ..data.images import expand_paths
-    from ..exported import EngineError, ExportedModel, ExportMismatchError
-    from ..runs import OOD_FILE
+    from ..deploy.exported import EngineError, ExportedModel, ExportMismatchError
 
     if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
         return None
@@ -72,7 +72,7 @@ def predict_exported(args: argparse.Namespace) -> list | None:
             print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
             return None
         raise CLIError(str(e)) from e
-    from ..trust import RunTrust, annotate_exported
+    from ..trust.fit import RunTrust, annotate_exported
 
     trust = RunTrust.read(args.run_dir) if one_pass else None
     sources = [(f, f) for f in files]
@@ -83,7 +83,7 @@ def predict_exported(args: argparse.Namespace) -> list | None:
 
 
 def predict_torch(args: argparse.Namespace) -> list:
-    from ..predictor import predict
+    from ..deploy.predictor import predict
 
     try:
         results = predict(
@@ -97,7 +97,7 @@ def predict_torch(args: argparse.Namespace) -> list:
             reject_ood=args.reject_ood,
         )
         if args.explain:
-            from ..explain import explain_files
+            from ..trust.explain import explain_files
 
             good = [r.file for r in results if r.error is None]
             explain_files(args.run_dir, good, args.explain, option="--explain")
@@ -107,10 +107,10 @@ def predict_torch(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
+    from ..base.choices import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
 
     if args.explain:
-        from ..errors import output_dir
+        from ..base.errors import output_dir
 
         output_dir(args.explain, "--explain")  # before any model runs
     results = None
@@ -142,7 +142,7 @@ def print_results(results: list, args: argparse.Namespace) -> int:
                 flag = "  [ood]" if r.extra.get("ood", {}).get("flagged") else ""
                 print(f"{r.file}: " + ", ".join(f"{c.label} {c.prob:.3f}" for c in r.top) + flag)
         if any("ood" in r.extra for r in results):
-            from ..trust import ood_warning
+            from ..trust.fit import ood_warning
 
             warning = ood_warning(results)
             if warning:

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         from ..review import create_app, load_findings
     except ImportError as e:
         raise CLIError(f"review needs: pip install 'convnets[serve]' ({e})") from e
+    from ..base.runs import RunFolderError
     from ..doctor import DoctorError
-    from ..runs import RunFolderError
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     try:

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 
-from ..backends import EXPORTED_BACKENDS
+from ..base.choices import EXPORTED_BACKENDS
 from . import CLIError
 
 API_KEY_ENV = "CONVNETS_API_KEY"
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         from ..serve.app import open_model
     except ImportError as e:
         raise CLIError(f"serving needs: pip install 'convnets[serve]' ({e})") from e
-    from ..runs import RunConfig, RunFolderError, weights_path
+    from ..base.runs import RunConfig, RunFolderError, weights_path
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if not 0 <= args.port <= 65535:

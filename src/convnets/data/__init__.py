@@ -10,7 +10,7 @@ Public entry points (see docs/ARCHITECTURE.md, "Data"):
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from ..base.lazy import lazy_exports
 
 # Lazy (PEP 562): `convnets.data.decode` and `convnets.data.images` are torch-free, and importing
 # them must not pull in torch through this package's __init__ (the server and `predict` on an

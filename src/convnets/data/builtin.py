@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import cache_root
+from ..base.runtime import cache_root
 from .datasets import ArrayDataset, BaseDataset, PILDataset
 from .folder import DatasetError
 from .split import stratified_split

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..runtime import cache_root
+from ..base.runtime import cache_root
 from .decode import ImageReadError, cpu_count, fit, load_base, to_mode
 
 CACHE_MODES = (None, "auto", "memory", "disk")

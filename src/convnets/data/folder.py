@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConvnetsError
+from ..base.errors import ConvnetsError
 from .decode import ImageReadError, SkippedImageWarning, cpu_count, is_image_file, probe
 
 PRESPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}

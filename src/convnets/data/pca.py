@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime import cache_root
+from ..base.runtime import cache_root
 
 
 def _pixels(images: Iterable[np.ndarray], max_pixels_per_image: int = 4096) -> np.ndarray:

@@ -25,7 +25,7 @@ def augment_preview(
     data_root: str | os.PathLike | None = None,
 ) -> Path:
     """Write a grid PNG: one row per training image, its evaluation view then ``versions`` augmentations."""
-    from ..plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure
     from .pipeline import load_data
 
     plt = pyplot()

@@ -81,7 +81,7 @@ class ShardIndex:
     version: int = 1
 
     def write(self, folder: Path) -> Path:
-        from ..atomic import atomic_write_json
+        from ..base.atomic import atomic_write_json
 
         path = Path(folder) / INDEX_FILE
         atomic_write_json(path, asdict(self))

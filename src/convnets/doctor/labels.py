@@ -59,13 +59,20 @@ def assess(oof_accuracy: float, flagged: int, images: int, weights_given: bool) 
         return True, None
     why = []
     if oof_accuracy < MIN_TRUSTED_ACCURACY:
-        why.append(f"its model predicts only {oof_accuracy:.0%} of the images right out of fold "
-                   f"(trusted from {MIN_TRUSTED_ACCURACY:.0%})")
+        why.append(
+            f"its model predicts only {oof_accuracy:.0%} of the images right out of fold "
+            f"(trusted from {MIN_TRUSTED_ACCURACY:.0%})"
+        )
     if share > MAX_TRUSTED_FLAGGED:
-        why.append(f"it flags {flagged:,} of {images:,} images ({share:.0%}; real label noise is usually a "
-                   "few percent)")
-    hint = ("a stronger --weights/--model" if weights_given
-            else "pretrained features: --weights FILE (e.g. an ImageNet MobileNetV2)")
+        why.append(
+            f"it flags {flagged:,} of {images:,} images ({share:.0%}; real label noise is usually a "
+            "few percent)"
+        )
+    hint = (
+        "a stronger --weights/--model"
+        if weights_given
+        else "pretrained features: --weights FILE (e.g. an ImageNet MobileNetV2)"
+    )
     return False, (
         "too weak to trust: " + " and ".join(why) + ", so most flags are the check's own mistakes, "
         f"not label errors. Review only the top of the list, or rerun with {hint}"

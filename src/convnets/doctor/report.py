@@ -265,7 +265,7 @@ class DoctorReport:
 
     def write_html(self, path: str | os.PathLike, max_items: int = 200) -> Path:
         """A single self-contained page (inline CSS, base64 JPEG thumbnails, no external links)."""
-        from ..atomic import atomic_write_text
+        from ..base.atomic import atomic_write_text
 
         e = html.escape
         s = self.summary()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..base.errors import ConvnetsError
 from ..data.decode import (
     ImageReadError,
     SkippedImageWarning,
@@ -35,7 +36,6 @@ from ..data.decode import (
     to_mode,
 )
 from ..data.folder import DatasetError, find_presplit, scan_folder
-from ..errors import ConvnetsError
 
 GREY_SIZE = 64  # grey thumbnail side for hashing and near-duplicate checks
 RGB_SIZE = 32  # colour thumbnail side for the quick label model
@@ -125,7 +125,7 @@ def folder_source(name: str, folder: str | os.PathLike) -> SplitSource:
 
 def run_sources(run_dir: str | os.PathLike) -> list[SplitSource]:
     """The train and val files a run used, from its saved split (``RunConfig.split``)."""
-    from ..runs import RunConfig, RunFolderError
+    from ..base.runs import RunConfig, RunFolderError
 
     try:
         config = RunConfig.read(run_dir)
@@ -165,7 +165,7 @@ def resolve_sources(
 ) -> list[SplitSource]:
     """``data`` as a run folder, an already split root (train/ + val/ or test/), or a train folder
     with optional ``val`` and ``test`` folders."""
-    from ..runs import is_run_dir
+    from ..base.runs import is_run_dir
 
     data = Path(data)
     if not data.exists():

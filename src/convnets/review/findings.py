@@ -103,8 +103,8 @@ def run_top_losses(run_dir: str | os.PathLike, folder: DataFolder, k: int = 24) 
     """A run's ``k`` highest-loss images among DATA's files (wrong and confident first), as fastai's
     ImageClassifierCleaner shows them: the run's validation split when DATA is its data, else every
     image of DATA (its classes must be the run's)."""
-    from ..evaluate import evaluate
-    from ..runs import RunConfig
+    from ..base.runs import RunConfig
+    from ..deploy.evaluate import evaluate
 
     config = RunConfig.read(run_dir)
     source = config.data.source if config.data is not None else None

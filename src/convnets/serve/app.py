@@ -3,7 +3,7 @@
 ``create_app(run_dir, ...)`` returns a Starlette (ASGI) app. Starlette rather than FastAPI on top of it:
 five fixed routes need no request models, and FastAPI's import (pydantic models) alone took 0.4-0.5 s
 of the start-up budget on the 2-core test machine. The model is the run's ``model.onnx`` on
-ONNX Runtime (:class:`convnets.exported.ExportedModel`), so nothing here imports torch once the run
+ONNX Runtime (:class:`convnets.deploy.exported.ExportedModel`), so nothing here imports torch once the run
 has been exported. Requests are decoded in worker threads and their images run through one
 :class:`MicroBatcher`, so concurrent requests share batches and the event loop never runs inference.
 
@@ -38,11 +38,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from ..base.predictions import Prediction, top_k
+from ..base.runs import RunConfig, weights_path
 from ..data.decode import ImageReadError
-from ..exported import EngineError, ExportedModel, ExportMismatchError
-from ..predictions import Prediction, top_k
-from ..runs import RunConfig, weights_path
-from ..trust import RunTrust
+from ..deploy.exported import EngineError, ExportedModel, ExportMismatchError
+from ..trust.fit import RunTrust
 from .batching import MicroBatcher, choose_batch_limit
 from .model_info import ModelInfo, read_cost, start_cost_job, write_cost
 

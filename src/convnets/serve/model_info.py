@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_json
-from ..runs import COST_FILE, METRICS_FILE, RunConfig
+from ..base.atomic import atomic_write_json
+from ..base.runs import COST_FILE, METRICS_FILE, RunConfig
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from ..base.lazy import lazy_exports
 
 # Lazy (PEP 562), like convnets.data: `convnets.train.options` (TrainOptions, the option lists) is
 # torch-free, and the CLI builds its parser from it without importing torch through this __init__.

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import output_dir
-from ..runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
-from ..runtime import prefers_channels_last
+from ..base.errors import output_dir
+from ..base.runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
+from ..base.runtime import prefers_channels_last
 from . import distributed as ddp
 from .checkpoint import load_training_state, seed_everything
 from .options import (
@@ -106,10 +106,10 @@ def build_trainer(data: str | Path, model: str, out: str | Path, *, log=None, **
 
 
 def _fit_ood(run_dir: Path, trainer: Trainer) -> None:
-    """Fit the out-of-distribution detector on the finished run (convnets.trust): one forward pass
+    """Fit the out-of-distribution detector on the finished run (convnets.trust.fit): one forward pass
     over its training and validation images (none after a head-only run: its cached features are
     those), so predict flags inputs unlike them from the start."""
-    from ..trust import calibrate_run
+    from ..trust.fit import calibrate_run
 
     try:
         # The trainer's model holds the best weights already: no reload from disk (on CPU, where the
@@ -151,7 +151,7 @@ def _cached_split_features(trainer: Trainer):
     augmented views, one process (DDP ranks each cache a shard). None otherwise."""
     import numpy as np
 
-    from ..trust import SplitFeatures
+    from ..trust.fit import SplitFeatures
 
     cache = trainer.features
     if cache is None or trainer.augmenting or trainer.dist.enabled:

@@ -1,6 +1,6 @@
 """The ``last.pt`` training state: written atomically, read safely, and the RNG states in it.
 
-Every file the trainer writes goes through ``convnets.atomic`` (a temporary file in the same folder
+Every file the trainer writes goes through ``convnets.base.atomic`` (a temporary file in the same folder
 and ``os.replace``), so a kill at any moment leaves either the previous good file or the new one.
 ``last.pt`` holds only plain containers, tensors, numbers and strings, so
 ``torch.load(path, weights_only=True)`` reads it without executing code.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..base.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -8,7 +8,7 @@ MobileNetV2 vector and two classes that is a few thousand multiply-adds per imag
 hundreds of millions.
 
 The extraction itself is one inference pass, so on CPU it runs through the inference fast path
-(:func:`convnets.inference.prepare_for_inference` on a copy of the base: BatchNorm folded, TorchScript
+(:func:`convnets.accel.inference.prepare_for_inference` on a copy of the base: BatchNorm folded, TorchScript
 frozen), which bench/RESULTS.md measured 1.1-2.2x faster than the eager eval model. The features agree
 with the eager ones to float rounding (~1e-6 relative).
 """
@@ -66,7 +66,7 @@ class FeatureExtractor:
         return getattr(self.model, "num_features", 0)
 
     def _prepare(self, example: torch.Tensor) -> nn.Module:
-        from ..inference import prepare_for_inference
+        from ..accel.inference import prepare_for_inference
 
         net = PooledFeatures(copy.deepcopy(self.model)).eval()
         with warnings.catch_warnings():

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import atomic_write_text
+from ..base.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -196,7 +196,7 @@ def describe(curve: LRCurve) -> str:
 def save_curve(curve: LRCurve, out_dir: str | Path, stem: str = "lr_find") -> tuple[Path, Path]:
     """``stem.json`` (the whole curve) and ``stem.png`` (loss against log learning rate, the
     suggestion marked) in ``out_dir``."""
-    from ..plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -391,9 +391,7 @@ def lr_find(
             trainer.tb = None
         phase = trainer.phases[0]
         trainer.prepare_phase(phase)
-        curve = phase_range_test(
-            trainer, phase, steps=steps, start_lr=start_lr, end_lr=end_lr, method=method
-        )
+        curve = phase_range_test(trainer, phase, steps=steps, start_lr=start_lr, end_lr=end_lr, method=method)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     curve.extra = {"data": str(data), "model": model, "options": {k: v for k, v in options.items()}}

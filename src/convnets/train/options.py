@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConvnetsError
+from ..base.errors import ConvnetsError
 
 if TYPE_CHECKING:
     import torch
@@ -239,7 +239,7 @@ def check_options(opts: TrainOptions) -> None:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise bad("precision", f"bf16 is not supported natively by {torch.cuda.get_device_name(device)}")
         if device.type == "cpu":
-            from ..runtime import cpu_has_native_bf16
+            from ..base.runtime import cpu_has_native_bf16
 
             if not cpu_has_native_bf16():
                 raise bad(
@@ -281,7 +281,7 @@ def resolve_precision(
     through. On AMX CPUs the model's multiply-adds at ``image_size`` decide (one batch-1 pass)."""
     if precision != "auto":
         return precision, "requested"
-    from ..runtime import auto_precision, cpu_has_amx_bf16
+    from ..base.runtime import auto_precision, cpu_has_amx_bf16
 
     macs = None
     if device.type == "cpu" and model is not None and image_size and cpu_has_amx_bf16():

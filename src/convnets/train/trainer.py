@@ -27,9 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_text
-from ..models.base import AuxOutputs
-from ..runs import (
+from ..accel.bf16_backward import FastBf16ConvBackward
+from ..accel.fused_bn_act import fuse_batchnorm_act, kernel_error
+from ..base.atomic import atomic_write_text
+from ..base.runs import (
     CONFUSION_FILE,
     CURVES_FILE,
     LAST_CHECKPOINT,
@@ -38,12 +39,11 @@ from ..runs import (
     BestEpoch,
     RunConfig,
 )
+from ..models.base import AuxOutputs
 from . import distributed as ddp
 from .balance import balanced_accuracy, dataset_labels, resolve_balance
-from .bf16_backward import FastBf16ConvBackward
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .features import FeatureExtractor, extract_features
-from .fused_bn_act import fuse_batchnorm_act, kernel_error
 from .mixing import batch_mixer, mixed_targets
 from .options import TrainOptions
 from .transfer import Phase, apply_phase, describe_phase, set_bn_modes
@@ -206,10 +206,10 @@ def progress_bars_wanted(stream=None) -> bool:
 class Trainer:
     """Trains ``model`` through ``phases`` and keeps the run folder up to date.
 
-    ``train_set``/``val_set`` are datasets yielding ``(image_tensor, label)``; the trainer builds its
-    own loaders so that shuffling is a pure function of (seed, epoch) - which makes ``--resume``
-    exact and DDP sharding uniform. ``config`` is the run's :class:`~convnets.runs.RunConfig`, written
-to ``config.json`` (``best`` is filled in here).
+        ``train_set``/``val_set`` are datasets yielding ``(image_tensor, label)``; the trainer builds its
+        own loaders so that shuffling is a pure function of (seed, epoch) - which makes ``--resume``
+        exact and DDP sharding uniform. ``config`` is the run's ``RunConfig``, written
+    to ``config.json`` (``best`` is filled in here).
     """
 
     def __init__(
@@ -672,7 +672,9 @@ to ``config.json`` (``best`` is filled in here).
         if isinstance(self.val_set, IterableDataset):  # shards: the stream splits itself across ranks
             dataset = self.val_set.whole() if whole else self.val_set
             loader = DataLoader(
-                dataset, batch_size=self.opts.batch_size * 2, num_workers=self.num_workers,
+                dataset,
+                batch_size=self.opts.batch_size * 2,
+                num_workers=self.num_workers,
                 collate_fn=self.collate_fn,
             )
         elif self._val_loader is None or self._val_loader.sampler != indices:
@@ -842,7 +844,7 @@ to ``config.json`` (``best`` is filled in here).
         if not self.main:
             ddp.barrier(self.dist)
             return
-        from ..plots import confusion_counts, plot_confusion_matrix, plot_curves
+        from ..base.plots import confusion_counts, plot_confusion_matrix, plot_curves
 
         name = self.config.model
         if self.history:

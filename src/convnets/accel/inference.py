@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .predictions import BACKENDS  # defined torch-free, for the CLI's --backend choices
+from ..base.predictions import BACKENDS  # defined torch-free, for the CLI's --backend choices
 
 __all__ = [
     "BACKENDS",

@@ -47,9 +47,9 @@ def compiler() -> str | None:
 
 
 def arch_flags() -> list[str]:
-    """``-march=native``, or on x86 under an ISA cap (:func:`convnets.runtime.isa_cap`) the x86-64
+    """``-march=native``, or on x86 under an ISA cap (:func:`convnets.base.runtime.isa_cap`) the x86-64
     level the cap allows, so a capped run also builds and runs the lesser CPU's code."""
-    from ..runtime import cpu_flags, isa_cap
+    from ..base.runtime import cpu_flags, isa_cap
 
     if not X86 or isa_cap() is None:
         return ["-march=native"]
@@ -93,7 +93,7 @@ def target_isas(flags: list[str] | None = None) -> tuple[str, ...]:
 def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
     """Those of ``isas`` (x86 names from :func:`target_isas`) this CPU lacks; none off x86 or without
     /proc/cpuinfo, where there is nothing to check against."""
-    from ..runtime import cpu_flags
+    from ..base.runtime import cpu_flags
 
     have = {f.replace("_", "").replace(".", "") for f in cpu_flags()}
     if not X86 or not have:
@@ -106,7 +106,7 @@ def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
 def library_path(source: Path) -> Path:
     """Where ``source`` compiled lives: keyed by its text, the compiler and flags, and the instruction
     sets those flags target on this machine."""
-    from ..runtime import cache_root
+    from ..base.runtime import cache_root
 
     flags = [*arch_flags(), *CFLAGS]
     key = "|".join(

@@ -83,7 +83,7 @@ def machine_choices_file() -> Path:
     """``cache_root()/bf16_backward/<key>.json``: the picks of this CPU model and instruction sets,
     torch version and intra-op thread count (the timings, and so the picks, depend on all of them; a
     hypervisor's model name alone, "AMD EPYC", covers CPUs with and without AVX-512)."""
-    from ..runtime import cache_root, cpu_flags, describe_cpu
+    from ..base.runtime import cache_root, cpu_flags, describe_cpu
 
     isas = " ".join(sorted(cpu_flags()))
     key = f"{describe_cpu()['cpu']}|{isas}|{torch.__version__}|{torch.get_num_threads()}"
@@ -130,7 +130,7 @@ class FastBf16ConvBackward(TorchDispatchMode):
         unwritable cache only means later runs time again)."""
         if len(self.choices) == self._saved:
             return
-        from ..atomic import atomic_write
+        from ..base.atomic import atomic_write
 
         try:
             path = machine_choices_file()

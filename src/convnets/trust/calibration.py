@@ -161,7 +161,7 @@ def plot_reliability(path, curves: dict[str, Reliability], title: str = "reliabi
     """Accuracy against confidence per bin for each named curve (e.g. before/after temperature),
     the diagonal (perfect calibration), and the share of images per bin below. ``path``: a file path
     (written atomically) or a binary file object; returned."""
-    from .plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure
 
     fig, (ax, hist) = pyplot().subplots(2, 1, figsize=(5.2, 5.6), sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")

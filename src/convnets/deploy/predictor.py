@@ -1,7 +1,7 @@
 """Running a trained model: :class:`Classifier` (a model plus what it must be fed), test-time
 augmentation (TTA) and :func:`predict`.
 
-Everything works from a run folder alone (its :class:`~convnets.runs.RunConfig` gives the class
+Everything works from a run folder alone (its :class:`~convnets.base.runs.RunConfig` gives the class
 names, image size, channels, resize mode and normalisation; ``weights.load_run`` rebuilds the model)
 or from a :class:`Classifier` built around any ``nn.Module`` and a ``RunConfig`` (what the tests do
 with models whose outputs they control).
@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.decode import CROP_RATIO, ImageReadError
-from .data.images import expand_paths, read_images, to_input
-from .inference import inference_module, predict_batch
-from .predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
-from .predictions import top_k as top_classes  # predict() has a top_k argument
-from .runs import RunConfig
-from .trust import RunTrust
+from ..accel.inference import inference_module, predict_batch
+from ..base.predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
+from ..base.predictions import top_k as top_classes  # predict() has a top_k argument
+from ..base.runs import RunConfig
+from ..data.decode import CROP_RATIO, ImageReadError
+from ..data.images import expand_paths, read_images, to_input
+from ..trust.fit import RunTrust
 
 __all__ = ["TTA_COST", "TTA_MODES", "Classifier", "check_tta", "measure_latency", "predict", "tta_views"]
 
@@ -69,10 +69,10 @@ def tta_views(x: torch.Tensor, tta: str, crop_size: tuple[int, int]) -> list[tor
 class Classifier:
     """A model plus what it must be fed: ``Classifier.from_run(run_dir)`` or ``Classifier(model, config)``.
 
-    ``config`` is the run's :class:`~convnets.runs.RunConfig` (class names, image size, channels,
+    ``config`` is the run's :class:`~convnets.base.runs.RunConfig` (class names, image size, channels,
     resize mode, normalisation). ``model`` stays the eager model (for cost and inspection);
     predictions run on :attr:`runner`, the model on ``backend`` (see
-    :func:`convnets.inference.inference_module`), built on first use.
+    :func:`convnets.accel.inference.inference_module`), built on first use.
     """
 
     model: nn.Module
@@ -80,7 +80,7 @@ class Classifier:
     name: str = "model"
     device: str | torch.device = "cpu"
     backend: str = "auto"
-    # The run's out-of-distribution detector (convnets.trust); None: no ood field on predictions.
+    # The run's out-of-distribution detector (convnets.trust.fit); None: no ood field on predictions.
     trust: RunTrust | None = field(default=None, repr=False)
     _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
@@ -88,15 +88,15 @@ class Classifier:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if not isinstance(self.config, RunConfig):
-            raise TypeError(f"config must be a convnets.runs.RunConfig, got {type(self.config).__name__}")
+            raise TypeError(f"config must be a RunConfig, got {type(self.config).__name__!s}")
         self.model = self.model.to(self.device).eval()
 
     @classmethod
     def from_run(
         cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
     ) -> Classifier:
-        """The run folder's model; :class:`~convnets.runs.RunFolderError` if it is not a usable run."""
-        from .weights import load_run
+        """The run folder's model; :class:`~convnets.base.runs.RunFolderError` if it is not a usable run."""
+        from ..weights import load_run
 
         model, config = load_run(run_dir, device=device)
         trust = RunTrust.read(run_dir, config)
@@ -195,7 +195,7 @@ def predict(
 
     With ``ood`` and a run that has an out-of-distribution detector, each row gets an ``ood`` field
     (``{"flagged", "score", "threshold"}``; features of the plain view from the eager model);
-    ``reject_ood`` answers ``unknown`` for flagged images (see :mod:`convnets.trust`)."""
+    ``reject_ood`` answers ``unknown`` for flagged images (see :mod:`convnets.trust.fit`)."""
     check_tta(tta)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
     files = expand_paths(paths)
@@ -220,8 +220,7 @@ def predict(
 
 def measure_latency(clf: Classifier, runs: int = 5, warmup: int = 2) -> float:
     """Median milliseconds per image at batch 1 on this machine (random input of the model's size)."""
-    from .cost import latency_ms
+    from ..cost import latency_ms
 
     x = torch.randn(1, clf.in_chans, *clf.image_size, device=clf.device)
     return latency_ms(clf.runner, x, warmup=warmup, runs=runs)
-

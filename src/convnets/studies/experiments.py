@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_json, atomic_write_text
-from .plots import pyplot, save_figure
-from .runs import RunConfig
+from ..base.atomic import atomic_write_json, atomic_write_text
+from ..base.plots import pyplot, save_figure
+from ..base.runs import RunConfig
 
 __all__ = [
     "DepthResult",
@@ -53,8 +53,8 @@ def build_cifar_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
 
     Registered names win, so ``resnet50`` is the ImageNet ResNet-50, ``resnet56`` the CIFAR one.
     """
-    from .models import create_model, list_models
-    from .models.cifar_resnet import cifar_resnet
+    from ..models import create_model, list_models
+    from ..models.cifar_resnet import cifar_resnet
 
     if name in list_models():
         return create_model(name, num_classes=num_classes, in_chans=in_chans)
@@ -66,7 +66,7 @@ def build_cifar_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
 
 
 def _builtin(source: str | Path) -> str | None:
-    from .data.builtin import builtin_name
+    from ..data.builtin import builtin_name
 
     return None if Path(str(source)).expanduser().exists() else builtin_name(str(source))
 
@@ -77,17 +77,25 @@ def _default_in_chans(source: str | Path) -> int:
 
 def _default_image_size(source: str | Path) -> int:
     """The data's native size for built-ins (8 for digits, 32 for CIFAR), else the CIFAR nets' 32."""
-    from .train.options import BUILTIN_NATIVE_SIZE
+    from ..train.options import BUILTIN_NATIVE_SIZE
 
     return BUILTIN_NATIVE_SIZE.get(_builtin(source) or "", 32)
 
 
 def _load(source, *, image_size, in_chans, seed, batch_size, val_split, data_root):
-    from .data import load_data
+    from ..data import load_data
 
     return load_data(
-        str(source), image_size=image_size, in_chans=in_chans, val_split=val_split, seed=seed,
-        batch_size=batch_size, augment="none", normalize="dataset", data_root=data_root, num_workers=0,
+        str(source),
+        image_size=image_size,
+        in_chans=in_chans,
+        val_split=val_split,
+        seed=seed,
+        batch_size=batch_size,
+        augment="none",
+        normalize="dataset",
+        data_root=data_root,
+        num_workers=0,
     )
 
 
@@ -124,8 +132,18 @@ class DepthResult:
 DEPTH_DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.1, "weight_decay": 1e-4, "optimizer": "sgd"}
 DEPTH_STATE_FILE = "depth_state.json"  # the finished models' rows and curves, for --resume
 # Settings a resumed experiment must share with the interrupted one (depths may grow).
-_RESUME_KEYS = ("data", "image_size", "in_chans", "seed", "recipe", "epochs", "batch_size", "lr",
-                "weight_decay", "optimizer")
+_RESUME_KEYS = (
+    "data",
+    "image_size",
+    "in_chans",
+    "seed",
+    "recipe",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "optimizer",
+)
 
 
 def default_depths(data: str | Path) -> tuple[int, ...]:
@@ -168,8 +186,8 @@ def depth_experiment(
     interrupted one continues from its ``last.pt``. ``tolerance``: error differences at or below it
     (absolute) count as a tie.
     """
-    from .models import create_model
-    from .train import train
+    from ..models import create_model
+    from ..train import train
 
     out = Path(out)
     if resume:  # what was not given again comes from the interrupted experiment
@@ -177,33 +195,54 @@ def depth_experiment(
         depths = depths or saved.get("depths")
         epochs, batch_size, lr, weight_decay, optimizer, recipe, image_size, in_chans = (
             saved.get(k) if v is None else v
-            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                         ("weight_decay", weight_decay), ("optimizer", optimizer), ("recipe", recipe),
-                         ("image_size", image_size), ("in_chans", in_chans))
+            for k, v in (
+                ("epochs", epochs),
+                ("batch_size", batch_size),
+                ("lr", lr),
+                ("weight_decay", weight_decay),
+                ("optimizer", optimizer),
+                ("recipe", recipe),
+                ("image_size", image_size),
+                ("in_chans", in_chans),
+            )
         )
     depths = sorted({int(d) for d in (depths or default_depths(data))})
     if len(depths) < 2:
         raise ValueError(f"depths: need at least two depths to compare, got {depths}")
-    from .models.cifar_resnet import STANDARD_DEPTHS, _num_blocks
+    from ..models.cifar_resnet import STANDARD_DEPTHS, _num_blocks
 
     for d in depths:
         _num_blocks(d)  # raises a clear error for a depth that is not 6n+2
     if resume and overwrite:
         raise ValueError("--resume continues the experiment in --out; --overwrite starts it again: not both")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-             "optimizer": optimizer}
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "optimizer": optimizer,
+    }
     if recipe is None:
         given = {k: DEPTH_DEFAULTS[k] if v is None else v for k, v in given.items()}
     else:
-        from .train.recipes import apply_recipe
+        from ..train.recipes import apply_recipe
 
         given = apply_recipe({"recipe": recipe, **given})  # the recipe's values where none was given
         given.pop("recipe")
         given = {k: given[k] for k in DEPTH_DEFAULTS}
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    config = {"data": str(data), "depths": depths, "image_size": image_size, "in_chans": in_chans,
-              "seed": seed, "tolerance": tolerance, "recipe": recipe, **given, **_jsonable(train_options)}
+    config = {
+        "data": str(data),
+        "depths": depths,
+        "image_size": image_size,
+        "in_chans": in_chans,
+        "seed": seed,
+        "tolerance": tolerance,
+        "recipe": recipe,
+        **given,
+        **_jsonable(train_options),
+    }
     finished = _depth_state(out, config, resume, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / DEPTH_STATE_FILE, {"config": config, "finished": finished})
@@ -229,31 +268,48 @@ def depth_experiment(
 
         if resume and (run_dir / "last.pt").is_file():
             log(f"[{k}/{len(names)}] {name}: resuming from {run_dir / 'last.pt'}")
-            from .train.options import RESUME_OVERRIDABLE  # device, workers, data_root may change
+            from ..train.options import RESUME_OVERRIDABLE  # device, workers, data_root may change
 
             again = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
             result = train(None, out=run_dir, resume=True, quiet=quiet, log=prefix, **again)
         else:
-            log(f"[{k}/{len(names)}] {name}: training ({', '.join(f'{a} {b}' for a, b in options.items())}"
-                f"{', recipe ' + recipe if recipe else ''}, {image_size}x{image_size})")
-            result = train(
-                data, model=model, out=run_dir, model_kwargs=kwargs, image_size=image_size, in_chans=in_chans,
-                seed=seed, recipe=recipe, overwrite=True, quiet=quiet, log=prefix, **options, **train_options,
+            log(
+                f"[{k}/{len(names)}] {name}: training ({', '.join(f'{a} {b}' for a, b in options.items())}"
+                f"{', recipe ' + recipe if recipe else ''}, {image_size}x{image_size})"
             )
-        row, curve = _depth_row(result, family, depth, name, model, kwargs, image_size, in_chans,
-                                create_model)
+            result = train(
+                data,
+                model=model,
+                out=run_dir,
+                model_kwargs=kwargs,
+                image_size=image_size,
+                in_chans=in_chans,
+                seed=seed,
+                recipe=recipe,
+                overwrite=True,
+                quiet=quiet,
+                log=prefix,
+                **options,
+                **train_options,
+            )
+        row, curve = _depth_row(
+            result, family, depth, name, model, kwargs, image_size, in_chans, create_model
+        )
         rows.append(row)
         curves[name] = curve
         finished[name] = {"row": row, "curve": curve}
         atomic_write_json(out / DEPTH_STATE_FILE, {"config": config, "finished": finished})
-        log(f"[{k}/{len(names)}] {name}: done, training error {_pct(row['final_train_error'])}, validation "
-            f"error {_pct(row['final_val_error'])}, {row['seconds']:.0f}s")
+        log(
+            f"[{k}/{len(names)}] {name}: done, training error {_pct(row['final_train_error'])}, validation "
+            f"error {_pct(row['final_val_error'])}, {row['seconds']:.0f}s"
+        )
 
     verdict = _depth_verdict(rows, tolerance)
     subtitle = f"{data}, {given['epochs']} epochs{', recipe ' + recipe if recipe else ''}"
     files = [
-        atomic_write_json(out / "depth.json",
-                          {"config": config, "rows": rows, "curves": curves, "verdict": verdict}),
+        atomic_write_json(
+            out / "depth.json", {"config": config, "rows": rows, "curves": curves, "verdict": verdict}
+        ),
         atomic_write_text(out / "depth.md", _depth_markdown(rows, verdict, config)),
         _plot_depth(curves, depths, out / "depth.png", subtitle),
     ]
@@ -269,8 +325,9 @@ def _saved_depth_config(out: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()).get("config", {}))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a readable experiment state ({e}); remove it or pass --overwrite") \
-            from None
+        raise ValueError(
+            f"{path}: not a readable experiment state ({e}); remove it or pass --overwrite"
+        ) from None
 
 
 def _depth_state(out: Path, config: dict, resume: bool, overwrite: bool) -> dict[str, dict]:
@@ -296,31 +353,52 @@ def _depth_state(out: Path, config: dict, resume: bool, overwrite: bool) -> dict
     differ = [k for k in _RESUME_KEYS if k in saved and saved[k] != config.get(k)]
     if differ:
         raise ValueError(
-            "--resume: " + ", ".join(f"{k} {config.get(k)!r} differs from the experiment in {out} "
-                                     f"({saved[k]!r})" for k in differ)
+            "--resume: "
+            + ", ".join(
+                f"{k} {config.get(k)!r} differs from the experiment in {out} ({saved[k]!r})" for k in differ
+            )
         )
     return dict(state.get("finished", {}))
 
 
-def _depth_row(result, family: str, depth: int, name: str, model: str, kwargs: dict, image_size: int,
-               in_chans: int, create_model) -> tuple[dict, dict]:
-    from .cost import model_cost
+def _depth_row(
+    result,
+    family: str,
+    depth: int,
+    name: str,
+    model: str,
+    kwargs: dict,
+    image_size: int,
+    in_chans: int,
+    create_model,
+) -> tuple[dict, dict]:
+    from ..cost import model_cost
 
     history = [h for h in result.history if h.get("train_acc") is not None]
     train_err = [1.0 - h["train_acc"] for h in history]
     val_err = [None if h.get("val_acc") is None else 1.0 - h["val_acc"] for h in history]
-    curve = {"epoch": [h["epoch"] for h in history], "train_error": train_err, "val_error": val_err,
-             "seconds": [h.get("seconds") for h in history]}
+    curve = {
+        "epoch": [h["epoch"] for h in history],
+        "train_error": train_err,
+        "val_error": val_err,
+        "seconds": [h.get("seconds") for h in history],
+    }
     num_classes = RunConfig.read(result.run_dir).num_classes
     built = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
     cost = model_cost(built, image_size, in_chans)
     row = {
-        "family": family, "depth": depth, "model": name, "params": int(cost.params), "macs": int(cost.macs),
-        "final_train_error": train_err[-1], "final_val_error": val_err[-1],
+        "family": family,
+        "depth": depth,
+        "model": name,
+        "params": int(cost.params),
+        "macs": int(cost.macs),
+        "final_train_error": train_err[-1],
+        "final_val_error": val_err[-1],
         "best_val_error": None if result.best_val_acc is None else 1.0 - result.best_val_acc,
         # training time summed over the epochs (across resumes); set-up and validation not included
         "seconds": round(sum(h.get("seconds") or 0.0 for h in history), 1),
-        "epochs": len(history), "run_dir": str(result.run_dir),
+        "epochs": len(history),
+        "run_dir": str(result.run_dir),
     }
     return row, curve
 
@@ -341,7 +419,8 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
         errors = [by[(family, d)] for d in depths]
         verdict[family] = {
             "train_error_deepest_minus_shallowest": diff,
-            "monotonic_in_depth": all(b >= a for a, b in zip(errors, errors[1:])) if family == "plain"
+            "monotonic_in_depth": all(b >= a for a, b in zip(errors, errors[1:]))
+            if family == "plain"
             else all(b <= a for a, b in zip(errors, errors[1:])),
         }
     plain_diff = verdict["plain"]["train_error_deepest_minus_shallowest"]
@@ -354,11 +433,15 @@ def _depth_verdict(rows: list[dict], tolerance: float) -> dict[str, Any]:
     if verdict["plain_degrades"] and verdict["resnet_deeper_lower"]:
         summary = f"reproduced {judged}: deeper plain net trains worse, deeper residual net trains better"
     elif verdict["plain_degrades"] and verdict["resnet_no_degradation"]:
-        summary = (f"partly reproduced {judged}: deeper plain net trains worse; the deeper residual net does "
-                   f"not (training errors within {tolerance:.1%}: no degradation, but no gain either)")
+        summary = (
+            f"partly reproduced {judged}: deeper plain net trains worse; the deeper residual net does "
+            f"not (training errors within {tolerance:.1%}: no degradation, but no gain either)"
+        )
     elif verdict["plain_degrades"]:
-        summary = (f"partly reproduced {judged}: deeper plain net trains worse, but the deeper residual net "
-                   "also does")
+        summary = (
+            f"partly reproduced {judged}: deeper plain net trains worse, but the deeper residual net "
+            "also does"
+        )
     else:
         summary = f"not reproduced {judged}: the deeper plain net did not end with a higher training error"
     verdict["summary"] = summary
@@ -372,33 +455,51 @@ def _verdict_sentences(rows: list[dict], shallow: int, deep: int, tolerance: flo
     by = {(r["family"], r["depth"]): r for r in rows}
     p_deep, p_shallow = by[("plain", deep)]["final_train_error"], by[("plain", shallow)]["final_train_error"]
     plain_ok = p_deep > p_shallow + tolerance
-    plain = (f"deeper plain net trains {'worse' if plain_ok else 'no worse here'}: plain-{deep} "
-             f"{_pct(p_deep)} vs plain-{shallow} {_pct(p_shallow)} training error")
+    plain = (
+        f"deeper plain net trains {'worse' if plain_ok else 'no worse here'}: plain-{deep} "
+        f"{_pct(p_deep)} vs plain-{shallow} {_pct(p_shallow)} training error"
+    )
     kind = "validation"
     r_deep, r_shallow = (by[("resnet", d)].get("final_val_error") for d in (deep, shallow))
     if r_deep is None or r_shallow is None:
         kind = "training"
         r_deep, r_shallow = (by[("resnet", d)]["final_train_error"] for d in (deep, shallow))
     res_ok = r_deep < r_shallow - tolerance
-    resnet = (f"deeper residual net is {'better' if res_ok else 'not better here'}: resnet-{deep} "
-              f"{_pct(r_deep)} vs resnet-{shallow} {_pct(r_shallow)} {kind} error")
-    return {"plain_trains_worse": plain_ok, "resnet_deeper_better": res_ok, "resnet_error_kind": kind,
-            "sentences": [plain, resnet]}
+    resnet = (
+        f"deeper residual net is {'better' if res_ok else 'not better here'}: resnet-{deep} "
+        f"{_pct(r_deep)} vs resnet-{shallow} {_pct(r_shallow)} {kind} error"
+    )
+    return {
+        "plain_trains_worse": plain_ok,
+        "resnet_deeper_better": res_ok,
+        "resnet_error_kind": kind,
+        "sentences": [plain, resnet],
+    }
 
 
 def _depth_markdown(rows: list[dict], verdict: dict, config: dict) -> str:
     order = sorted(rows, key=lambda r: (DEPTH_FAMILIES.index(r["family"]), r["depth"]))
     table = _md_table(
         ["model", "params", "multiply-adds", "train error", "val error", "best val error", "epochs", "time"],
-        [[r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f} M" if r.get("macs") else "-",
-          _pct(r["final_train_error"]), _pct(r["final_val_error"]), _pct(r.get("best_val_error")),
-          r.get("epochs", "-"), _duration(r.get("seconds"))]
-         for r in order],
+        [
+            [
+                r["model"],
+                f"{r['params']:,}",
+                f"{r['macs'] / 1e6:,.1f} M" if r.get("macs") else "-",
+                _pct(r["final_train_error"]),
+                _pct(r["final_val_error"]),
+                _pct(r.get("best_val_error")),
+                r.get("epochs", "-"),
+                _duration(r.get("seconds")),
+            ]
+            for r in order
+        ],
     )
     s, dd = verdict["shallowest"], verdict["deepest"]
     how = (f"recipe `{config['recipe']}`, " if config.get("recipe") else "") + (
         f"{config['optimizer']} lr {config['lr']}, weight decay {config['weight_decay']}, batch "
-        f"{config['batch_size']}")
+        f"{config['batch_size']}"
+    )
     sentences = "".join(f"- **{line}**\n" for line in verdict.get("sentences", []))
     return (
         f"# Plain vs residual networks by depth\n\n"
@@ -430,11 +531,22 @@ def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) 
     for ax, family in zip(axes, DEPTH_FAMILIES):
         for color, depth in zip(colors, depths):
             c = curves[f"{family}{depth}"]
-            ax.plot(c["epoch"], [100 * e for e in c["train_error"]], "-", color=color, lw=1.8,
-                    label=f"{family}-{depth}")
+            ax.plot(
+                c["epoch"],
+                [100 * e for e in c["train_error"]],
+                "-",
+                color=color,
+                lw=1.8,
+                label=f"{family}-{depth}",
+            )
             if any(v is not None for v in c["val_error"]):
-                ax.plot(c["epoch"], [None if v is None else 100 * v for v in c["val_error"]], "--",
-                        color=color, lw=1.2)
+                ax.plot(
+                    c["epoch"],
+                    [None if v is None else 100 * v for v in c["val_error"]],
+                    "--",
+                    color=color,
+                    lw=1.2,
+                )
         ax.set_title("plain networks" if family == "plain" else "residual networks (ResNet)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -450,8 +562,11 @@ def _plot_depth(curves: dict, depths: Sequence[int], path: Path, subtitle: str) 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Every conv / linear weight, in registration order (input side first for these networks)."""
-    return [(f"{name}.weight", m.weight) for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [
+        (f"{name}.weight", m.weight)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
 
 
 def _tensors(loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -512,8 +627,15 @@ def gradient_experiment(
     out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(data, image_size=image_size, in_chans=in_chans, seed=seed, batch_size=batch_size,
-                   val_split=None, data_root=data_root)
+    splits = _load(
+        data,
+        image_size=image_size,
+        in_chans=in_chans,
+        seed=seed,
+        batch_size=batch_size,
+        val_split=None,
+        data_root=data_root,
+    )
     num_classes = len(splits.class_names)
     batches = _first_steps(*_tensors(splits.train), batch_size, steps, seed)
     dev = torch.device(device)
@@ -545,14 +667,26 @@ def gradient_experiment(
             "seconds": round(time.perf_counter() - start, 2),
         }
         first = results[name]["summary"][str(plot_steps[0])]
-        log(f"{name}: {len(layers)} weight layers, loss {losses[0]:.3f} -> {losses[-1]:.3f}; step "
+        log(
+            f"{name}: {len(layers)} weight layers, loss {losses[0]:.3f} -> {losses[-1]:.3f}; step "
             f"{plot_steps[0]}: first/last layer gradient ratio {first['first_over_last']:.3g}, spread "
-            f"{first['spread_orders_of_magnitude']:.2f} orders of magnitude")
+            f"{first['spread_orders_of_magnitude']:.2f} orders of magnitude"
+        )
 
     report = {
-        "config": {"data": str(data), "models": list(models), "steps": steps, "batch_size": batch_size,
-                   "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "image_size": image_size,
-                   "in_chans": in_chans, "seed": seed, "plot_steps": plot_steps},
+        "config": {
+            "data": str(data),
+            "models": list(models),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "image_size": image_size,
+            "in_chans": in_chans,
+            "seed": seed,
+            "plot_steps": plot_steps,
+        },
         "models": results,
     }
     atomic_write_json(out / "gradients.json", report)
@@ -577,9 +711,17 @@ def _gradients_markdown(results: dict, plot_steps: Sequence[int]) -> str:
     for name, r in results.items():
         for s in plot_steps:
             g = r["summary"][str(s)]
-            rows.append([name, s, f"{r['loss'][s - 1]:.3f}", f"{g['first_layer']:.3g}",
-                         f"{g['last_layer']:.3g}", f"{g['first_over_last']:.3g}",
-                         f"{g['spread_orders_of_magnitude']:.2f}"])
+            rows.append(
+                [
+                    name,
+                    s,
+                    f"{r['loss'][s - 1]:.3f}",
+                    f"{g['first_layer']:.3g}",
+                    f"{g['last_layer']:.3g}",
+                    f"{g['first_over_last']:.3g}",
+                    f"{g['spread_orders_of_magnitude']:.2f}",
+                ]
+            )
     header = ["model", "step", "loss", "first-layer grad", "last-layer grad", "first/last", "spread (orders)"]
     return "# Gradient norm by layer\n\n" + _md_table(header, rows)
 
@@ -649,8 +791,16 @@ def _identity_distance(base: nn.Module, block: nn.Module, data: Split) -> float:
     return math.sqrt(diff / max(norm, 1e-12))
 
 
-def _fit(model: nn.Module, data: Split, epochs: int, groups: list[dict], lr: float, batch_size: int,
-         seed: int, first_epoch: int = 0) -> None:
+def _fit(
+    model: nn.Module,
+    data: Split,
+    epochs: int,
+    groups: list[dict],
+    lr: float,
+    batch_size: int,
+    seed: int,
+    first_epoch: int = 0,
+) -> None:
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
     for epoch in range(first_epoch, first_epoch + epochs):
         model.train()
@@ -690,14 +840,21 @@ def identity_experiment(
     training/validation accuracy before insertion, right after, and after training, in
     ``identity.json`` / ``identity.md``. Returns the JSON content.
     """
-    from .blocks import BasicBlock
+    from ..blocks import BasicBlock
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(data, image_size=image_size, in_chans=in_chans, seed=seed, batch_size=batch_size,
-                   val_split=0.2, data_root=data_root)
+    splits = _load(
+        data,
+        image_size=image_size,
+        in_chans=in_chans,
+        seed=seed,
+        batch_size=batch_size,
+        val_split=0.2,
+        data_root=data_root,
+    )
     train_set = _tensors(splits.train)
     val_set = _tensors(splits.val) if splits.val is not None else None
     num_classes = len(splits.class_names)
@@ -705,12 +862,25 @@ def identity_experiment(
 
     torch.manual_seed(seed)
     model = build_cifar_model(base, num_classes, in_chans)
-    _fit(model, train_set, epochs, [{"params": model.parameters(), "weight_decay": weight_decay}], lr,
-         batch_size, seed)
-    rows = [{"network": f"{base} (before insertion)", "block": None, "stage": "before",
-             "train_acc": _accuracy(model, train_set),
-             "val_acc": _accuracy(model, val_set),
-             "identity_distance": None}]
+    _fit(
+        model,
+        train_set,
+        epochs,
+        [{"params": model.parameters(), "weight_decay": weight_decay}],
+        lr,
+        batch_size,
+        seed,
+    )
+    rows = [
+        {
+            "network": f"{base} (before insertion)",
+            "block": None,
+            "stage": "before",
+            "train_acc": _accuracy(model, train_set),
+            "val_acc": _accuracy(model, val_set),
+            "identity_distance": None,
+        }
+    ]
     log(f"{base} after {epochs} epochs: train acc {rows[0]['train_acc']:.4f}")
 
     channels = model.num_features
@@ -723,21 +893,26 @@ def identity_experiment(
         label = f"{base} + {kind} block"
         for stage in ("inserted", "trained"):
             if stage == "trained":
-                groups = [{"params": net.base.parameters(), "weight_decay": weight_decay},
-                          {"params": net.block.parameters(), "weight_decay": block_weight_decay}]
+                groups = [
+                    {"params": net.base.parameters(), "weight_decay": weight_decay},
+                    {"params": net.block.parameters(), "weight_decay": block_weight_decay},
+                ]
                 _fit(net, train_set, extra_epochs, groups, lr, batch_size, seed, first_epoch=epochs)
             when = "at insertion" if stage == "inserted" else f"after {extra_epochs} epochs"
             row = {
                 "network": f"{label}, {when}",
-                "block": kind, "stage": stage,
+                "block": kind,
+                "stage": stage,
                 "train_acc": _accuracy(net, train_set),
                 "val_acc": _accuracy(net, val_set),
                 "identity_distance": _identity_distance(net.base, net.block, train_set),
                 "block_weight_norm": math.sqrt(sum(p.pow(2).sum().item() for p in net.block.parameters())),
             }
             rows.append(row)
-            log(f"{row['network']}: train acc {row['train_acc']:.4f}, ||out-in||/||in|| "
-                f"{row['identity_distance']:.4f}")
+            log(
+                f"{row['network']}: train acc {row['train_acc']:.4f}, ||out-in||/||in|| "
+                f"{row['identity_distance']:.4f}"
+            )
 
     before = rows[0]["train_acc"]
     residual_after = next(r for r in rows if r["block"] == "residual" and r["stage"] == "trained")
@@ -752,10 +927,20 @@ def identity_experiment(
         "residual_not_harmed": residual_after["train_acc"] >= before - 1.0 / len(train_set[1]),
     }
     report = {
-        "config": {"data": str(data), "base": base, "epochs": epochs, "extra_epochs": extra_epochs,
-                   "block_weight_decay": block_weight_decay, "weight_decay": weight_decay, "lr": lr,
-                   "batch_size": batch_size, "image_size": image_size, "in_chans": in_chans, "seed": seed,
-                   "block": f"BasicBlock({channels}, {channels}) before the head"},
+        "config": {
+            "data": str(data),
+            "base": base,
+            "epochs": epochs,
+            "extra_epochs": extra_epochs,
+            "block_weight_decay": block_weight_decay,
+            "weight_decay": weight_decay,
+            "lr": lr,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "in_chans": in_chans,
+            "seed": seed,
+            "block": f"BasicBlock({channels}, {channels}) before the head",
+        },
         "rows": rows,
         "summary": summary,
         "seconds": round(time.perf_counter() - start, 1),
@@ -771,9 +956,15 @@ def _identity_markdown(report: dict) -> str:
     c, s = report["config"], report["summary"]
     table = _md_table(
         ["network", "train acc", "val acc", "‖out−in‖/‖in‖ of the block"],
-        [[r["network"], _pct(r["train_acc"]), _pct(r["val_acc"]),
-          "-" if r["identity_distance"] is None else f"{r['identity_distance']:.4f}"]
-         for r in report["rows"]],
+        [
+            [
+                r["network"],
+                _pct(r["train_acc"]),
+                _pct(r["val_acc"]),
+                "-" if r["identity_distance"] is None else f"{r['identity_distance']:.4f}",
+            ]
+            for r in report["rows"]
+        ],
     )
     harmed = "not harmed" if s["residual_not_harmed"] else "HARMED"
     return (

@@ -5,7 +5,7 @@ The exported graph takes what a camera or an image decoder gives: RGB (or grey) 
 itself, so the caller never needs to know how the network was trained, and BatchNorm has been
 folded into the preceding convolutions (inference-only arithmetic: one conv instead of conv + BN).
 
-Folding is ``convnets.inference.fold_batchnorm``: conv -> BN pairs found from a ``torch.fx`` trace of
+Folding is ``convnets.accel.inference.fold_batchnorm``: conv -> BN pairs found from a ``torch.fx`` trace of
 the data flow (neighbours inside an ``nn.Sequential`` when a model cannot be traced), merged with
 ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import make_like_new_file
-from .errors import ConvnetsError, output_file
+from ..accel.inference import count_batchnorm, write_onnx
+from ..accel.inference import fold_batchnorm as fold_in_place
+from ..base.atomic import make_like_new_file
+from ..base.errors import ConvnetsError, output_file
+from ..base.runs import ONNX_FILE
 from .exported import record_export, weights_fingerprint
-from .inference import count_batchnorm, write_onnx
-from .inference import fold_batchnorm as fold_in_place
-from .runs import ONNX_FILE
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -70,7 +70,7 @@ class NormalizedModel(nn.Module):
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict]:
     """Return an eval-mode copy with BatchNorm folded into the convolutions, and what was done.
 
-    The folding is ``convnets.inference.fold_batchnorm`` (pairs found from a torch.fx trace of the
+    The folding is ``convnets.accel.inference.fold_batchnorm`` (pairs found from a torch.fx trace of the
     data flow, falling back to neighbours in an ``nn.Sequential``; the arithmetic is
     ``torch.nn.utils.fusion.fuse_conv_bn_eval``). The info dict has ``method``,
     ``batchnorm_before`` and ``batchnorm_after`` (BN layers left, e.g. one not preceded by a conv).
@@ -79,7 +79,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, dict]:
     before = count_batchnorm(folded)
     fold_in_place(folded)
     info = {
-        "method": "convnets.inference.fold_batchnorm (torch.fx data flow + fuse_conv_bn_eval)",
+        "method": "convnets.accel.inference.fold_batchnorm (torch.fx data flow + fuse_conv_bn_eval)",
         "batchnorm_before": before,
         "batchnorm_after": count_batchnorm(folded),
     }
@@ -129,7 +129,7 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
     """What a deployment must do to an image before the graph, for ``model.onnx.json``."""
-    from .data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
+    from ..data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
 
     name = resize_name(resize)
     h, w = size
@@ -144,6 +144,8 @@ def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
     if name == "letterbox":
         out["fill"] = list(LETTERBOX_FILL)
     return out
+
+
 # Opsets the TorchScript-based exporter writes these CNNs in: below 11 it cannot export adaptive
 # pooling or a dynamic batch (opset 1 failed with an exporter traceback).
 MIN_OPSET = 11
@@ -272,7 +274,7 @@ def export_run(
     opset: int = 17,
 ) -> ExportResult:
     """Export a run folder (``convnets export``); ``out`` defaults to ``RUN_DIR/model.onnx|.pt``."""
-    from .weights import load_run
+    from ..weights import load_run
 
     run_dir = Path(run_dir)
     check_export_options(format, atol, opset)

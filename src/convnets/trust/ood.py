@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .runs import OOD_FILE, OODConfig
+from ..base.runs import OOD_FILE, OODConfig
 
 __all__ = ["OODDetector", "features_and_logits", "ood_field"]
 
@@ -106,7 +106,7 @@ class OODDetector:
         """Write the arrays to ``RUN_DIR/ood.safetensors`` (atomically); returns the config.json entry."""
         from safetensors.numpy import save
 
-        from .atomic import atomic_write_bytes
+        from ..base.atomic import atomic_write_bytes
 
         cfg = self.config()
         data = save({"centres": self.centres, "precision": self.precision}, metadata={"method": METHOD})
@@ -117,7 +117,7 @@ class OODDetector:
     def load(cls, run_dir: str | os.PathLike, cfg: OODConfig) -> OODDetector:
         from safetensors.numpy import load_file
 
-        from .runs import RunFolderError
+        from ..base.runs import RunFolderError
 
         if cfg.method != METHOD:
             raise RunFolderError(f"{run_dir}: unknown OOD method {cfg.method!r} in config.json")
@@ -227,8 +227,8 @@ def features_graph(onnx_path: str | os.PathLike) -> Path:
     1.2 of the 2 s of a cold ``predict`` on an AVX2 EPYC; engines read the file directly instead."""
     import hashlib
 
-    from .atomic import atomic_write_bytes
-    from .runtime import cache_root
+    from ..base.atomic import atomic_write_bytes
+    from ..base.runtime import cache_root
 
     digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
     cached = cache_root() / "onnx-features" / f"{digest}.onnx"

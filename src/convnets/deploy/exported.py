@@ -12,7 +12,7 @@ Engines (each a small object with ``run(pixels) -> logits``, pixels float32 NCHW
 * ``onnxruntime``: ``model.onnx`` on ONNX Runtime, fp32: the reference the other engines are checked on;
 * ``openvino``: ``model.onnx`` on OpenVINO, computing in bf16 on CPUs with AMX / AVX512-BF16 (fp32
   elsewhere); checked once against ``onnxruntime`` on the run's validation images (``export.json``);
-* ``int8``: ``model.int8.onnx`` (``convnets export RUN --int8``, see :mod:`convnets.quantize`), whose
+* ``int8``: ``model.int8.onnx`` (``convnets export RUN --int8``, see :mod:`convnets.deploy.quantize`), whose
   validation top-1 change was measured and accepted when it was written; run on OpenVINO when installed.
 
 ``auto`` times the installed engines that passed their check on the user's own CPU, once per run
@@ -36,14 +36,12 @@ from typing import Protocol
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_write_json
-from .backends import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
-from .data.decode import ImageReadError
-from .data.images import ImageSource, center_crop, expand_paths, read_image
-from .errors import ConvnetsError, can_write_in, os_error_message
-from .predictions import Prediction, softmax, top_k
-from .runs import (
+from .. import __version__
+from ..base.atomic import atomic_write_json
+from ..base.choices import BACKEND_CHOICES, EXPORTED_BACKENDS, TORCH_BACKENDS  # noqa: F401 (re-exported)
+from ..base.errors import ConvnetsError, can_write_in, os_error_message
+from ..base.predictions import Prediction, softmax, top_k
+from ..base.runs import (
     EXPORT_INFO_FILE,
     INT8_ONNX_FILE,
     ONNX_FILE,
@@ -52,14 +50,16 @@ from .runs import (
     RunFolderError,
     weights_path,
 )
+from ..data.decode import ImageReadError
+from ..data.images import ImageSource, center_crop, expand_paths, read_image
 
 TTA_MODES = ("none", "flip", "10crop")
-CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.evaluate)
+CROP_RATIO = 0.875  # 10-crop: the base is the view size / 0.875 (as convnets.deploy.evaluate)
 
 # bf16 is native (not emulated) with these; OpenVINO then computes in bf16.
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 # int8 dot products in 32-bit accumulators (VNNI, AMX); without them int8 weights are u8
-# (convnets.quantize.int8_weight_type).
+# (convnets.deploy.quantize.int8_weight_type).
 INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
 # auto times the installed engines on the user's CPU once per run folder (speeds in export.json):
 # which one is fastest depends on the CPU (OpenVINO bf16 8.8x ONNX Runtime fp32 on an AMX Xeon,
@@ -329,7 +329,7 @@ class OrtEngine:
 
 
 def _features_graph(path: str | os.PathLike) -> Path:
-    from .ood import features_graph
+    from ..trust.ood import features_graph
 
     try:
         return features_graph(path)
@@ -367,7 +367,7 @@ class OpenVinoEngine:
             import openvino as ov
         except ImportError as e:
             raise EngineError("the openvino backend needs: pip install 'convnets[openvino]'") from e
-        from .runtime import cpu_flags
+        from ..base.runtime import cpu_flags
 
         self.precision = precision or ("bf16" if cpu_flags() & BF16_FLAGS else "f32")
         self.core = ov.Core()
@@ -578,7 +578,7 @@ def auto_candidates(run_dir: str | os.PathLike) -> list[str]:
 def machine_key(threads: int | None = None) -> str:
     """What an engine's speed depends on besides the model: the CPU (model name and instruction sets,
     so a hypervisor's bare "AMD EPYC" on AVX2 and on AVX-512 parts differ) and the thread count."""
-    from .runtime import cpu_flags
+    from ..base.runtime import cpu_flags
 
     model = ""
     try:
@@ -664,7 +664,7 @@ def open_engine(
     return engines[fastest]
 
 
-# --- test-time augmentation on uint8 views (numpy; the same pixels as convnets.evaluate) ----------
+# --- test-time augmentation on uint8 views (numpy; the same pixels as convnets.deploy.evaluate) ----------
 
 
 def ten_crop(base: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
@@ -778,7 +778,7 @@ class ExportedModel:
         reject_ood: bool = False,
     ) -> list[Prediction]:
         """Rows for ``(name, file path or bytes)`` pairs; an unusable input gets its error row.
-        With ``tta``, each image's probabilities are the mean over its views (as convnets.evaluate).
+        With ``tta``, each image's probabilities are the mean over its views (as convnets.deploy.evaluate).
         ``trust`` (a ``trust.RunTrust`` with a detector, on a model opened with ``features=True``, TTA
         none or flip): rows get the ``ood`` field from the plain view's features of the same pass."""
         if tta not in TTA_MODES:

@@ -115,7 +115,7 @@ class ErrorAnalysis:
     most_confused: list[Confusion]
     top_losses: list[TopLoss]
     ece: float  # expected calibration error of the reported probabilities
-    reliability: dict  # convnets.calibration.Reliability.to_dict()
+    reliability: dict  # convnets.trust.calibration.Reliability.to_dict()
 
     @classmethod
     def of(

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import os_error_message, output_dir
+from ..base.errors import os_error_message, output_dir
 
 if TYPE_CHECKING:  # torch is imported where it is used: the pictures do without it
     import torch
@@ -223,7 +223,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, caption: str = "") -> Path:
     """The image and its overlay side by side, with ``caption`` above (a PNG, written atomically)."""
-    from .plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure
 
     fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.6))
     for ax, arr, title in zip(axes, (image, overlay(image, heatmap)), ("input", "Grad-CAM")):
@@ -293,9 +293,9 @@ def explain_files(
     """
     import torch
 
-    from .data.decode import ImageReadError
-    from .data.images import expand_paths, read_image, to_input
-    from .runs import RunConfig
+    from ..base.runs import RunConfig
+    from ..data.decode import ImageReadError
+    from ..data.images import expand_paths, read_image, to_input
 
     config = RunConfig.read(run_dir)
     if class_name is not None and class_name not in config.class_names:
@@ -303,7 +303,7 @@ def explain_files(
             f"--class: {class_name!r} is not one of the run's classes ({', '.join(config.class_names)})"
         )
     if model is None:
-        from .weights import load_run
+        from ..weights import load_run
 
         model, _ = load_run(run_dir)
     out_dir = output_dir(out_dir, option)  # before the model runs: a file or read-only folder is refused

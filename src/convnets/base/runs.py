@@ -46,7 +46,7 @@ EXPORT_INFO_FILE = "export.json"
 INT8_ONNX_FILE = "model.int8.onnx"  # written by `convnets export RUN --int8`
 OPENVINO_CACHE_DIR = "openvino_cache"  # OpenVINO's compiled-model cache for the exports
 COST_FILE = "cost.json"  # params and multiply-adds, cached by the server (serve/model_info.py)
-OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the OOD detector (convnets.ood)
+OOD_FILE = "ood.safetensors"  # class centres + shared precision matrix of the OOD detector (trust/ood.py)
 
 # The files whose presence means "a run is already here" (train refuses to overwrite them).
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT)
@@ -74,7 +74,7 @@ class BestEpoch:
 
 @dataclass
 class OODConfig:
-    """The out-of-distribution detector fitted for the run (``convnets.ood``); its arrays are in
+    """The out-of-distribution detector fitted for the run (``convnets.trust.ood``); its arrays are in
     ``file`` beside config.json."""
 
     method: str = "mahalanobis-l2"
@@ -148,7 +148,7 @@ class RunConfig:
             self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc", "val_bal_acc")})
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
-        from .data.decode import RESIZE_MODES, resize_mode  # numpy/Pillow only: still torch-free
+        from ..data.decode import RESIZE_MODES, resize_mode  # numpy/Pillow only: still torch-free
 
         try:
             self.resize = resize_mode(self.resize)  # --resize names (crop, squash) -> stored modes

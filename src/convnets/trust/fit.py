@@ -1,6 +1,6 @@
 """Fit what makes a run's answers trustworthy, on the run's own data: the temperature that calibrates
-its probabilities (``convnets.calibration``) and the detector that flags inputs unlike its training
-images (``convnets.ood``); both are stored in the run folder for ``predict``, ``evaluate`` and the
+its probabilities (``convnets.trust.calibration``) and the detector that flags inputs unlike its training
+images (``convnets.trust.ood``); both are stored in the run folder for ``predict``, ``evaluate`` and the
 report.
 
 When: the OOD detector is fitted at the end of ``convnets train`` (one extra forward pass over the
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.runs import OODConfig, RunConfig
 from .calibration import Calibration, plot_reliability
 from .ood import OODDetector
-from .runs import OODConfig, RunConfig
 
 __all__ = [
     "UNKNOWN",
@@ -78,13 +78,13 @@ def split_features(
     labels)``) when the caller holds them already (the trainer, its images maybe in memory)."""
     import torch
 
+    from ..weights import load_run
     from .ood import features_and_logits
-    from .weights import load_run
 
     if model is None:
         model, _ = load_run(run_dir)
     if loaders is None:
-        from .evaluate import load_run_splits
+        from ..deploy.evaluate import load_run_splits
 
         try:
             splits = load_run_splits(RunConfig.read(run_dir), batch_size=batch_size)
@@ -133,7 +133,7 @@ def calibrate_run(
     Writes ``calibration.png`` (reliability before/after the temperature) into ``out`` (default:
     the run folder).
     """
-    from .predictions import softmax
+    from ..base.predictions import softmax
 
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
@@ -193,7 +193,7 @@ class RunTrust:
     def annotate(self, rows: list, features: np.ndarray, reject: bool = False) -> None:
         """Add the ``ood`` field to prediction rows (``Prediction``, one per feature row); with
         ``reject``, a flagged row answers ``unknown`` and keeps the model's classes in ``ood.model_top``."""
-        from .predictions import ClassProb
+        from ..base.predictions import ClassProb
 
         if self.detector is None:
             return
@@ -238,10 +238,10 @@ def ood_warning(rows: list) -> str | None:
 def annotate_exported(run_dir: str | os.PathLike, rows: list, reject: bool = False) -> RunTrust:
     """The ``ood`` field for rows ``predict`` made with the exported model, without torch: the images
     are read again and run through ``model.onnx`` with its features as a second output
-    (:class:`convnets.ood.FeatureSession`). Rows with an error are left alone."""
-    from .data.images import read_image
+    (:class:`convnets.trust.ood.FeatureSession`). Rows with an error are left alone."""
+    from ..base.runs import ONNX_FILE
+    from ..data.images import read_image
     from .ood import FeatureSession
-    from .runs import ONNX_FILE
 
     config = RunConfig.read(run_dir)
     trust = RunTrust.read(run_dir, config)

@@ -1,7 +1,7 @@
 """After training: metrics, evaluation on a folder or a run's validation subset, and ensembles.
 
-Running the model (the :class:`~convnets.predictor.Classifier`, test-time augmentation, ``predict``)
-is ``convnets.predictor``; this module measures it: :func:`evaluate` (accuracy, per-class metrics,
+Running the model (the :class:`~convnets.deploy.predictor.Classifier`, test-time augmentation, ``predict``)
+is ``convnets.deploy.predictor``; this module measures it: :func:`evaluate` (accuracy, per-class metrics,
 confusion matrix, worst mistakes, what TTA gains for its cost) and :func:`evaluate_ensemble`.
 """
 
@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analysis import ErrorAnalysis
-from .calibration import Calibration, Reliability, plot_reliability
-from .data.images import expand_paths
-from .errors import ConvnetsError, output_dir
-from .inference import backend_of
-from .ood import features_and_logits
-from .plots import confusion_counts, plot_confusion_matrix, plot_image_grid
+from ..accel.inference import backend_of
+from ..base.errors import ConvnetsError, output_dir
+from ..base.plots import confusion_counts, plot_confusion_matrix, plot_image_grid
+from ..base.runs import RunConfig
+from ..data.images import expand_paths
+from ..trust.analysis import ErrorAnalysis
+from ..trust.calibration import Calibration, Reliability, plot_reliability
+from ..trust.ood import features_and_logits
 from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
-from .runs import RunConfig
 
 __all__ = [
     "ClassMismatchError",
@@ -114,7 +114,7 @@ def load_run_splits(
     """``data`` (default: the run's own source) as train/validation loaders without augmentation,
     normalised with the run's statistics; with ``own_source`` the run's own split, reproduced from
     config.json (evaluate and the trust fits both read a run's data this way)."""
-    from .data import load_data
+    from ..data import load_data
 
     if data is None:
         data = run_data_source(config)
@@ -234,7 +234,7 @@ class EvalResult:
     data: str
     skipped: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
-    backend: str = "eager"  # what ran the model (convnets.inference.backend_of)
+    backend: str = "eager"  # what ran the model (convnets.accel.inference.backend_of)
     mistakes: list[dict] = field(default_factory=list)  # worst mistakes: id, true, pred, confidence
     # ``sample_k`` images drawn across classes, right and wrong (SampleDraw, seeded): id, true, pred,
     # confidence and "image" (C, H, W) in [0, 1].
@@ -349,14 +349,14 @@ def evaluate(
     (:class:`SampleDraw`: across classes, right and wrong, drawn with ``sample_seed``).
 
     Beside accuracy: balanced accuracy, macro-F1, the most-confused pairs, the top losses and the
-    expected calibration error (:class:`convnets.analysis.ErrorAnalysis`), and the share of images
+    expected calibration error (:class:`convnets.trust.analysis.ErrorAnalysis`), and the share of images
     the run's out-of-distribution detector flags. ``calibrate=True`` first fits the temperature and
-    the detector on the run's own splits and stores them in the run (:func:`convnets.trust.calibrate_run`).
+    the detector on the run's own splits and stores them in the run (``trust.fit.calibrate_run``).
 
     With ``tta`` other than ``"none"`` the plain (single view) predictions are computed too, so the
     result reports both accuracies, the gain, the compute factor and the measured model seconds.
     Writes ``confusion_matrix.png``, ``mistakes.png`` (highest-confidence wrong predictions) and
-    ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.inference.inference_module`.
+    ``metrics.json`` into ``out``. ``backend``: see :func:`convnets.accel.inference.inference_module`.
     """
     check_tta(tta)
     if out is not None:
@@ -365,7 +365,7 @@ def evaluate(
     if calibrate:
         if isinstance(run, Classifier):
             raise ValueError("calibrate: needs a run folder (the temperature is stored there)")
-        from .trust import calibrate_run
+        from ..trust.fit import calibrate_run
 
         fit = calibrate_run(run, out=out)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
@@ -537,7 +537,7 @@ def evaluate_ensemble(
     validation subset. Reports each member's accuracy and cost and the summed params, multiply-adds
     and batch-1 latency of the ensemble next to its gain over the best member.
     """
-    from .cost import model_cost
+    from ..cost import model_cost
 
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two members")

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.decode import ImageReadError
-from .data.images import read_image
+from ..base.runs import INT8_ONNX_FILE, RunConfig
+from ..data.decode import ImageReadError
+from ..data.images import read_image
 from .exported import (
     INT8_FLAGS,
     Engine,
@@ -40,7 +41,6 @@ from .exported import (
     run_batched,
     split_files,
 )
-from .runs import INT8_ONNX_FILE, RunConfig
 
 DEFAULT_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_DROP = 1.0  # top-1 points
@@ -59,7 +59,7 @@ def int8_weight_type(flags: frozenset[str] | None = None) -> str:
     ONNX Runtime, whose kernel widens to 16 bits first) kept fp32's top-1 exactly. With VNNI or AMX the
     products accumulate in 32 bits, and s8 weights on OpenVINO are the fastest and as exact. By the
     CPU's flags, never its vendor."""
-    from .runtime import cpu_flags
+    from ..base.runtime import cpu_flags
 
     flags = cpu_flags() if flags is None else flags
     return "u8" if X86_MACHINE and flags and not flags & INT8_FLAGS else "s8"
@@ -180,7 +180,7 @@ def quantize_run(
     ``weights``: the int8 weights' type, ``"s8"`` or ``"u8"`` (default :func:`int8_weight_type`).
     Raises :class:`QuantizationRefused` (nothing written but the record) when top-1 on the
     validation split drops by more than ``max_drop`` points, and
-    :class:`convnets.runs.RunFolderError` for a run without recorded image files.
+    :class:`convnets.base.runs.RunFolderError` for a run without recorded image files.
     """
     from tqdm.auto import tqdm
 

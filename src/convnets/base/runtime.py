@@ -28,6 +28,7 @@ def cache_root() -> Path:
     colour statistics, compiled kernels, bf16 picks, exported graphs with features)."""
     return Path(os.environ.get("CONVNETS_CACHE") or Path.home() / ".cache" / "convnets")
 
+
 # The flags that decide the speed of training and inference, recorded with every benchmark figure.
 _RECORDED_FLAGS = frozenset(
     {
