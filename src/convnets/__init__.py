@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .base import moved
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "create_model", "get_model_cfg", "list_models"]
+
+moved.install()  # old module paths (convnets.evaluate, ...) keep importing
 
 if TYPE_CHECKING:
     from .models import create_model, get_model_cfg, list_models
