@@ -18,6 +18,7 @@ import torch
 from ..base.errors import output_dir
 from ..base.runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
 from ..base.runtime import prefers_channels_last
+from ..data.duplicates import warn_split_duplicates
 from . import distributed as ddp
 from .checkpoint import load_training_state, seed_everything
 from .options import (
@@ -370,8 +371,6 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
-    from ..doctor.duplicates import warn_split_duplicates  # doctor's cheap pre-check (exact copies)
-
     warn_split_duplicates(splits.split)
     if len(splits.class_names) < 2:
         raise TrainConfigError(
