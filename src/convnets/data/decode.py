@@ -48,12 +48,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..base.choices import RESIZE_CHOICES as RESIZE_CHOICES  # the resize modes' one home
+from ..base.choices import RESIZE_MODES as RESIZE_MODES
+from ..base.choices import resize_mode as resize_mode
+from ..base.choices import resize_name as resize_name
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
-RESIZE_MODES = ("center-crop", "resize", "letterbox")
-# The names `convnets train --resize` takes (what each does to a non-square image) -> stored modes.
-RESIZE_CHOICES = {"crop": "center-crop", "squash": "resize", "letterbox": "letterbox"}
 CROP_RATIO = 0.875  # eval crop / resize ratio (224 / 256), torchvision's ImageNet convention
 LETTERBOX_FILL = (124, 116, 104)  # round(255 * ImageNet mean): see the module docstring
 # Peak bytes one decode may allocate: the decoded frame times its mode's conversion cost (below).
@@ -108,21 +110,6 @@ def cpu_count() -> int:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def resize_mode(name: str) -> str:
-    """A stored mode (``center-crop``, ``resize``, ``letterbox``) or a ``--resize`` name (``crop``,
-    ``squash``, ``letterbox``) -> the stored mode; ``ValueError`` names the choices."""
-    if name in RESIZE_MODES:
-        return name
-    if name in RESIZE_CHOICES:
-        return RESIZE_CHOICES[name]
-    raise ValueError(f"resize must be one of {', '.join(RESIZE_CHOICES)}, got {name!r}")
-
-
-def resize_name(mode: str) -> str:
-    """A stored mode -> the ``--resize`` name a user types (``center-crop`` -> ``crop``)."""
-    return {v: k for k, v in RESIZE_CHOICES.items()}[resize_mode(mode)]
 
 
 def base_size(image_size: tuple[int, int], resize: str) -> tuple[int, int]:
