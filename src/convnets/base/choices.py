@@ -18,3 +18,23 @@ TORCH_PATH_CHOICES = ("auto", "onnxruntime", *TORCH_BACKENDS)
 #: Test-time augmentation modes and the forward passes each costs per image (deploy/predictor.py).
 TTA_COST = {"none": 1, "flip": 2, "10crop": 10}
 TTA_MODES = tuple(TTA_COST)
+
+# How an image becomes the input size (data/decode.py applies them): the modes config.json stores ...
+RESIZE_MODES = ("center-crop", "resize", "letterbox")
+# ... and the names `convnets train --resize` takes (what each does to a non-square image).
+RESIZE_CHOICES = {"crop": "center-crop", "squash": "resize", "letterbox": "letterbox"}
+
+
+def resize_mode(name: str) -> str:
+    """A stored mode (``center-crop``, ``resize``, ``letterbox``) or a ``--resize`` name (``crop``,
+    ``squash``, ``letterbox``) -> the stored mode; ``ValueError`` names the choices."""
+    if name in RESIZE_MODES:
+        return name
+    if name in RESIZE_CHOICES:
+        return RESIZE_CHOICES[name]
+    raise ValueError(f"resize must be one of {', '.join(RESIZE_CHOICES)}, got {name!r}")
+
+
+def resize_name(mode: str) -> str:
+    """A stored mode -> the ``--resize`` name a user types (``center-crop`` -> ``crop``)."""
+    return {v: k for k, v in RESIZE_CHOICES.items()}[resize_mode(mode)]

@@ -140,3 +140,14 @@ def error_text(e: BaseException) -> str:
     if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
         return e.args[0]
     return str(e)
+
+
+# --- checkpoints (convnets.weights), here so models/ can raise them without importing that package ---
+
+
+class WeightsError(ConvnetsError, ValueError):
+    """A checkpoint that cannot be found, read or used; the message names the file."""
+
+
+class CheckpointMismatchError(WeightsError):
+    """The checkpoint's tensors do not fit the model (missing/unexpected keys, other shapes)."""

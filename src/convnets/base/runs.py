@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes, atomic_write_json
+from .choices import RESIZE_MODES, resize_mode
 from .errors import ConvnetsError
 
 SCHEMA_VERSION = 1
@@ -98,7 +99,7 @@ class RunConfig:
     head: str = "default"  # "transfer": the head was replaced with reset_classifier
     head_dropout: float | None = None
     # How every reader brings an image to image_size (train --resize): center-crop (crop), resize
-    # (squash) or letterbox; data/decode.py defines them. Old runs without the key centre-crop.
+    # (squash) or letterbox; base/choices.py names them. Old runs without the key centre-crop.
     resize: str = "center-crop"
     mean: tuple[float, ...] | None = None  # None: the model takes unnormalised [0, 1] input
     std: tuple[float, ...] | None = None
@@ -148,8 +149,6 @@ class RunConfig:
             self.best = BestEpoch(**{k: self.best.get(k) for k in ("epoch", "val_acc", "val_bal_acc")})
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
-        from ..data.decode import RESIZE_MODES, resize_mode  # numpy/Pillow only: still torch-free
-
         try:
             self.resize = resize_mode(self.resize)  # --resize names (crop, squash) -> stored modes
         except ValueError:
@@ -276,10 +275,6 @@ def _read_split(run_dir: Path, ref: dict[str, Any], config_path: Path) -> dict[s
     if not isinstance(split, dict):
         raise RunFolderError(f"{path}: not a JSON object")
     return split
-
-
-def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    return RunConfig.read(run_dir)
 
 
 def weights_path(run_dir: str | os.PathLike) -> Path:

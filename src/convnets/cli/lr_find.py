@@ -85,7 +85,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.lr_find import describe, lr_find
+    from ..train.api import lr_find
+    from ..train.lr_find import describe
     from ..train.options import TrainConfigError
 
     options = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}

@@ -171,9 +171,14 @@ def build_train_transform(
     ops = sample_ops(spec)
     if not ops:  # no augmentation: the eval transform, without importing torchvision
         return build_eval_transform(image_size, mean, std)
-    from .augment_ops import compose
+    from .augment_ops import compose  # start-up: torchvision (~1 s) only when a run augments
 
-    return compose(ops, tuple(image_size), in_chans, list(mean), list(std), pca, resize=resize)
+    geometric = [(n, p) for n, p in ops if OPS[n].kind == "geometric"]
+    colour = [(n, p) for n, p in ops if OPS[n].kind == "colour"]
+    center_crop = not any(n in CROP_OPS for n, _ in geometric)
+    return compose(
+        geometric, colour, tuple(image_size), in_chans, list(mean), list(std), pca, resize, center_crop
+    )
 
 
 def build_eval_transform(

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from .decode import letterbox_fill
+
 _BILINEAR = InterpolationMode.BILINEAR
 
 
@@ -116,8 +118,6 @@ def _pca(sigma: float, in_chans: int, pca: Any) -> v2.Transform:
 
 def _fill(in_chans: int) -> list[int]:
     """The letterbox pad colour (decode.LETTERBOX_FILL) for a uint8 image of ``in_chans`` channels."""
-    from .decode import letterbox_fill
-
     value = letterbox_fill("L" if in_chans == 1 else "RGB")
     return list(value) if isinstance(value, tuple) else [value]
 
@@ -160,21 +160,20 @@ def build_op(
 
 
 def compose(
-    ops: list[tuple[str, float]],
+    geometric: list[tuple[str, float]],
+    colour: list[tuple[str, float]],
     size: tuple[int, int],
     in_chans: int,
     mean: list[float],
     std: list[float],
     pca: Any,
     resize: str = "center-crop",
+    center_crop: bool = True,
 ) -> v2.Compose:
-    """Geometric ops on the uint8 base, then float, then colour ops, then normalisation."""
-    from .augment import CROP_OPS, OPS
-
-    geometric = [(n, p) for n, p in ops if OPS[n].kind == "geometric"]
-    colour = [(n, p) for n, p in ops if OPS[n].kind == "colour"]
+    """Geometric ops on the uint8 base (after a centre crop to ``size`` when ``center_crop``: none of
+    them crops), then float, then colour ops, then normalisation. ``augment.py`` sorts the ops."""
     steps: list[v2.Transform] = []
-    if not any(n in CROP_OPS for n, _ in geometric):
+    if center_crop:
         steps.append(v2.CenterCrop(size))
     steps += [build_op(n, p, size, in_chans, pca, resize) for n, p in geometric]
     steps.append(v2.ToDtype(torch.float32, scale=True))

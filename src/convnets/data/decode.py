@@ -46,14 +46,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from ..base.choices import RESIZE_CHOICES as RESIZE_CHOICES  # the resize modes' one home
+from ..base.choices import RESIZE_MODES as RESIZE_MODES
+from ..base.choices import resize_mode as resize_mode
+from ..base.choices import resize_name as resize_name
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
-RESIZE_MODES = ("center-crop", "resize", "letterbox")
-# The names `convnets train --resize` takes (what each does to a non-square image) -> stored modes.
-RESIZE_CHOICES = {"crop": "center-crop", "squash": "resize", "letterbox": "letterbox"}
 CROP_RATIO = 0.875  # eval crop / resize ratio (224 / 256), torchvision's ImageNet convention
 LETTERBOX_FILL = (124, 116, 104)  # round(255 * ImageNet mean): see the module docstring
 # Peak bytes one decode may allocate: the decoded frame times its mode's conversion cost (below).
@@ -108,21 +110,6 @@ def cpu_count() -> int:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def resize_mode(name: str) -> str:
-    """A stored mode (``center-crop``, ``resize``, ``letterbox``) or a ``--resize`` name (``crop``,
-    ``squash``, ``letterbox``) -> the stored mode; ``ValueError`` names the choices."""
-    if name in RESIZE_MODES:
-        return name
-    if name in RESIZE_CHOICES:
-        return RESIZE_CHOICES[name]
-    raise ValueError(f"resize must be one of {', '.join(RESIZE_CHOICES)}, got {name!r}")
-
-
-def resize_name(mode: str) -> str:
-    """A stored mode -> the ``--resize`` name a user types (``center-crop`` -> ``crop``)."""
-    return {v: k for k, v in RESIZE_CHOICES.items()}[resize_mode(mode)]
 
 
 def base_size(image_size: tuple[int, int], resize: str) -> tuple[int, int]:
@@ -354,3 +341,47 @@ def load_base(
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
+
+
+# --- one full decode, for inspection (doctor's scan, exact-copy pixel hashes) ---------------------
+
+
+def decode_rgb(path: str) -> tuple[dict, Image.Image]:
+    """Decode one file fully (EXIF-oriented, converted to RGB as the data layer does) and return its
+    header facts with the image. ``ImageReadError`` (the data layer's wording) if it cannot be used.
+
+    The decode keeps to the data layer's budget (``decode.check_decode_size``), checked on the header
+    before any pixel is allocated: a JPEG over it is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``,
+    libjpeg's own reduction; its pixel hash is then that of the reduced picture, the same for every
+    copy of the file), anything else over it is reported as refused."""
+    facts: dict = {"bytes": os.path.getsize(path)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                facts.update(format=im.format, mode=im.mode)
+                im.seek(0)
+                _fit_decode_budget(im)
+                im.load()  # the full decode: truncated or corrupt data fails here
+                im = ImageOps.exif_transpose(im)
+                facts["width"], facts["height"] = im.size
+                return facts, to_mode(im, 3)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"refused: too many pixels (decompression bomb?): {e}") from None
+    except Exception as e:  # Pillow raises many types for bad files; all mean "not usable"
+        raise ImageReadError(f"cannot decode: {type(e).__name__}: {e}") from None
+
+
+def _fit_decode_budget(im: Image.Image) -> None:
+    """Draft a JPEG down until its decode fits the budget; then refuse what still does not."""
+    w, h = im.size
+    if im.format == "JPEG":
+        for factor in (1, 2, 4, 8):
+            try:
+                check_decode_size(w // factor, h // factor, im.mode)
+            except ImageReadError:
+                continue
+            if factor > 1:
+                im.draft(im.mode, (w // factor, h // factor))
+            return
+    check_decode_size(*im.size, im.mode)

@@ -19,8 +19,8 @@ import torch
 from ..accel.inference import backend_of
 from ..base.errors import ConvnetsError, output_dir
 from ..base.plots import confusion_counts, plot_confusion_matrix, plot_image_grid
-from ..base.runs import RunConfig
 from ..data.images import expand_paths
+from ..data.run_splits import load_run_splits, run_data_source
 from ..trust.analysis import ErrorAnalysis
 from ..trust.calibration import Calibration, Reliability, plot_reliability
 from ..trust.ood import features_and_logits
@@ -103,45 +103,6 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, class_nam
         top5 = probs.topk(5, dim=1).indices.cpu()
         metrics["top5"] = float((top5 == targets[:, None]).any(1).float().mean()) if n else float("nan")
     return metrics
-
-
-# --- evaluation data ---------------------------------------------------------------------------
-
-
-def load_run_splits(
-    config: RunConfig, data: str | Path | None = None, *, batch_size: int = 64, own_source: bool = True
-):
-    """``data`` (default: the run's own source) as train/validation loaders without augmentation,
-    normalised with the run's statistics; with ``own_source`` the run's own split, reproduced from
-    config.json (evaluate and the trust fits both read a run's data this way)."""
-    from ..data import load_data
-
-    if data is None:
-        data = run_data_source(config)
-    mean, std = config.normalization()
-    return load_data(
-        str(data),
-        image_size=config.image_size,
-        in_chans=config.in_chans,
-        val_split=config.data.val_split if config.data is not None else 0.2,
-        seed=config.data.seed if config.data is not None else 0,
-        batch_size=batch_size,
-        augment="none",
-        normalize="auto",  # with mean and std given: exactly the run's statistics
-        mean=mean,
-        std=std,
-        num_workers=0,
-        data_root=config.options.get("data_root"),
-        resize=config.resize,  # the run's mode on any data: what predict and serve do too
-        split=config.split if own_source else None,
-    )
-
-
-def run_data_source(config: RunConfig) -> str:
-    """The data the run trained on (its config.json), whose validation split ``evaluate`` uses by default."""
-    if config.data is None or not config.data.source:
-        raise ValueError("config.json does not say which data the run was trained on: give DATA")
-    return str(config.data.source)
 
 
 @dataclass

@@ -15,7 +15,6 @@ A file whose pixels fail to decode (truncated, corrupt) is reported with the dat
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import warnings
@@ -24,17 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..base.errors import ConvnetsError
-from ..data.decode import (
-    ImageReadError,
-    SkippedImageWarning,
-    check_decode_size,
-    cpu_count,
-    is_image_file,
-    to_mode,
-)
+from ..data.decode import ImageReadError, SkippedImageWarning, cpu_count, decode_rgb, is_image_file
+from ..data.duplicates import pixel_hash
 from ..data.folder import DatasetError, find_presplit, scan_folder
 
 GREY_SIZE = 64  # grey thumbnail side for hashing and near-duplicate checks
@@ -183,59 +176,6 @@ def resolve_sources(
     if test is not None:
         folders["test"] = Path(test)
     return [folder_source(role, f) for role in SPLIT_ORDER if (f := folders[role]) is not None]
-
-
-def decode_rgb(path: str) -> tuple[dict, Image.Image]:
-    """Decode one file fully (EXIF-oriented, converted to RGB as the data layer does) and return its
-    header facts with the image. ``ImageReadError`` (the data layer's wording) if it cannot be used.
-
-    The decode keeps to the data layer's budget (``decode.check_decode_size``), checked on the header
-    before any pixel is allocated: a JPEG over it is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``,
-    libjpeg's own reduction; its pixel hash is then that of the reduced picture, the same for every
-    copy of the file), anything else over it is reported as refused."""
-    facts: dict = {"bytes": os.path.getsize(path)}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                facts.update(format=im.format, mode=im.mode)
-                im.seek(0)
-                _fit_decode_budget(im)
-                im.load()  # the full decode: truncated or corrupt data fails here
-                im = ImageOps.exif_transpose(im)
-                facts["width"], facts["height"] = im.size
-                return facts, to_mode(im, 3)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"refused: too many pixels (decompression bomb?): {e}") from None
-    except Exception as e:  # Pillow raises many types for bad files; all mean "not usable"
-        raise ImageReadError(f"cannot decode: {type(e).__name__}: {e}") from None
-
-
-def _fit_decode_budget(im: Image.Image) -> None:
-    """Draft a JPEG down until its decode fits the budget; then refuse what still does not."""
-    w, h = im.size
-    if im.format == "JPEG":
-        for factor in (1, 2, 4, 8):
-            try:
-                check_decode_size(w // factor, h // factor, im.mode)
-            except ImageReadError:
-                continue
-            if factor > 1:
-                im.draft(im.mode, (w // factor, h // factor))
-            return
-    check_decode_size(*im.size, im.mode)
-
-
-def pixel_hash(rgb: Image.Image) -> str:
-    """Hash of the decoded pixels and their shape: equal for the same picture in any file format."""
-    pixels = np.asarray(rgb)
-    digest = hashlib.blake2b(pixels.tobytes(), digest_size=16)
-    digest.update(np.asarray(pixels.shape, np.int64).tobytes())
-    return digest.hexdigest()
-
-
-def inspect_pixels_hash(path: str) -> str:
-    return pixel_hash(decode_rgb(path)[1])
 
 
 def inspect_image(path: str) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -23,7 +23,6 @@ from .registry import register_model
 __all__ = ["AlexNet", "alexnet"]
 
 TORCHVISION_WIDTHS = (64, 192, 384, 256, 256)
-PAPER_WIDTHS = (96, 256, 384, 384, 256)
 
 
 class AlexNet(FCHeadConvNet):

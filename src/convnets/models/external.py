@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..base.errors import WeightsError
 from .base import ConvNet, ModelCfg
 
 PREFIXES = ("timm/", "torchvision/")
@@ -404,8 +405,6 @@ def fetch_timm_weights(name: str, tag: str | None = None) -> tuple[Path, ModelCf
     hub_id = cfg.extra.get("hf_hub_id")
     if not hub_id:
         url = cfg.extra.get("url") or "its release page"
-        from ..weights import WeightsError
-
         raise WeightsError(
             f"timm/{arch} has no Hugging Face hub weights; download them from {url} and pass --weights FILE"
         )
@@ -415,8 +414,6 @@ def fetch_timm_weights(name: str, tag: str | None = None) -> tuple[Path, ModelCf
     try:
         path = hf_hub_download(hub_id, "model.safetensors")
     except Exception as e:  # noqa: BLE001 - offline, no such file, hub errors: all mean "no file here"
-        from ..weights import WeightsError
-
         cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise WeightsError(
             f"could not get timm/{arch}'s weights from the Hugging Face hub ({type(e).__name__}: "

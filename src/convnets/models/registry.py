@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..weights.pretrained import build_pretrained
 from .base import ModelCfg
 from .external import is_external
 
@@ -100,10 +101,8 @@ def create_model(
     default_classes, default_chans = builder_defaults(name)
     num_classes = default_classes if num_classes is None else num_classes
     in_chans = default_chans if in_chans is None else in_chans
-    if weights is not None:
-        from ..weights import create_pretrained
-
-        return create_pretrained(name, weights, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if weights is not None:  # built through this registry, then loaded: see convnets/weights/__init__.py
+        return build_pretrained(name, weights, create_model, get_model_cfg, num_classes, in_chans, **kwargs)
     if is_external(name):  # timm/NAME, torchvision/NAME: see models/external.py
         from .external import create_external
 

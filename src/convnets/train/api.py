@@ -1,4 +1,5 @@
-"""``convnets.train(data, model=..., out=..., **options)``: the Python face of ``convnets train``.
+"""``convnets.train(data, model=..., out=..., **options)`` and ``lr_find(...)``: the Python faces of
+``convnets train`` and ``convnets lr-find``.
 
 It checks the options, loads the data (``convnets.data.load_data``), builds the model (fresh or
 from ``--weights`` with a new transfer head), plans the phases, writes ``config.json`` and hands
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,19 @@ import torch
 from ..base.errors import output_dir
 from ..base.runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
 from ..base.runtime import prefers_channels_last
+from ..data.duplicates import warn_split_duplicates
 from . import distributed as ddp
 from .checkpoint import load_training_state, seed_everything
+from .lr_find import (
+    DEFAULT_END_LR,
+    DEFAULT_START_LR,
+    DEFAULT_STEPS,
+    METHODS,
+    LRCurve,
+    auto_phase_lr,
+    phase_range_test,
+    save_curve,
+)
 from .options import (
     DEFAULT_LR,
     DEFAULT_WEIGHT_DECAY,
@@ -302,6 +317,7 @@ def _build_trainer(
         on_skipped=_skip_reporter(splits.train),
         resume_state=resume_state,
         log=log,
+        find_lr=auto_phase_lr if opts.lr == "auto" or opts.fine_tune_lr_scale == "auto" else None,
     )
 
 
@@ -370,8 +386,6 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise TrainConfigError(f"DATA {data}: {e}") from None
-    from ..doctor.duplicates import warn_split_duplicates  # doctor's cheap pre-check (exact copies)
-
     warn_split_duplicates(splits.split)
     if len(splits.class_names) < 2:
         raise TrainConfigError(
@@ -472,3 +486,45 @@ def _skip_reporter(loader):
                 warnings.warn(f"skipping {name}: {reason}", SkippedImageWarning, stacklevel=2)
 
     return report
+
+
+# --- convnets lr-find ------------------------------------------------------------------------------
+
+
+def lr_find(
+    data: str | Path,
+    model: str,
+    out: str | Path,
+    *,
+    steps: int = DEFAULT_STEPS,
+    start_lr: float = DEFAULT_START_LR,
+    end_lr: float = DEFAULT_END_LR,
+    method: str = "valley",
+    log: Callable[[str], None] | None = None,
+    **options: Any,
+) -> LRCurve:
+    """``convnets lr-find``: the range test on the first phase ``convnets train DATA --model MODEL
+    **options`` would run (same data pipeline, model, head, optimizer); writes ``lr_find.png`` and
+    ``lr_find.json`` to ``out`` and returns the curve with its suggestion. Nothing else is saved."""
+    if method not in METHODS:
+        raise TrainConfigError(f"--method: must be one of {', '.join(METHODS)}, got {method!r}")
+    if steps < 10:
+        raise TrainConfigError(f"--steps: at least 10 steps are needed for a readable curve, got {steps}")
+    if not 0 < start_lr < end_lr:
+        raise TrainConfigError(f"--start-lr/--end-lr: need 0 < start < end, got {start_lr} and {end_lr}")
+    options = {k: v for k, v in options.items() if v is not None}
+    options.setdefault("lr", 1e-3)  # unused: the test sets every step's rate
+    scratch = Path(tempfile.mkdtemp(prefix="convnets-lr-find-"))  # the trainer's run folder, thrown away
+    try:
+        trainer = build_trainer(data, model, scratch, log=log, **options)
+        if trainer.tb is not None:
+            trainer.tb.close()
+            trainer.tb = None
+        phase = trainer.phases[0]
+        trainer.prepare_phase(phase)
+        curve = phase_range_test(trainer, phase, steps=steps, start_lr=start_lr, end_lr=end_lr, method=method)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    curve.extra = {"data": str(data), "model": model, "options": {k: v for k, v in options.items()}}
+    save_curve(curve, out)
+    return curve

@@ -19,7 +19,8 @@ exactly as one given the found value.
 
 ``phase_range_test`` runs the test inside a :class:`~convnets.train.trainer.Trainer` on the phase's
 own batches (cached features for a frozen-base head, the same augmentation and batch mixing) and
-optimizer; ``lr_find`` is the ``convnets lr-find`` command's library call.
+optimizer; ``auto_phase_lr`` is what the trainer runs at a phase's start for ``--lr auto`` (``train.api``
+hands it to the Trainer); ``train.api.lr_find`` is the ``convnets lr-find`` command's library call.
 """
 
 from __future__ import annotations
@@ -349,51 +350,3 @@ def auto_phase_lr(trainer: Trainer, phase: Phase) -> None:
     for record in config.phases:
         if record["name"] == phase.name:
             record["lr"] = phase.lr
-
-
-# --- convnets lr-find ------------------------------------------------------------------------------
-
-
-def lr_find(
-    data: str | Path,
-    model: str,
-    out: str | Path,
-    *,
-    steps: int = DEFAULT_STEPS,
-    start_lr: float = DEFAULT_START_LR,
-    end_lr: float = DEFAULT_END_LR,
-    method: str = "valley",
-    log: Callable[[str], None] | None = None,
-    **options: Any,
-) -> LRCurve:
-    """``convnets lr-find``: the range test on the first phase ``convnets train DATA --model MODEL
-    **options`` would run (same data pipeline, model, head, optimizer); writes ``lr_find.png`` and
-    ``lr_find.json`` to ``out`` and returns the curve with its suggestion. Nothing else is saved."""
-    import shutil
-    import tempfile
-
-    from .api import build_trainer
-    from .options import TrainConfigError
-
-    if method not in METHODS:
-        raise TrainConfigError(f"--method: must be one of {', '.join(METHODS)}, got {method!r}")
-    if steps < 10:
-        raise TrainConfigError(f"--steps: at least 10 steps are needed for a readable curve, got {steps}")
-    if not 0 < start_lr < end_lr:
-        raise TrainConfigError(f"--start-lr/--end-lr: need 0 < start < end, got {start_lr} and {end_lr}")
-    options = {k: v for k, v in options.items() if v is not None}
-    options.setdefault("lr", 1e-3)  # unused: the test sets every step's rate
-    scratch = Path(tempfile.mkdtemp(prefix="convnets-lr-find-"))  # the trainer's run folder, thrown away
-    try:
-        trainer = build_trainer(data, model, scratch, log=log, **options)
-        if trainer.tb is not None:
-            trainer.tb.close()
-            trainer.tb = None
-        phase = trainer.phases[0]
-        trainer.prepare_phase(phase)
-        curve = phase_range_test(trainer, phase, steps=steps, start_lr=start_lr, end_lr=end_lr, method=method)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    curve.extra = {"data": str(data), "model": model, "options": {k: v for k, v in options.items()}}
-    save_curve(curve, out)
-    return curve

@@ -231,7 +231,9 @@ class Trainer:
         on_skipped: Callable[[list], None] | None = None,
         resume_state: dict | None = None,
         log: Callable[[str], None] | None = None,
+        find_lr: Callable[[Trainer, Phase], None] | None = None,  # lr_find.auto_phase_lr, set by api.py
     ) -> None:
+        self.find_lr = find_lr
         self.model = model
         self.train_set, self.val_set = train_set, val_set
         self.class_names = list(class_names)
@@ -348,10 +350,8 @@ class Trainer:
 
     def _run_phase(self, phase: Phase) -> None:
         self.prepare_phase(phase)
-        if self.opts.lr == "auto" or self.opts.fine_tune_lr_scale == "auto":
-            from .lr_find import auto_phase_lr  # --lr auto: a range test sets phase.lr
-
-            auto_phase_lr(self, phase)
+        if self.find_lr is not None:  # --lr auto: a range test sets phase.lr
+            self.find_lr(self, phase)
         self.log(describe_phase(self.model, phase))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, self.opts, phase.lr)

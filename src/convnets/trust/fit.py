@@ -84,7 +84,7 @@ def split_features(
     if model is None:
         model, _ = load_run(run_dir)
     if loaders is None:
-        from ..deploy.evaluate import load_run_splits
+        from ..data.run_splits import load_run_splits  # start-up: torch, only to fit
 
         try:
             splits = load_run_splits(RunConfig.read(run_dir), batch_size=batch_size)

@@ -1,238 +1,35 @@
-"""WebDataset tar shards: data past what one folder scan and one disk serve.
-
-``write_shards(DATA, OUT)`` (``convnets shard``) scans a class-per-folder dataset once, splits it
-(stratified, seeded: the same split a folder run makes), shuffles the training order and writes
-``train-NNNNNN.tar`` / ``val-NNNNNN.tar`` of about ``shard_size`` bytes each, plus ``index.json``
-(:class:`ShardIndex`: class names, per-class counts, each shard's sample count, which are validation).
-Samples hold the original file bytes, or with ``resize`` a JPEG of the decoded base image (smaller
-shards, cheaper decoding when streaming).
-
-:class:`ShardStream` streams them for training: ``convnets train OUT/`` (``load_data`` sees the
-index). The webdataset library reads the tars (local paths, ``http(s)://``, ``pipe:`` URLs listed in
-the index); the split of work is done here rather than with ``split_by_node``/``split_by_worker``,
-which hand out whole shards and so give ranks unequal sample counts (a DDP run then hangs or drops
-data). Instead every epoch the shards are put in a seeded order, the concatenated samples are cut into
-one contiguous range per rank (sizes differ by at most one; the shorter ranges are padded by repeating
-their first sample, as ``DistributedSampler`` pads) and each rank's range into whole-batch pieces per
-worker. So each training image is seen once per epoch across ranks, every rank steps the same number
-of batches, and each worker reads only the shards its range touches, sequentially. A shuffle buffer
-mixes the order inside each worker; decoding follows the folder rules (``decode.load_base``) and a
-sample that fails to decode is reported (``SkippedImageWarning`` via the trainer) and skipped.
-"""
+"""Reading a shard set: :class:`ShardStream` streams it for training (the split of work across ranks
+and workers, the shuffle buffer, decoding as the folder pipeline does), ``shard_splits`` is what
+``load_data`` calls."""
 
 from __future__ import annotations
 
+import copy
 import io
-import json
+import itertools
 import math
 import os
 import random
-import re
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import IterableDataset
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
 
-INDEX_FILE = "index.json"
-DEFAULT_SHARD_SIZE = "512MB"
+from ..decode import ImageReadError, base_size, fit, load_base, to_mode
+from .index import RAW_PREFIX, ShardIndex
+
 # Samples held per worker for shuffling. The writer already shuffled the training order and the shard
 # order changes every epoch, so the buffer only mixes locally; a larger one delays the first batch.
 SHUFFLE_BUFFER = 256
-RAW_PREFIX = "u8."  # member extension of decoded pixels: "u8.73x73x3"
 SHUFFLE_START = 64  # samples in the buffer before the first one leaves it
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """``"512MB"``, ``"64k"``, ``1000000`` -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ValueError(f"--shard-size: {text!r} is not a size such as 512MB, 64MB or 1GB")
-    return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
-
-
-@dataclass
-class ShardInfo:
-    url: str  # relative to the index's folder, or a URL the webdataset library opens
-    count: int
-
-
-@dataclass
-class ShardIndex:
-    """``index.json``: what a shard set holds."""
-
-    class_names: list[str]
-    train: list[ShardInfo]
-    val: list[ShardInfo]
-    counts: dict[str, int]  # images per class (train + val)
-    stored: str  # "original" (the files' own bytes) or "resized" (JPEG of the base image)
-    image_size: int | None = None  # the stored base size when resized
-    source: str = ""
-    val_split: float | None = None
-    seed: int = 0
-    skipped: list = field(default_factory=list)  # (file, reason) left out at write time
-    version: int = 1
-
-    def write(self, folder: Path) -> Path:
-        from ..base.atomic import atomic_write_json
-
-        path = Path(folder) / INDEX_FILE
-        atomic_write_json(path, asdict(self))
-        return path
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> ShardIndex:
-        path = Path(path)
-        if path.is_dir():
-            path = path / INDEX_FILE
-        try:
-            raw = json.loads(path.read_text())
-            raw["train"] = [ShardInfo(**s) for s in raw["train"]]
-            raw["val"] = [ShardInfo(**s) for s in raw["val"]]
-            return cls(**raw)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a readable shard index ({type(e).__name__}: {e})") from e
-
-    def resolve(self, folder: Path, shards: list[ShardInfo]) -> list[tuple[str, int]]:
-        """(URL the webdataset library opens, sample count) per shard."""
-        out = []
-        for s in shards:
-            remote = "://" in s.url or s.url.startswith("pipe:")
-            out.append((s.url if remote else str(Path(folder) / s.url), s.count))
-        return out
-
-
-def _tar_bytes(data: bytes) -> int:
-    """A tar member's size on disk: a 512-byte header and the data padded to 512."""
-    return 512 + -(-len(data) // 512) * 512
-
-
-def is_shard_source(source: str | os.PathLike) -> bool:
-    path = Path(os.path.expanduser(str(source)))
-    return (path.is_dir() and (path / INDEX_FILE).is_file()) or (path.name == INDEX_FILE and path.is_file())
-
-
-# --- writing -----------------------------------------------------------------------------------------
-
-
-def write_shards(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    shard_size: str | int = DEFAULT_SHARD_SIZE,
-    val_split: float | None = 0.2,
-    seed: int = 0,
-    resize: int | None = None,
-    progress: bool = True,
-) -> ShardIndex:
-    """Write ``data`` (a folder of class sub-folders) as WebDataset shards + ``index.json`` in ``out``.
-
-    ``resize`` stores each image decoded and brought to a ``resize``-pixel base (the folder pipeline's
-    centre-crop base, JPEG quality 95) instead of the file's own bytes.
-    """
-    import webdataset as wds
-    from tqdm.auto import tqdm
-
-    from .decode import ImageReadError, base_size, load_base
-    from .folder import scan_folder
-    from .split import stratified_split
-
-    max_bytes = parse_size(shard_size)
-    out = Path(out)
-    if out.exists() and any(out.glob("*.tar")):
-        raise ValueError(f"--out: {out} already holds shards; choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    scan = scan_folder(data)
-    root = Path(data)
-    rel, files = scan.rel_paths, scan.files
-    if val_split:
-        train_idx, val_idx = stratified_split(rel, scan.labels, val_split, seed)
-    else:
-        train_idx, val_idx = list(range(len(rel))), []
-    random.Random(seed).shuffle(train_idx)  # classes mixed along the shards: contiguous ranges are random
-    skipped: list = [list(s) for s in scan.skipped]  # scan_folder has reported these already
-    reported = len(skipped)
-    base = base_size((resize, resize), "center-crop") if resize else None
-
-    def payload(i: int) -> tuple[str, bytes]:
-        path = files[i]
-        if base is None:
-            ext = Path(path).suffix.lower().lstrip(".")
-            return ("jpg" if ext == "jpeg" else ext), Path(path).read_bytes()
-        arr = load_base(path, base)  # decoded pixels: streaming then skips decoding entirely
-        return f"{RAW_PREFIX}{arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]}", arr.tobytes()
-
-    bar = tqdm(total=len(rel), desc="shards", unit="img", disable=not progress)
-
-    def write(split: str, indices: list[int]) -> list[ShardInfo]:
-        shards: list[ShardInfo] = []
-        writer = None
-        size = 0
-        for i in indices:
-            try:
-                ext, data_bytes = payload(i)
-            except (ImageReadError, OSError) as e:
-                skipped.append([rel[i], str(e)])
-                bar.update()
-                continue
-            if writer is None or size + len(data_bytes) > max_bytes and shards[-1].count:
-                if writer is not None:
-                    writer.close()
-                name = f"{split}-{len(shards):06d}.tar"
-                # An integer mtime: plain ustar headers (a float one adds a PAX header per member).
-                writer = wds.TarWriter(str(out / name), encoder=False, mtime=int(time.time()))
-                shards.append(ShardInfo(name, 0))
-                size = 0
-            key = f"{len(shards) - 1:06d}_{shards[-1].count:07d}"
-            writer.write(
-                {"__key__": key, ext: data_bytes, "cls": str(scan.labels[i]).encode(), "txt": rel[i].encode()}
-            )
-            shards[-1].count += 1
-            size += _tar_bytes(data_bytes) + 2 * _tar_bytes(b"x" * 64)  # + the cls and txt members
-            bar.update()
-        if writer is not None:
-            writer.close()
-        return shards
-
-    train = write("train", train_idx)
-    val = write("val", val_idx)
-    bar.close()
-    for name, reason in skipped[reported:]:
-        from .decode import SkippedImageWarning
-
-        warnings.warn(f"skipping {name}: {reason}", SkippedImageWarning, stacklevel=2)
-    counts = {c: 0 for c in scan.class_names}
-    for label in scan.labels:
-        counts[scan.class_names[label]] += 1
-    index = ShardIndex(
-        class_names=list(scan.class_names),
-        train=train,
-        val=val,
-        counts=counts,
-        stored="resized" if base else "original",
-        image_size=resize,
-        source=str(root.resolve()),
-        val_split=val_split,
-        seed=seed,
-        skipped=skipped,
-    )
-    os.chmod(index.write(out), 0o644)  # shards on shared storage: readable by every user, as the tars
-    return index
-
-
-# --- reading -----------------------------------------------------------------------------------------
 
 
 def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -328,8 +125,6 @@ class ShardStream(IterableDataset):
 
     def whole(self) -> ShardStream:
         """The same stream, unsplit: every sample once, in one process (the final confusion matrix)."""
-        import copy
-
         other = copy.copy(self)
         other.split_ranks, other.pad = False, False
         return other
@@ -345,8 +140,6 @@ class ShardStream(IterableDataset):
         return len(self._positions())
 
     def _decode(self, sample: dict[str, Any]) -> np.ndarray:
-        from .decode import ImageReadError, base_size, fit, load_base, to_mode
-
         size = base_size(self.out_size, self.resize)
         raw = next((k for k in sample if k.startswith(RAW_PREFIX)), None)
         if raw is None:
@@ -358,8 +151,6 @@ class ShardStream(IterableDataset):
         except ValueError as e:
             raise ImageReadError(f"cannot read the stored pixels ({raw}): {e}") from None
         if arr.shape != (*size, self.in_chans):  # trained at another size than stored: resize those
-            from PIL import Image
-
             im = fit(
                 to_mode(Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr), self.in_chans),
                 size,
@@ -382,10 +173,6 @@ class ShardStream(IterableDataset):
                     return
 
     def __iter__(self):
-        from torch.utils.data import get_worker_info
-
-        from .decode import ImageReadError
-
         positions = self._positions()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
@@ -438,8 +225,6 @@ class ShardStream(IterableDataset):
     def _transformed(self, arr: np.ndarray):
         # Applied as samples leave the shuffle buffer: the buffer then holds small uint8 images, not
         # float tensors (a buffer of 256 transformed 64x64 images cost ~100 us a sample in cache misses).
-        import torch
-
         image = torch.from_numpy(arr).permute(2, 0, 1)
         return image if self.transform is None else self.transform(image)
 
@@ -455,9 +240,7 @@ def _read_shard(url: str, first: int = 0, end: int | None = None) -> Iterator[di
     """Raw samples ``first:end`` of one shard (no decoding). A local shard is entered at sample
     ``first`` by hopping over tar headers (microseconds a sample; parsing the skipped members with
     ``tarfile``, as reading through webdataset does, cost ~0.75 ms each here); URLs are read through."""
-    import itertools
-
-    import webdataset as wds
+    import webdataset as wds  # optional: convnets[shards]
 
     if os.path.isfile(url):
         # A 1 MiB buffer: a sample is three tar members, ~6 reads; 8 KiB buffers made each a syscall.
@@ -475,7 +258,11 @@ def _local_samples(f, url: str) -> Iterator[dict]:
     header hop of :func:`_skip_samples`: 0.3 s against 3.7 s through ``wds.WebDataset`` for 5,000
     samples measured here, which matters once decoding is gone (``--resize`` shards). Other headers
     (PAX, GNU long names) hand over to webdataset's reader from that point."""
-    from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+    from webdataset.tariterators import (  # optional: convnets[shards]
+        base_plus_ext,
+        group_by_keys,
+        tar_file_iterator,
+    )
 
     sample: dict[str, Any] = {}
     start = 0
@@ -514,7 +301,7 @@ def _closing(f, samples: Iterator[dict]) -> Iterator[dict]:
 def _skip_samples(f, n: int) -> bool:
     """Move ``f`` (a tar file at a member boundary) past ``n`` samples; False (position undefined) for
     headers this does not read (PAX / GNU long names): the caller then reads through tarfile."""
-    from webdataset.tariterators import base_plus_ext
+    from webdataset.tariterators import base_plus_ext  # optional: convnets[shards]
 
     seen, current = 0, None
     while True:
