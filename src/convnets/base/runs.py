@@ -115,6 +115,8 @@ class RunConfig:
     recipe: dict[str, Any] | None = None  # the named recipe's values (train/recipes.py recipe_record)
     # --lr auto: per phase, the range test's suggestion and how it was chosen (train/lr_find.py).
     lr_find: list[dict[str, Any]] | None = None
+    # train --cpu-kernels: "off" trained bf16 on a CPU without the hand-written kernels (accel/plan.py).
+    cpu_kernels: str = "auto"
     schema_version: int = SCHEMA_VERSION
     # Keys this version does not know (written by tools or later additions): kept on a rewrite.
     extra: dict[str, Any] = field(default_factory=dict)
