@@ -61,8 +61,8 @@ def pieces(data: Path, steps: int, batch: int, model_name: str = "resnet20") -> 
     from convnets.data import load_data
     from convnets.data.folder import scan_folder
     from convnets.models import create_model
+    from convnets.train.optim import build_optimizer
     from convnets.train.options import TrainOptions
-    from convnets.train.trainer import build_optimizer
 
     emit({"machine": machine(), "threads": torch.get_num_threads()})
     t = time.perf_counter()

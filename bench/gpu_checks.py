@@ -74,9 +74,10 @@ def step_throughput(
     import torch
     from torch import nn
 
+    from convnets.accel.plan import clamps_out_of_place
     from convnets.models import create_model
+    from convnets.train.optim import build_optimizer
     from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
-    from convnets.train.trainer import build_optimizer, clamps_out_of_place
 
     variants = {}
     for precision in ("fp32", "bf16"):

@@ -12,7 +12,8 @@ name, the flags that matter (AVX-512, AVX512-BF16, AMX) and the load average go 
     .venv/bin/python bench/train_precision.py --precision fp32,bf16-plain,bf16-unfused,bf16
 
 ``bf16`` is what ``--precision bf16`` (and ``auto`` on AMX CPUs) trains with: autocast, the backward
-picker (train/bf16_backward.py) and fused BatchNorm+activation kernels (train/fused_bn_act.py);
+picker (accel/bf16_backward.py) and fused BatchNorm+activation kernels (accel/fused_bn_act.py), all
+through the precision plan (accel/plan.py);
 ``bf16-unfused`` leaves out the fused kernels, ``bf16-plain`` both.
     .venv/bin/python bench/train_precision.py --threads 1     # a loaded machine: see RESULTS.md
 """

@@ -21,8 +21,8 @@ import torch  # noqa: E402 - after tune_malloc
 from torch import nn  # noqa: E402 - after tune_malloc
 
 from convnets.models.registry import create_model  # noqa: E402 - after tune_malloc
+from convnets.train.optim import build_optimizer  # noqa: E402 - after tune_malloc
 from convnets.train.options import TrainOptions  # noqa: E402 - after tune_malloc
-from convnets.train.trainer import build_optimizer  # noqa: E402 - after tune_malloc
 
 model_name, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))

@@ -3,12 +3,12 @@
 Peers, each in its own process (bench/common.py):
 
 - ``convnets``: what ``convnets train`` does per step with its defaults -- the trainer's optimizer
-  (fused AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, its memory
-  format (channels-last on CPU for depthwise-convolution models and on AVX-512 CPUs,
-  ``prefers_channels_last``), the malloc tuning the CLI applies at start, and the per-step
-  ``isfinite``/``loss.item()``/
-  accuracy bookkeeping its loop does (``Trainer._train_epoch``; it exposes no reusable step, so the
-  body is reproduced here -- keep the two in step).
+  (fused AdamW with the no-decay-on-1-d-params groups, ``build_optimizer``), its loss, its precision
+  plan (``accel/plan.py``: memory format -- channels-last on CPU for depthwise-convolution models and on
+  AVX-512 CPUs, ``prefers_channels_last`` --, autocast, the bf16 CPU kernels), the malloc tuning the CLI
+  applies at start, and the per-step ``isfinite``/``loss.item()``/accuracy bookkeeping its loop does
+  (``Trainer._train_epoch_batches``; the loop around the plan's calls is reproduced here -- keep the
+  two in step).
 - ``torchvision``: ``torchvision.models.<name>(weights=None)`` in the plain eager loop people write
   (NCHW, ``AdamW(model.parameters())``, no allocator tuning).
 - ``keras``: ``keras.applications.<Name>(weights=None)`` with the TensorFlow backend, ``compile``
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -79,28 +78,34 @@ class ConvnetsPeer(_TorchPeer):
         import torch
         from torch import nn
 
-        from convnets.accel.bf16_backward import FastBf16ConvBackward
-        from convnets.accel.fused_bn_act import fuse_batchnorm_act
+        from convnets.accel.plan import PrecisionPlan
         from convnets.base.runtime import describe_cpu, prefers_channels_last
         from convnets.models.registry import create_model
+        from convnets.train.optim import build_optimizer
         from convnets.train.options import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainOptions
-        from convnets.train.trainer import build_optimizer, clamps_out_of_place
 
         super().__init__(spec)
         torch.manual_seed(0)
-        # "bf16-plain": bf16 autocast without the trainer's backward picker (train/bf16_backward.py).
+        # "bf16-plain": bf16 autocast alone (the plan with --cpu-kernels off).
         plain_bf16 = spec.get("precision") == "bf16-plain"
-        # "bf16-unfused": the picker, but BatchNorm and activations in ATen's kernels (fused_bn_act.py).
+        # "bf16-unfused": the backward picker, but BatchNorm and activations in ATen's kernels.
         unfused_bn = plain_bf16 or spec.get("precision") == "bf16-unfused"
         opts = TrainOptions(precision="bf16" if unfused_bn else spec.get("precision", "fp32"))
         opts.lr = DEFAULT_LR[opts.optimizer]
         opts.weight_decay = DEFAULT_WEIGHT_DECAY[opts.optimizer]
         self.model = create_model(spec["model"], num_classes=NUM_CLASSES).train()
-        clamps_out_of_place(self.model)  # as the Trainer does
         # api.train resolves channels_last=None the same way on CPU; the ablation can flip it.
-        self.channels_last = prefers_channels_last(self.model) != bool(spec.get("flip_memory_format"))
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        channels_last = prefers_channels_last(self.model) != bool(spec.get("flip_memory_format"))
+        self.plan = PrecisionPlan(
+            opts.precision,
+            torch.device("cpu"),
+            cpu_kernels=not plain_bf16,
+            channels_last=channels_last,
+            compiled=bool(spec.get("compile")),
+        )
+        if unfused_bn:
+            self.plan.fuse_bn = False  # the ablation: everything the plan does but the fused BatchNorm
+        self.plan.prepare(self.model)  # as the Trainer does
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, opts, opts.lr)
         if spec.get("unfused"):  # the same groups with torch's default (foreach) implementation
@@ -109,16 +114,12 @@ class ConvnetsPeer(_TorchPeer):
                 lr=opts.lr,
             )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
-        self.autocast = opts.precision == "bf16"
-        self.backward_mode = FastBf16ConvBackward() if self.autocast and not plain_bf16 else nullcontext()
         self.forward = torch.compile(self.model) if spec.get("compile") else self.model
-        # bf16: BatchNorm+activation fused as the Trainer does (not for -plain, -unfused or compile).
-        self.fused_bn = fuse_batchnorm_act(
-            self.model, enabled=self.autocast and not unfused_bn and not spec.get("compile")
-        )
-        fused_layers = self.fused_bn.__enter__()
+        # The whole benchmark is one training epoch: the plan's module rewrites stay on for its life.
+        self.epoch = self.plan.training_epoch(self.model)
+        fused_layers = self.epoch.__enter__()
         self.meta.update(
-            channels_last=self.channels_last,
+            channels_last=channels_last,
             malloc_tuned=describe_cpu()["malloc_tuned"],
             optimizer=opts.optimizer,
             fused_optimizer=bool(self.optimizer.defaults.get("fused")),
@@ -130,20 +131,15 @@ class ConvnetsPeer(_TorchPeer):
     def step(self) -> None:
         import torch
 
-        x = self.x.contiguous(memory_format=torch.channels_last) if self.channels_last else self.x
-        if self.autocast:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = self.forward(x)
-                loss = self.criterion(logits, self.y)
-        else:
+        x = self.plan.inputs(self.x)
+        with self.plan.autocast():
             logits = self.forward(x)
             loss = self.criterion(logits, self.y)
         bool(torch.isfinite(loss.detach()).item())
-        with self.backward_mode:
-            loss.backward()
+        self.plan.backward(loss)
         loss.item()
         (logits.argmax(1) == self.y).sum().item()
-        self.optimizer.step()
+        self.plan.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
 
 

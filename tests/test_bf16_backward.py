@@ -195,8 +195,8 @@ def test_the_timing_picks_the_fastest_way():
 
 
 def test_training_makes_clamps_out_of_place_with_the_same_outputs():
+    from convnets.accel.plan import clamps_out_of_place
     from convnets.models import create_model
-    from convnets.train.trainer import clamps_out_of_place
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", num_classes=3).eval()

@@ -42,8 +42,8 @@ def test_channels_last_for_depthwise_models_and_on_avx512(monkeypatch):
 def test_optimizers_are_fused_on_cpu_with_no_decay_groups():
     import torch
 
+    from convnets.train.optim import build_optimizer
     from convnets.train.options import TrainOptions
-    from convnets.train.trainer import build_optimizer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
     for name in ("sgd", "adam", "adamw"):

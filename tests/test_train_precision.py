@@ -126,7 +126,7 @@ def test_progress_into_a_log_file_is_one_line_per_epoch(shapes, tmp_path):
 
 
 def test_progress_bars_only_on_a_terminal(tmp_path):
-    from convnets.train.trainer import progress_bars_wanted
+    from convnets.train.history import progress_bars_wanted
 
     with open(tmp_path / "f", "w") as f:
         assert not progress_bars_wanted(f)

@@ -9,9 +9,9 @@ import pytest
 from train_shapes import make_shapes
 
 from convnets.cli import main
+from convnets.train.optim import lr_factor
 from convnets.train.options import TrainOptions
 from convnets.train.recipes import FAST, HE2015, RECIPES, apply_recipe, recipe_record
-from convnets.train.trainer import lr_factor
 
 
 def test_every_recipe_row_is_a_training_option():

@@ -100,7 +100,7 @@ def test_bf16_resume_takes_the_backward_ways_the_run_picked(shapes, tmp_path, mo
 
     with on_training_forward(3, interrupt), pytest.raises(TrainingInterrupted):
         train(shapes, out=tmp_path / "b", **options)
-    assert "bf16" in _final_state(tmp_path / "b")["bf16_backward"]
+    assert "bf16" in _final_state(tmp_path / "b")["precision_plan"]["backward_picks"]
     monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "empty"))  # only last.pt knows the picks now
     monkeypatch.setattr(bb.FastBf16ConvBackward, "_fastest", _pick(bb.FP32))  # timings now say fp32
     train(None, out=tmp_path / "b", resume=True, quiet=True)

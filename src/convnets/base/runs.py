@@ -116,6 +116,9 @@ class RunConfig:
     recipe: dict[str, Any] | None = None  # the named recipe's values (train/recipes.py recipe_record)
     # --lr auto: per phase, the range test's suggestion and how it was chosen (train/lr_find.py).
     lr_find: list[dict[str, Any]] | None = None
+    # train --cpu-kernels: "auto", or "off" (bf16 on a CPU without the hand-written kernels and module
+    # rewrites, accel/plan.py). None: a run written before the switch, which trained as "auto" does.
+    cpu_kernels: str | None = None
     schema_version: int = SCHEMA_VERSION
     # Keys this version does not know (written by tools or later additions): kept on a rewrite.
     extra: dict[str, Any] = field(default_factory=dict)

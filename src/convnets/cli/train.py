@@ -10,6 +10,7 @@ import sys
 
 from ..train.options import (
     BALANCE_MODES,
+    CPU_KERNELS,
     DEVICES,
     FREEZE_REGIMES,
     OPTIMIZERS,
@@ -56,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--recipe",
         choices=tuple(RECIPES),
         help="fill every option you do not give with a named recipe's value: "
-        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        # argparse %-formats help: the summaries' "50%" must be escaped or --help crashes
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()).replace("%", "%%")
         + " (recorded in config.json)",
     )
 
@@ -201,6 +203,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="(default auto: bf16 on GPUs with native bf16 and on AMX CPUs for models of 50 M "
         "multiply-adds per image or more, measured 1.2-2.2x faster at fp32's accuracy; fp32 elsewhere. "
         "bf16/fp16 only where the hardware has them natively)",
+    )
+    g.add_argument(
+        "--cpu-kernels",
+        choices=CPU_KERNELS,
+        help="bf16 on a CPU: auto (default) times each convolution gradient's fastest way and runs "
+        "BatchNorm+activation in C kernels compiled on first use, swapping the layers' classes for each "
+        "epoch; off trains with plain autocast (also CONVNETS_C_KERNELS=0). Recorded in config.json",
     )
 
     g = p.add_argument_group("run")

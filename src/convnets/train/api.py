@@ -459,6 +459,7 @@ def _run_config(
         versions=_versions(),
         best=None,
         recipe=_recipe_record(opts),
+        cpu_kernels=opts.cpu_kernels,
     )
 
 

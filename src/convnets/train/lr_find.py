@@ -30,7 +30,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,7 +244,7 @@ def phase_range_test(
 
     from . import distributed as ddp
     from .mixing import mixed_targets
-    from .trainer import build_optimizer
+    from .optim import build_optimizer
     from .transfer import set_bn_modes
 
     model = trainer.model
@@ -266,15 +265,13 @@ def phase_range_test(
         x, y = trainer._unpack(batch)
         x, y = x.to(trainer.device), y.to(trainer.device)
         x, target, _ = mixed_targets(trainer.mixer, x, y, epoch, index)
-        if trainer.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = trainer.plan.inputs(x)
         optimizer.zero_grad(set_to_none=True)
-        with trainer._autocast():
+        with trainer.plan.autocast():
             loss, _ = trainer._loss(trainer.forward_model(x), target)
         if not bool(torch.isfinite(loss.detach()).item()):
             return math.inf
-        with trainer._backward_mode or nullcontext():
-            loss.backward()
+        trainer.plan.backward(loss, scale=False)  # the range test's own optimizer: no loss scaling
         optimizer.step()
         # Every rank must see the same curve to pick the same learning rate.
         return ddp.all_reduce_sum([loss.item()], trainer.dist, trainer.device)[0] / trainer.dist.world_size
@@ -296,7 +293,7 @@ def _cycle_batches(trainer: Trainer, phase: Phase):
     """(epoch, batch index, batch) over the phase's epochs in order, for as many steps as asked."""
     epoch = 0
     while True:
-        iterator, _ = trainer._batch_iterator(phase, epoch, 0)
+        iterator, _ = trainer.data.train_batches(phase, epoch, 0, trainer.features)
         for index, batch in enumerate(iterator):
             yield epoch, index, batch
         epoch += 1

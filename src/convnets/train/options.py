@@ -25,6 +25,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 BALANCE_MODES = ("none", "loss", "sampler", "auto")  # imbalanced classes (balance.py)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The bf16 CPU fast path (accel/plan.py): auto uses it where it applies; off trains with plain autocast.
+CPU_KERNELS = ("auto", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FREEZE_REGIMES = ("none", "base", "auto")
 
@@ -118,6 +120,7 @@ class TrainOptions:
     channels_last: bool | None = None
     compile: bool = False
     precision: str = "auto"  # resolved to fp32/bf16 for the hardware (resolve_precision)
+    cpu_kernels: str = "auto"  # "off": no hand-written kernels or module rewrites (accel/plan.py)
     # a named recipe (train/recipes.py) fills every option not given explicitly
     recipe: str | None = None
     # run
@@ -156,6 +159,7 @@ def check_options(opts: TrainOptions) -> None:
         "optimizer": OPTIMIZERS,
         "schedule": SCHEDULES,
         "precision": PRECISIONS,
+        "cpu_kernels": CPU_KERNELS,
         "device": DEVICES,
         "balance": BALANCE_MODES,
     }
