@@ -19,6 +19,11 @@ TORCH_PATH_CHOICES = ("auto", "onnxruntime", *TORCH_BACKENDS)
 TTA_COST = {"none": 1, "flip": 2, "10crop": 10}
 TTA_MODES = tuple(TTA_COST)
 
+# Input normalisation (data/pipeline.py applies it): `auto` = the checkpoint's with --weights, else
+# `dataset`; the CLI offers the explicit ones.
+NORMALIZE_MODES = ("auto", "imagenet", "inception", "dataset", "mean", "none")
+NORMALIZE_CHOICES = NORMALIZE_MODES[1:]
+
 # How an image becomes the input size (data/decode.py applies them): the modes config.json stores ...
 RESIZE_MODES = ("center-crop", "resize", "letterbox")
 # ... and the names `convnets train --resize` takes (what each does to a non-square image).

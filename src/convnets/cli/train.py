@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 
+from ..base.choices import NORMALIZE_CHOICES
 from ..train.options import (
     BALANCE_MODES,
     CPU_KERNELS,
@@ -89,7 +90,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--normalize",
-        choices=("imagenet", "inception", "dataset", "mean", "none"),
+        choices=NORMALIZE_CHOICES,
         help="input normalisation: dataset = per-channel mean/std, mean = per-channel mean only "
         "(default: the checkpoint's with --weights, else dataset)",
     )

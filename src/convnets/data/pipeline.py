@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..base.choices import NORMALIZE_MODES
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from .augment import build_eval_transform, build_train_transform, needs_pca, parse_ops
 from .builtin import BUILTIN_NAMES, Parts, builtin_name, load_digits_parts, load_torchvision_parts
@@ -44,7 +45,6 @@ from .pca import cached_pca_stats, channel_stats
 from .shards import is_shard_source
 from .split import stratified_split
 
-NORMALIZE_MODES = ("auto", "imagenet", "inception", "dataset", "mean", "none")
 STATS_SAMPLE = 256  # training images used for "dataset" normalisation and PCA colour statistics
 
 
