@@ -68,8 +68,8 @@ def test_letterbox_keeps_the_whole_picture_and_pads_with_the_mean_colour(tmp_pat
 def test_every_reader_gives_training_eval_input(wide_folder, tmp_path, mode):
     """Training's eval transform (load_data's validation loader), evaluate on a folder, predict on
     torch, the exported model's reader and the server's (uploaded bytes) give the same tensor."""
+    from convnets.deploy.engines import ExportedModel
     from convnets.deploy.evaluate import load_run_splits
-    from convnets.deploy.exported import ExportedModel
     from convnets.deploy.predictor import Classifier
 
     splits = load_data(

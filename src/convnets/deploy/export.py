@@ -31,9 +31,9 @@ from torch import nn
 from ..accel.inference import count_batchnorm, write_onnx
 from ..accel.inference import fold_batchnorm as fold_in_place
 from ..base.atomic import make_like_new_file
-from ..base.errors import ConvnetsError, output_file
+from ..base.errors import output_file
 from ..base.runs import ONNX_FILE
-from .exported import record_export, weights_fingerprint
+from .export_record import ExportError, record_export, weights_fingerprint
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -48,10 +48,6 @@ __all__ = [
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
-
-
-class ExportError(ConvnetsError, RuntimeError):
-    """The export could not be written or does not match PyTorch within tolerance."""
 
 
 class NormalizedModel(nn.Module):

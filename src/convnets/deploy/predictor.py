@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accel.inference import inference_module, predict_batch
-from ..base.predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
+from ..base.choices import TORCH_PATH_CHOICES, TTA_COST, TTA_MODES
+from ..base.predictions import Prediction
 from ..base.predictions import top_k as top_classes  # predict() has a top_k argument
 from ..base.runs import RunConfig
 from ..data.decode import CROP_RATIO, ImageReadError
@@ -85,8 +86,10 @@ class Classifier:
     _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.backend not in TORCH_PATH_CHOICES:
+            raise ValueError(
+                f"unknown inference backend {self.backend!r}; choose from {', '.join(TORCH_PATH_CHOICES)}"
+            )
         if not isinstance(self.config, RunConfig):
             raise TypeError(f"config must be a RunConfig, got {type(self.config).__name__!s}")
         self.model = self.model.to(self.device).eval()
