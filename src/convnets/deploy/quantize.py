@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..base import runtime
 from ..base.runs import INT8_ONNX_FILE, RunConfig
@@ -129,6 +130,7 @@ def quantize_onnx(
     pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes). ``weights``:
     ``"s8"`` or ``"u8"`` (default :func:`int8_weight_type` for this CPU); ``reduce_range``: 7-bit
     weights (measured, not used: bench/backends.py)."""
+    # optional: onnxruntime (convnets[export])
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     weights = weights or int8_weight_type()
@@ -182,8 +184,6 @@ def quantize_run(
     validation split drops by more than ``max_drop`` points, and
     :class:`convnets.base.runs.RunFolderError` for a run without recorded image files.
     """
-    from tqdm.auto import tqdm
-
     say = log or (lambda _msg: None)
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
