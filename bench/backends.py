@@ -54,7 +54,7 @@ def machine() -> dict:
 
 def alpaca_pixels(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     from convnets.data.images import expand_paths, read_image
-    from convnets.deploy.exported import pixels_of
+    from convnets.deploy.engines import pixels_of
 
     files = expand_paths([SHARED / "alpaca"])
     pick = np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False)
@@ -68,7 +68,7 @@ def make_run(model_name: str, out: Path, size: int = 224) -> Path:
 
     from convnets import create_model
     from convnets.base.runs import RunConfig
-    from convnets.deploy.exported import ensure_exported
+    from convnets.deploy.engines import ensure_exported
 
     torch.manual_seed(0)
     model = create_model(model_name).eval()
@@ -88,7 +88,7 @@ def make_run(model_name: str, out: Path, size: int = 224) -> Path:
 
 
 def engines_for(run_dir: Path, threads: int, calib: np.ndarray) -> dict:
-    from convnets.deploy.exported import OpenVinoEngine, OrtEngine
+    from convnets.deploy.engines import OpenVinoEngine, OrtEngine
     from convnets.deploy.quantize import quantize_onnx
 
     int8 = run_dir / "model.int8.onnx"
@@ -149,7 +149,7 @@ def part_speed(args) -> dict:
 def _labelled_pixels(run_dir: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
     from convnets.base.runs import RunConfig
     from convnets.data.images import read_image
-    from convnets.deploy.exported import pixels_of, split_files
+    from convnets.deploy.engines import pixels_of, split_files
 
     config = RunConfig.read(run_dir)
     files = split_files(config, role)
@@ -162,7 +162,7 @@ def part_accuracy(args) -> dict:
     top-1 agreement with fp32 on the same images."""
     import shutil
 
-    from convnets.deploy.exported import OpenVinoEngine, OrtEngine, run_batched
+    from convnets.deploy.engines import OpenVinoEngine, OrtEngine, run_batched
     from convnets.deploy.quantize import int8_weight_type, quantize_run
 
     work = Path(args.work) / "accuracy"
@@ -259,7 +259,7 @@ def make_imagenet_run(out: Path, image_size: tuple[int, int] = (224, 224)) -> Pa
 
     from convnets import create_model
     from convnets.base.runs import RunConfig
-    from convnets.deploy.exported import ensure_exported
+    from convnets.deploy.engines import ensure_exported
 
     weights = SHARED / "weights"
     model = create_model("mobilenet_v2").eval()
@@ -287,7 +287,7 @@ def _wall(cmd: list[str], env: dict) -> float:
 
 
 def part_coldstart(args) -> dict:
-    from convnets.deploy.exported import ensure_exported
+    from convnets.deploy.engines import ensure_exported
 
     ensure_exported(args.run)
     image = sorted((SHARED / "alpaca" / "alpaca").iterdir())[0]

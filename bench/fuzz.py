@@ -159,7 +159,7 @@ def make_server_run(folder: Path) -> Path:
     from serve_helpers import make_run
 
     from convnets.base.runs import RunConfig
-    from convnets.deploy.exported import ExportedModel
+    from convnets.deploy.engines import ExportedModel
 
     run = make_run(folder / "run")
     config = RunConfig.read(run)

@@ -255,7 +255,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from convnets.deploy.predictor import predict
-from convnets.deploy.exported import ExportedModel
+from convnets.deploy.engines import ExportedModel
 run, device = sys.argv[1], sys.argv[2]
 d = tempfile.mkdtemp()
 images = load_digits().images[:64]

@@ -122,7 +122,7 @@ def make_run(out: Path) -> Path:
 
     from convnets import create_model
     from convnets.base.runs import BestEpoch, RunConfig
-    from convnets.deploy.exported import ExportedModel
+    from convnets.deploy.engines import ExportedModel
     from convnets.serve.model_info import write_cost
     from convnets.weights import save_state_dict
 

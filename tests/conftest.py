@@ -24,7 +24,7 @@ if "OMP_NUM_THREADS" not in os.environ:
 HARDWARE_SENSITIVE = {
     "test_bf16_backward.py",
     "test_ckernels.py",
-    "test_exported.py",
+    "test_engines.py",
     "test_fused_bn_act.py",
     "test_runtime.py",
     "test_train_precision.py",

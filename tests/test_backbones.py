@@ -50,7 +50,7 @@ def shapes(tmp_path_factory):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_fine_tune_last_stage_frozen_part_identical_onnx_matches(name, shapes, tmp_path):
-    from convnets.deploy.exported import ExportedModel, ensure_exported
+    from convnets.deploy.engines import ExportedModel, ensure_exported
     from convnets.train import train
 
     weights = _library_weights(name, tmp_path)

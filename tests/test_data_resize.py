@@ -69,7 +69,7 @@ def test_every_reader_gives_training_eval_input(wide_folder, tmp_path, mode):
     """Training's eval transform (load_data's validation loader), evaluate on a folder, predict on
     torch, the exported model's reader and the server's (uploaded bytes) give the same tensor."""
     from convnets.data.run_splits import load_run_splits
-    from convnets.deploy.exported import ExportedModel
+    from convnets.deploy.engines import ExportedModel
     from convnets.deploy.predictor import Classifier
 
     splits = load_data(

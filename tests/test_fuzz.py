@@ -53,7 +53,7 @@ def client(tmp_path_factory):
     from serve_helpers import make_run
     from starlette.testclient import TestClient
 
-    from convnets.deploy.exported import ExportedModel
+    from convnets.deploy.engines import ExportedModel
     from convnets.serve import create_app
 
     run = make_run(tmp_path_factory.mktemp("fuzz") / "run")

@@ -29,7 +29,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """The run folder the issue's cases were found with, exported once (copies carry model.onnx)."""
-    from convnets.deploy.exported import ensure_exported
+    from convnets.deploy.engines import ensure_exported
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -229,7 +229,7 @@ def test_unreadable_weights(run, images, capsys, monkeypatch):
 
 
 def test_export_json_records_the_exported_file(trained):
-    from convnets.deploy.exported import ExportInfo, file_sha256
+    from convnets.deploy.engines import ExportInfo, file_sha256
 
     info = ExportInfo.read(trained)
     assert info.onnx_sha256 == file_sha256(trained / "model.onnx")
@@ -269,7 +269,7 @@ def test_a_swapped_export_is_exported_again_never_run(run, images, tmp_path, cap
 def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, capsys, monkeypatch):
     _other_runs_onnx(tmp_path / "other.onnx")
     shutil.copy(tmp_path / "other.onnx", run / "model.onnx")
-    monkeypatch.setattr("convnets.deploy.exported.can_write_in", lambda p: False)
+    monkeypatch.setattr("convnets.deploy.engines.onnx_file.can_write_in", lambda p: False)
     rc, _, err = cli(capsys, "predict", run, images[0], "--backend", "onnxruntime")
     assert rc == EXIT_USAGE
     one_error_line(err, "model.onnx", "sha256", "read-only")
@@ -280,7 +280,7 @@ def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, c
     assert probs(out) == probs(eager)
     # and the server does not start on it
     pytest.importorskip("starlette")
-    from convnets.deploy.exported import ExportMismatchError
+    from convnets.deploy.engines import ExportMismatchError
     from convnets.serve.app import open_model
 
     with pytest.raises(ExportMismatchError, match="read-only"):
@@ -290,7 +290,7 @@ def test_a_swapped_export_in_a_read_only_run_is_refused(run, images, tmp_path, c
 def test_read_only_run_without_an_export_runs_on_pytorch(run, images, capsys, monkeypatch):
     (run / "model.onnx").unlink()
     (run / "export.json").unlink()
-    monkeypatch.setattr("convnets.deploy.exported.can_write_in", lambda p: False)
+    monkeypatch.setattr("convnets.deploy.engines.onnx_file.can_write_in", lambda p: False)
     rc, out, err = cli(capsys, "predict", run, images[0])
     assert rc == 0, err
     assert "running PyTorch" in err and "Traceback" not in err and out.strip()
@@ -298,7 +298,7 @@ def test_read_only_run_without_an_export_runs_on_pytorch(run, images, capsys, mo
 
 
 def test_an_int8_file_that_is_not_the_checked_one_is_refused(run):
-    from convnets.deploy.exported import EngineError, ExportInfo, Int8Info, make_engine
+    from convnets.deploy.engines import EngineError, ExportInfo, Int8Info, make_engine
 
     info = ExportInfo.read(run)
     info.int8 = Int8Info(info.weights_sha256, "q", 4, 4, 0.5, 0.5, 1.0, 1.0, int8_sha256="0" * 64)

@@ -251,7 +251,7 @@ def test_cli_backend_choices_are_the_librarys():
         return tuple(next(a for a in sub._actions if a.dest == "backend").choices)
 
     assert choices("evaluate") == TORCH_PATH_CHOICES == BACKENDS
-    # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.exported)
+    # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.engines)
     assert choices("predict") == BACKEND_CHOICES and set(BACKENDS) <= set(BACKEND_CHOICES)
     with pytest.raises(ValueError, match="unknown inference backend"):
         from convnets.accel.inference import inference_module

@@ -180,7 +180,7 @@ def test_cli_option_lists_come_from_the_library():
     for command, backends in (("predict", BACKEND_CHOICES), ("evaluate", BACKENDS)):
         actions = {a.dest: a for a in sub[command]._actions}
         assert tuple(actions["tta"].choices) == TTA_MODES
-        # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.exported)
+        # predict also runs the exported model on OpenVINO / int8 (convnets.deploy.engines)
         assert tuple(actions["backend"].choices) == backends
 
 

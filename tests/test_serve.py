@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from serve_helpers import CLASSES, child_env, image_bytes, make_run, png_bomb  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from convnets.deploy.exported import ExportedModel  # noqa: E402
+from convnets.deploy.engines import ExportedModel  # noqa: E402
 from convnets.serve import create_app  # noqa: E402
 
 
@@ -264,7 +264,7 @@ def test_predict_cli_gives_the_same_probabilities(run_dir, tmp_path, capsys):
         path.write_bytes(image_bytes(200 + i))
         paths.append(path)
     # One engine for both: under auto a 3-image `predict` runs ONNX Runtime fp32 while a server on an
-    # AMX CPU runs OpenVINO bf16 (convnets.deploy.exported), whose probabilities differ in the 5th decimal.
+    # AMX CPU runs OpenVINO bf16 (convnets.deploy.engines), whose probabilities differ in the 5th decimal.
     cli = ["predict", str(run_dir), *map(str, paths), "--json", "--top-k", "3", "--backend", "onnxruntime"]
     assert main(cli) == 0
     cli_rows = json.loads(capsys.readouterr().out)

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 
 from serve_helpers import free_port, headless_chromium, image_bytes, make_run, start_server  # noqa: E402
 
-from convnets.deploy.exported import ExportedModel  # noqa: E402
+from convnets.deploy.engines import ExportedModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

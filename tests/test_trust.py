@@ -241,7 +241,7 @@ def test_exported_model_gives_the_same_features_and_flags(patch_run):
     from convnets.base.predictions import Prediction
     from convnets.base.runs import RunConfig
     from convnets.data.images import read_image, to_input
-    from convnets.deploy.exported import ensure_exported
+    from convnets.deploy.engines import ensure_exported
     from convnets.trust.fit import annotate_exported, calibrate_run
     from convnets.trust.ood import FeatureSession, features_and_logits
     from convnets.weights import load_run
@@ -314,7 +314,7 @@ def test_engines_give_the_detectors_features_in_the_same_pass(patch_run, backend
         pytest.importorskip("openvino")
     from convnets.base.runs import RunConfig
     from convnets.data.images import read_image
-    from convnets.deploy.exported import ExportedModel, ensure_exported, pixels_of
+    from convnets.deploy.engines import ExportedModel, ensure_exported, pixels_of
     from convnets.trust.ood import FeatureSession
 
     run = patch_run / "run"

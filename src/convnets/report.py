@@ -19,12 +19,17 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .base.atomic import atomic_write_text
 from .base.plots import plot_confusion_matrix, plot_curves, plot_image_grid
 from .base.runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
+from .cost import format_count, model_cost
 from .data.decode import resize_name
+from .deploy.evaluate import evaluate
 from .deploy.predictor import Classifier
+from .trust.calibration import Reliability, plot_reliability
+from .trust.explain import overlays
 
 __all__ = ["report"]
 
@@ -63,8 +68,6 @@ def _png_data_uri(png: bytes) -> str:
 
 def _thumbnail_png(image: torch.Tensor, size: int = 96) -> bytes:
     """(C, H, W) in [0, 1] -> PNG bytes, upscaled with nearest neighbour when small (crisp digits)."""
-    from PIL import Image
-
     arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     if max(im.size) < size:
@@ -121,9 +124,6 @@ def _thumb_grid(rows: list[dict], kind: str) -> str:
 
 def _trust_sections(result, clf: Classifier) -> list[str]:
     """Why the worst mistakes happened (Grad-CAM), error analysis, calibration, unfamiliar inputs."""
-    from .trust.calibration import Reliability, plot_reliability
-    from .trust.explain import overlays
-
     m, parts = result.metrics, []
     if result.mistake_images:
         maps = overlays(
@@ -188,9 +188,6 @@ def report(
     backend: str = "auto",
 ) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
-    from .cost import format_count, model_cost
-    from .deploy.evaluate import evaluate
-
     run_dir = Path(run_dir)
     clf = Classifier.from_run(run_dir, backend=backend)
     config = clf.config

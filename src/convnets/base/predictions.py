@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-# Option lists shared with the CLI, defined where importing them costs nothing (`--help` skips numpy).
-# BACKENDS: what runs the PyTorch model; "auto" picks the fastest that works here (convnets.accel.inference).
+# BACKENDS: the name convnets.accel.inference imports the PyTorch path's --backend list by (defined in
+# choices.py, with the other option lists).
 from .choices import TORCH_PATH_CHOICES as BACKENDS  # noqa: F401
-from .choices import TTA_COST, TTA_MODES  # noqa: F401
 
 
 @dataclass(frozen=True)

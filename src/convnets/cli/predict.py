@@ -37,16 +37,13 @@ def add_parser(subparsers) -> None:
 
 def predict_exported(args: argparse.Namespace) -> list | None:
     """The fast path: the run's exported model without torch (exported once, with torch, on the
-    first call). None when ``--backend auto`` cannot use it (ONNX Runtime missing, export failed)."""
-    import importlib.util
+    first call). None when ``--backend auto`` runs PyTorch instead (deploy.engines.choose_engine)."""
     from pathlib import Path
 
     from ..base.runs import OOD_FILE
     from ..data.images import expand_paths
-    from ..deploy.exported import EngineError, ExportedModel, ExportMismatchError
+    from ..deploy.engines import choose_engine
 
-    if args.backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
-        return None
     files = expand_paths(args.paths)
     if not files:
         return []
@@ -54,29 +51,25 @@ def predict_exported(args: argparse.Namespace) -> list | None:
     ood = not args.no_ood and (Path(args.run_dir) / OOD_FILE).is_file()
     one_pass = ood and args.tta != "10crop"
     try:
-        model = ExportedModel.open(
+        choice = choose_engine(
             args.run_dir,
             args.backend,
             images=len(files),
-            log=lambda msg: print(msg, file=sys.stderr),
             features=one_pass,
+            pytorch_fallback=True,
+            log=lambda msg: print(msg, file=sys.stderr),
         )
-    except (EngineError, ImportError) as e:
-        if args.backend == "auto":
-            if isinstance(e, ExportMismatchError):  # e.g. a read-only run folder without its export
-                print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
-            return None
+    except (ValueError, RuntimeError, ImportError) as e:  # RunFolderError, EngineError, ExportError
         raise CLIError(str(e)) from e
-    except (ValueError, RuntimeError) as e:  # RunFolderError, or an export that failed its parity check
-        if args.backend == "auto" and type(e).__name__ == "ExportError":
-            print(f"not using the exported model ({e}); running PyTorch", file=sys.stderr)
-            return None
-        raise CLIError(str(e)) from e
+    if choice.note:
+        print(choice.note, file=sys.stderr)
+    if choice.model is None:
+        return None
     from ..trust.fit import RunTrust, annotate_exported
 
     trust = RunTrust.read(args.run_dir) if one_pass else None
     sources = [(f, f) for f in files]
-    rows = model.predict(sources, args.top_k, args.batch_size, args.tta, trust, args.reject_ood)
+    rows = choice.model.predict(sources, args.top_k, args.batch_size, args.tta, trust, args.reject_ood)
     if ood and not one_pass:
         annotate_exported(args.run_dir, rows, reject=args.reject_ood)
     return rows
@@ -107,14 +100,14 @@ def predict_torch(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..base.choices import EXPORTED_BACKENDS, TORCH_PATH_CHOICES
+    from ..base.choices import EXPORTED_PATH_CHOICES, TORCH_PATH_CHOICES
 
     if args.explain:
         from ..base.errors import output_dir
 
         output_dir(args.explain, "--explain")  # before any model runs
     results = None
-    if args.backend in ("auto", *EXPORTED_BACKENDS) and not args.explain:
+    if args.backend in EXPORTED_PATH_CHOICES and not args.explain:
         results = predict_exported(args)  # no torch (Grad-CAM, --explain, needs it)
     elif args.backend not in TORCH_PATH_CHOICES:
         raise CLIError(f"--explain runs the PyTorch model: use --backend {', '.join(TORCH_PATH_CHOICES)}")

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 
-from ..base.choices import EXPORTED_BACKENDS
+from ..base.choices import EXPORTED_PATH_CHOICES
 from . import CLIError
 
 API_KEY_ENV = "CONVNETS_API_KEY"
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", *EXPORTED_BACKENDS),
+        choices=EXPORTED_PATH_CHOICES,
         help="what runs the exported model: auto (default) = the fastest engine here that passed its check",
     )
     p.add_argument(
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(
         f"convnets serve: {config.model} ({config.num_classes} classes) from {args.run_dir} "
-        f"on {getattr(model, 'backend', args.backend)}"
+        f"on {model.backend}"
     )
     say(f"convnets serve: open http://{host}:{port}/  (API: POST /v1/predict, GET /v1/model)")
     if not _is_loopback(args.host) and api_key is None:

@@ -1,6 +1,6 @@
 """Running a trained run folder: `predictor` (Classifier, TTA, predict), `evaluate` (metrics, ensembles),
-`export` (ONNX/TorchScript, `quantize`: int8) and the exported model's engines (`exported`: ONNX Runtime,
-OpenVINO, without torch).
+`export` (ONNX/TorchScript, with torch; `quantize`: int8), `export_record` (export.json: is model.onnx the
+run's?) and `engines` (the exported model on ONNX Runtime or OpenVINO, without torch).
 """
 
 from __future__ import annotations

@@ -31,9 +31,11 @@ from torch import nn
 from ..accel.inference import count_batchnorm, write_onnx
 from ..accel.inference import fold_batchnorm as fold_in_place
 from ..base.atomic import make_like_new_file
-from ..base.errors import ConvnetsError, output_file
+from ..base.errors import output_file
 from ..base.runs import ONNX_FILE
-from .exported import record_export, weights_fingerprint
+from ..data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
+from ..weights import load_run
+from .export_record import ExportError, record_export, weights_fingerprint
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -48,10 +50,6 @@ __all__ = [
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
-
-
-class ExportError(ConvnetsError, RuntimeError):
-    """The export could not be written or does not match PyTorch within tolerance."""
 
 
 class NormalizedModel(nn.Module):
@@ -104,7 +102,7 @@ class ExportResult:
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: onnxruntime (convnets[export])
     except ImportError as e:
         raise ExportError("checking an ONNX export needs onnxruntime: pip install 'convnets[export]'") from e
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -129,8 +127,6 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 def preprocess_description(resize: str, size: tuple[int, int]) -> dict:
     """What a deployment must do to an image before the graph, for ``model.onnx.json``."""
-    from ..data.decode import CROP_RATIO, LETTERBOX_FILL, base_size, resize_name
-
     name = resize_name(resize)
     h, w = size
     how = {
@@ -154,7 +150,7 @@ MIN_OPSET = 11
 def max_opset() -> int:
     """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14)."""
     try:
-        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET  # optional: a private name
 
         return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
     except ImportError:  # a private name: keep working if it moves
@@ -274,8 +270,6 @@ def export_run(
     opset: int = 17,
 ) -> ExportResult:
     """Export a run folder (``convnets export``); ``out`` defaults to ``RUN_DIR/model.onnx|.pt``."""
-    from ..weights import load_run
-
     run_dir = Path(run_dir)
     check_export_options(format, atol, opset)
     out = Path(out) if out is not None else run_dir / f"model{_SUFFIX[format]}"

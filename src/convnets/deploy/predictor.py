@@ -31,12 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accel.inference import inference_module, predict_batch
-from ..base.predictions import BACKENDS, TTA_COST, TTA_MODES, Prediction
+from ..base.choices import TORCH_PATH_CHOICES, TTA_COST, TTA_MODES
+from ..base.predictions import Prediction
 from ..base.predictions import top_k as top_classes  # predict() has a top_k argument
 from ..base.runs import RunConfig
+from ..cost import latency_ms
 from ..data.decode import CROP_RATIO, ImageReadError
 from ..data.images import expand_paths, read_images, to_input
 from ..trust.fit import RunTrust
+from ..weights import load_run
 
 __all__ = ["TTA_COST", "TTA_MODES", "Classifier", "check_tta", "measure_latency", "predict", "tta_views"]
 
@@ -55,7 +58,8 @@ def tta_views(x: torch.Tensor, tta: str, crop_size: tuple[int, int]) -> list[tor
     check_tta(tta)
     h, w = crop_size
     if tta == "10crop" or tuple(x.shape[-2:]) != (h, w):
-        # Only when a crop is needed: importing torchvision costs 1.5-2 s (its ops pull in torch._dynamo).
+        # Only when a crop is needed: importing torchvision (its ops pull in torch._dynamo) costs
+        # 1.5-2 s of start-up.
         from torchvision.transforms.v2 import functional as TF
     if tta == "10crop":
         if tuple(x.shape[-2:]) == (h, w):
@@ -85,8 +89,10 @@ class Classifier:
     _runner: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown inference backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.backend not in TORCH_PATH_CHOICES:
+            raise ValueError(
+                f"unknown inference backend {self.backend!r}; choose from {', '.join(TORCH_PATH_CHOICES)}"
+            )
         if not isinstance(self.config, RunConfig):
             raise TypeError(f"config must be a RunConfig, got {type(self.config).__name__!s}")
         self.model = self.model.to(self.device).eval()
@@ -96,8 +102,6 @@ class Classifier:
         cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str = "auto"
     ) -> Classifier:
         """The run folder's model; :class:`~convnets.base.runs.RunFolderError` if it is not a usable run."""
-        from ..weights import load_run
-
         model, config = load_run(run_dir, device=device)
         trust = RunTrust.read(run_dir, config)
         return cls(model, config, name=Path(run_dir).name, device=device, backend=backend, trust=trust)
@@ -220,7 +224,5 @@ def predict(
 
 def measure_latency(clf: Classifier, runs: int = 5, warmup: int = 2) -> float:
     """Median milliseconds per image at batch 1 on this machine (random input of the model's size)."""
-    from ..cost import latency_ms
-
     x = torch.randn(1, clf.in_chans, *clf.image_size, device=clf.device)
     return latency_ms(clf.runner, x, warmup=warmup, runs=runs)

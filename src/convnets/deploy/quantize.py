@@ -24,27 +24,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..base import runtime
 from ..base.runs import INT8_ONNX_FILE, RunConfig
 from ..data.decode import ImageReadError
 from ..data.images import read_image
-from .exported import (
-    INT8_FLAGS,
+from .engines import (
     Engine,
-    ExportInfo,
-    Int8Info,
+    OpenVinoEngine,
     OrtEngine,
     ensure_exported,
-    file_sha256,
     int8_runner_order,
     pixels_of,
     run_batched,
     split_files,
 )
+from .export_record import ExportInfo, Int8Info, file_sha256
 
 DEFAULT_CALIBRATION_IMAGES = 300
 DEFAULT_MAX_DROP = 1.0  # top-1 points
 CALIBRATION_BATCH = 8
+# int8 dot products in 32-bit accumulators (VNNI, AMX); without them int8 weights are u8
+# (int8_weight_type).
+INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
 X86_MACHINE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 QUANTIZER = "onnxruntime.quantize_static QDQ per-channel s8 weights u8 activations MinMax"
 
@@ -59,9 +62,7 @@ def int8_weight_type(flags: frozenset[str] | None = None) -> str:
     ONNX Runtime, whose kernel widens to 16 bits first) kept fp32's top-1 exactly. With VNNI or AMX the
     products accumulate in 32 bits, and s8 weights on OpenVINO are the fastest and as exact. By the
     CPU's flags, never its vendor."""
-    from ..base.runtime import cpu_flags
-
-    flags = cpu_flags() if flags is None else flags
+    flags = runtime.cpu_flags() if flags is None else flags
     return "u8" if X86_MACHINE and flags and not flags & INT8_FLAGS else "s8"
 
 
@@ -129,6 +130,7 @@ def quantize_onnx(
     pixel batches ``batches()`` yields (float32 NCHW in [0, 1], what the export takes). ``weights``:
     ``"s8"`` or ``"u8"`` (default :func:`int8_weight_type` for this CPU); ``reduce_range``: 7-bit
     weights (measured, not used: bench/backends.py)."""
+    # optional: onnxruntime (convnets[export])
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     weights = weights or int8_weight_type()
@@ -182,8 +184,6 @@ def quantize_run(
     validation split drops by more than ``max_drop`` points, and
     :class:`convnets.base.runs.RunFolderError` for a run without recorded image files.
     """
-    from tqdm.auto import tqdm
-
     say = log or (lambda _msg: None)
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
@@ -248,7 +248,5 @@ def quantize_run(
 def _int8_engine(path: Path, weights: str) -> Engine:
     """The int8 model on what ``--backend int8`` will run it on (:func:`int8_runner_order`)."""
     if int8_runner_order(weights)[0] == "openvino":
-        from .exported import OpenVinoEngine
-
         return OpenVinoEngine(path, name="int8")
     return OrtEngine(path, name="int8")

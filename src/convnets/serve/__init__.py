@@ -16,7 +16,7 @@ __all__ = ["create_app"]
 def __getattr__(name: str) -> Any:
     if name == "create_app":
         try:
-            from .app import create_app
+            from .app import create_app  # optional: starlette, uvicorn (convnets[serve])
         except ImportError as e:
             if e.name in ("starlette", "uvicorn", "anyio", "multipart", "python_multipart"):
                 raise ImportError("serving needs: pip install 'convnets[serve]'") from e

@@ -3,7 +3,7 @@
 ``create_app(run_dir, ...)`` returns a Starlette (ASGI) app. Starlette rather than FastAPI on top of it:
 five fixed routes need no request models, and FastAPI's import (pydantic models) alone took 0.4-0.5 s
 of the start-up budget on the 2-core test machine. The model is the run's ``model.onnx`` on
-ONNX Runtime (:class:`convnets.deploy.exported.ExportedModel`), so nothing here imports torch once the run
+ONNX Runtime (:class:`convnets.deploy.engines.ExportedModel`), so nothing here imports torch once the run
 has been exported. Requests are decoded in worker threads and their images run through one
 :class:`MicroBatcher`, so concurrent requests share batches and the event loop never runs inference.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
 import os
 import re
@@ -41,14 +40,13 @@ from starlette.routing import Route
 from ..base.predictions import Prediction, top_k
 from ..base.runs import RunConfig, weights_path
 from ..data.decode import ImageReadError
-from ..deploy.exported import EngineError, ExportedModel, ExportMismatchError
+from ..deploy.engines import EngineError, ExportedModel, choose_engine
 from ..trust.fit import RunTrust
 from .batching import MicroBatcher, choose_batch_limit
 from .model_info import ModelInfo, read_cost, start_cost_job, write_cost
 
 _log = logging.getLogger("convnets.serve")
 
-BACKENDS = ("auto", "onnxruntime")  # what ExportedModel.open runs before it takes a backend argument
 RAW_BODY_TYPES = ("application/octet-stream",)  # besides image/*
 # Pillow's message names the in-memory stream ("<_io.BytesIO object at 0x...>"): say what it means.
 _UNIDENTIFIED = re.compile(r"cannot identify image file <_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -90,28 +88,26 @@ class ServeOptions:
 
 
 def open_model(
-    run_dir: str | os.PathLike, backend: str = "auto", threads: int | None = None, log=None
+    run_dir: str | os.PathLike,
+    backend: str = "auto",
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExportedModel:
     """The run's exported model on ``backend`` (exported first, with torch, if it never was); with
-    the penultimate features as a second output when the run has an out-of-distribution detector."""
-    open_params = inspect.signature(ExportedModel.open).parameters
-    kwargs: dict[str, Any] = {"threads": threads, "log": log}
-    if "features" in open_params:
-        kwargs["features"] = RunConfig.read(run_dir).ood is not None
-    if "spin" in open_params:
-        kwargs["spin"] = False  # the server's own threads need the cores between operators
-    if "backend" in open_params:
-        try:
-            return ExportedModel.open(run_dir, backend=backend, **kwargs)
-        except EngineError as e:
-            if not kwargs.get("features") or isinstance(e, ExportMismatchError):  # never serve a stranger
-                raise
-            # A graph the features output cannot be found in: serve without the ood field.
-            _log.warning("convnets serve: rows will have no ood field: %s", e)
-            return ExportedModel.open(run_dir, backend=backend, **{**kwargs, "features": False})
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
-    return ExportedModel.open(run_dir, **kwargs)
+    the penultimate features as a second output when the run has an out-of-distribution detector
+    (served without the ``ood`` field where the graph has none: :func:`choose_engine`)."""
+    choice = choose_engine(
+        run_dir,
+        backend,
+        threads=threads,
+        spin=False,  # the server's own threads need the cores between operators
+        features=RunConfig.read(run_dir).ood is not None,
+        features_optional=True,
+        log=log,
+    )
+    if choice.note:
+        _log.warning("convnets serve: %s", choice.note)
+    return choice.model
 
 
 AUTO_BATCH_CEILING = 32  # the most `--max-batch auto` tries
@@ -165,11 +161,11 @@ class ServedModel:
 
     @property
     def backend(self) -> str:
-        return getattr(self.model, "backend", self.options.backend) if self.model else self.options.backend
+        return self.model.backend if self.model is not None else self.options.backend
 
     def _run_batch(self, views: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """(probabilities, features or None) per view."""
-        if self.trust is not None and getattr(self.model.engine, "run_with_features", None) is not None:
+        if self.trust is not None:
             try:
                 probs, features = self.model.predict_views_with_features(views)
                 return list(zip(probs, features))

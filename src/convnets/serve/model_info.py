@@ -53,8 +53,8 @@ def read_cost(run_dir: str | os.PathLike, config: RunConfig) -> RunCost | None:
 
 def write_cost(run_dir: str | os.PathLike) -> RunCost:
     """Compute the run's params and multiply-adds with torch and cache them in ``cost.json``."""
-    from ..cost import model_cost
-    from ..weights import load_run
+    from ..cost import model_cost  # start-up: the server loads torch only to compute the cost once
+    from ..weights import load_run  # start-up: as above
 
     model, _ = load_run(run_dir)
     config = RunConfig.read(run_dir)

@@ -1,4 +1,4 @@
-"""exported.py / quantize.py: engines on a run's export, the auto choice, int8 with its accuracy gate,
+"""deploy/engines and quantize.py: engines on a run's export, the auto choice, int8 with its accuracy gate,
 numpy TTA, and the torch-free cold paths (``convnets --help``, ``predict`` on an existing export)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 
 from convnets import create_model
 from convnets.base.runs import INT8_ONNX_FILE, RunConfig, RunFolderError
-from convnets.deploy.exported import (
+from convnets.deploy.engines import (
     EngineError,
     ExportedModel,
     ExportInfo,
@@ -97,7 +98,7 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
     one = ov.predict_views([ov.read(files[0])])
     three = ov.predict_views([ov.read(f) for f in files[:3]])
     np.testing.assert_allclose(one[0], three[0], atol=1e-5)
-    from convnets.deploy.exported import check_engine
+    from convnets.deploy.engines import check_engine
 
     check = check_engine(run_dir, ov.engine)
     assert check.source == "validation images" and check.images == 4 and check.passed
@@ -107,7 +108,8 @@ def test_openvino_engine_agrees_with_onnxruntime_and_records_its_check(run):
 def test_auto_runs_the_engine_timed_fastest_on_this_machine(run, monkeypatch):
     """auto: the candidates that are installed and valid, timed once per run folder and machine (kept in
     export.json), the fastest chosen; small jobs open ONNX Runtime without timing anything."""
-    import convnets.deploy.exported as ex
+    import convnets.deploy.engines.choice as choice
+    from convnets.deploy.engines import EngineCheck
 
     run_dir, _, _ = run
     assert auto_candidates(run_dir)[-1] == "onnxruntime"
@@ -120,26 +122,111 @@ def test_auto_runs_the_engine_timed_fastest_on_this_machine(run, monkeypatch):
             self.name, self.ms, self.description = name, ms, f"Fake{name} 1.0 fp32"
 
         def run(self, pixels):
-            ex.time.sleep(self.ms / 1000 * len(pixels))
+            time.sleep(self.ms / 1000 * len(pixels))
             return np.zeros((len(pixels), 2), np.float32)
 
     fakes = {"openvino": Fake("openvino", 0.2), "onnxruntime": Fake("onnxruntime", 2.0)}
-    monkeypatch.setattr(ex, "auto_candidates", lambda _run: ["openvino", "onnxruntime"])
-    monkeypatch.setattr(ex, "make_engine", lambda _run, name, **_: fakes[name])
-    monkeypatch.setattr(ex, "check_engine", lambda *_a, **_k: ex.EngineCheck("x", 4, "x", 1.0, 0.0))
+    monkeypatch.setattr(choice, "auto_candidates", lambda _run: ["openvino", "onnxruntime"])
+    monkeypatch.setattr(choice, "make_engine", lambda _run, name, **_: fakes[name])
+    monkeypatch.setattr(choice, "check_engine", lambda *_a, **_k: EngineCheck("x", 4, "x", 1.0, 0.0))
     lines = []
-    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"]
-    speeds = ExportInfo.read(run_dir).speeds[ex.machine_key()]
+    assert choice.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"]
+    speeds = ExportInfo.read(run_dir).speeds[choice.machine_key()]
     assert speeds["fakeopenvino-fp32"] < speeds["fakeonnxruntime-fp32"] and "timed on this CPU" in lines[0]
     # The same machine later: read from export.json, not timed again (here the record now says otherwise).
     info = ExportInfo.read(run_dir)
-    info.speeds[ex.machine_key()] = {"fakeopenvino-fp32": 9.0, "fakeonnxruntime-fp32": 1.0}
+    info.speeds[choice.machine_key()] = {"fakeopenvino-fp32": 9.0, "fakeonnxruntime-fp32": 1.0}
     info.write(run_dir)
     lines.clear()
-    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["onnxruntime"] and not lines
+    assert choice.open_engine(run_dir, "auto", log=lines.append) is fakes["onnxruntime"] and not lines
     # Another machine (other flags) times anew.
-    monkeypatch.setattr(ex, "machine_key", lambda threads=None: "another-cpu")
-    assert ex.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"] and lines
+    monkeypatch.setattr(choice, "machine_key", lambda threads=None: "another-cpu")
+    assert choice.open_engine(run_dir, "auto", log=lines.append) is fakes["openvino"] and lines
+
+
+class _FakeOpenVino:
+    name, description = "openvino", "OpenVINO 0.0 bf16"
+
+    def run(self, pixels):
+        return np.zeros((len(pixels), 2), np.float32)
+
+
+def test_choose_engine_passes_over_a_failing_engine_and_names_it(run, monkeypatch):
+    """auto: OpenVINO failing its check, or missing, leaves ONNX Runtime, and the one passed over is named."""
+    import convnets.deploy.engines.choice as choice
+    from convnets.deploy.engines import EngineCheck, choose_engine
+
+    run_dir, _, _ = run
+    real_make_engine = choice.make_engine
+
+    def make_engine(run_dir, name, **kwargs):
+        return _FakeOpenVino() if name == "openvino" else real_make_engine(run_dir, name, **kwargs)
+
+    monkeypatch.setattr(choice, "auto_candidates", lambda _run: ["openvino", "onnxruntime"])
+    monkeypatch.setattr(choice, "make_engine", make_engine)
+    monkeypatch.setattr(choice, "check_engine", lambda *_a, **_k: EngineCheck("x", 4, "x", 0.5, 0.4))
+    lines = []
+    picked = choose_engine(run_dir, "auto", pytorch_fallback=True, log=lines.append)
+    assert picked.model.backend == "onnxruntime" and picked.note is None
+    assert lines == ["not using OpenVINO 0.0 bf16: against ONNX Runtime fp32 top-1 agreed on 50%, "
+                     "probabilities moved up to 0.400"]  # fmt: skip
+
+    def no_openvino(run_dir, name, **kwargs):
+        if name == "openvino":
+            raise EngineError("the openvino backend needs: pip install 'convnets[openvino]'")
+        return real_make_engine(run_dir, name, **kwargs)
+
+    monkeypatch.setattr(choice, "make_engine", no_openvino)
+    assert choose_engine(run_dir, "auto").model.backend == "onnxruntime"
+    # Asked for by name, a missing engine is an error that names the option, never a quiet substitute.
+    with pytest.raises(EngineError, match=r"^--backend openvino: .*convnets\[openvino\]"):
+        choose_engine(run_dir, "openvino", pytorch_fallback=True)
+
+
+def test_choose_engine_falls_back_to_pytorch_with_a_note(run, tmp_path, monkeypatch):
+    """predict's fallback, as a library call: under auto an export that cannot be used gives no model
+    and says why; asked for by name, it is an error; the server drops only the ood field."""
+    import shutil
+
+    from convnets.deploy.engines import EngineChoice, ExportMismatchError, choose_engine
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run[0], run_dir)
+    with pytest.raises(EngineError, match=r"^--backend int8: .*no int8 model"):
+        choose_engine(run_dir, "int8", pytorch_fallback=True)
+    # A graph without a features output: served without the ood field, or (predict) run on PyTorch.
+    monkeypatch.setattr("convnets.trust.ood.features_graph", lambda _p: (_ for _ in ()).throw(
+        ValueError("no Linear at the end")))  # fmt: skip
+    served = choose_engine(run_dir, features=True, features_optional=True)
+    assert served.model is not None and served.note.startswith("rows will have no ood field")
+    assert choose_engine(run_dir, features=True, pytorch_fallback=True) == EngineChoice(None)
+    # A read-only run folder whose export is not the run's: refused, PyTorch runs the run's own weights.
+    (run_dir / "model.onnx").write_bytes(b"garbage")
+    monkeypatch.setattr("convnets.deploy.engines.onnx_file.can_write_in", lambda p: False)
+    fallback = choose_engine(run_dir, "auto", pytorch_fallback=True)
+    assert fallback.model is None and "read-only" in fallback.note and "running PyTorch" in fallback.note
+    for kwargs in ({"backend": "onnxruntime", "pytorch_fallback": True}, {"backend": "auto"}):
+        with pytest.raises(ExportMismatchError, match="read-only"):
+            choose_engine(run_dir, **kwargs)
+
+
+def test_predict_cli_takes_its_engine_and_fallback_from_choose_engine(run, monkeypatch, capsys):
+    """cli/predict decides nothing itself: what choose_engine answers is what it runs and says."""
+    import convnets.deploy.engines as engines
+    from convnets.cli import main
+
+    run_dir, _, data = run
+    calls = []
+
+    def choose_engine(run_dir, backend="auto", **kwargs):
+        calls.append((backend, kwargs["pytorch_fallback"]))
+        return engines.EngineChoice(None, "not using the exported model (test); running PyTorch")
+
+    monkeypatch.setattr(engines, "choose_engine", choose_engine)
+    assert main(["predict", str(run_dir), str(data / "dog" / "0.png"), "--json", "--no-ood"]) == 0
+    out, err = capsys.readouterr()
+    assert calls == [("auto", True)] and "(test); running PyTorch" in err
+    assert json.loads(out)[0]["file"].endswith("0.png")
 
 
 def test_tta_views_match_torchvision(run):
@@ -295,7 +382,7 @@ def test_features_graph_is_made_once_and_then_opened_without_the_onnx_package(ru
     np.testing.assert_allclose(logits, ExportedModel.open(run_dir, "onnxruntime").logits(pixels), atol=1e-5)
     assert feats.shape == (2, 64)  # resnet20's pooled features
     code = (
-        "import sys; from convnets.deploy.exported import ExportedModel as M; "
+        "import sys; from convnets.deploy.engines import ExportedModel as M; "
         f"M.open({str(run_dir)!r}, 'onnxruntime', features=True); print('onnx' in sys.modules)"
     )
     env = {**__import__("os").environ, "CONVNETS_CACHE": str(cache)}
