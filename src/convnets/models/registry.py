@@ -27,17 +27,11 @@ def register_model(name: str, cfg: ModelCfg | None = None):
     return wrap
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every family.
-    from . import _families  # noqa: F401
-
-
 def list_models(pattern: str | None = None, all: bool = False) -> list[str]:  # noqa: A002 - timm's name
     """Registered model names, optionally filtered by a glob pattern (``"resnet*"``); ``all`` adds
     every ``torchvision/NAME`` classifier and, when timm is installed, every ``timm/NAME``."""
     import fnmatch
 
-    _ensure_loaded()
     names = [n for n in sorted(_MODELS) if pattern is None or fnmatch.fnmatch(n, pattern)]
     if all:
         from .external import list_external
@@ -51,7 +45,6 @@ def get_model_cfg(name: str) -> ModelCfg:
         from .external import external_cfg
 
         return external_cfg(name)
-    _ensure_loaded()
     if name not in _CFGS:
         raise KeyError(_unknown(name))
     return _CFGS[name]
@@ -73,7 +66,6 @@ def builder_defaults(name: str) -> tuple[int, int]:
     if is_external(name):
         get_model_cfg(name)  # an unknown name fails here, with suggestions
         return 1000, 3
-    _ensure_loaded()
     if name not in _MODELS:
         raise KeyError(_unknown(name))
     params = inspect.signature(_MODELS[name]).parameters
