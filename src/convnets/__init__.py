@@ -20,7 +20,7 @@ def __getattr__(name: str):
     # Lazy: `import convnets` must not import torch, so the CLI's --help, `predict` on an exported
     # model and the server start without it (torch + torchvision take seconds to import).
     if name in ("create_model", "get_model_cfg", "list_models"):
-        from . import models
+        from . import models  # start-up: torch on first use
 
         return getattr(models, name)
     raise AttributeError(f"module 'convnets' has no attribute {name!r}")

@@ -368,7 +368,7 @@ class StochasticDepth(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        from torchvision.ops import stochastic_depth
+        from torchvision.ops import stochastic_depth  # start-up: torchvision on first use
 
         return stochastic_depth(x, self.p, self.mode, self.training)
 

@@ -25,6 +25,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .base.plots import pyplot, save_figure
+from .models import create_model, get_model_cfg
+from .models.registry import builder_defaults
+
 __all__ = [
     "CostReport",
     "LayerCost",
@@ -91,8 +95,6 @@ def _image_hw(image_size: int | Sequence[int] | None, default: tuple[int, int]) 
 def _default_input(model: nn.Module, name: str | None) -> tuple[int, int, int]:
     """(C, H, W) a model is fed by default: its ModelCfg, else ImageNet's 3x224x224."""
     if name is not None:
-        from .models import get_model_cfg
-
         return tuple(get_model_cfg(name).input_size)  # type: ignore[return-value]
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if "input_size" in cfg:
@@ -107,13 +109,11 @@ def _default_input(model: nn.Module, name: str | None) -> tuple[int, int, int]:
 def default_num_classes(name: str) -> int:
     """The number of classes a registered model is published with: its builder's default
     (10 for LeNet-5 and the CIFAR ResNets, 1000 for the ImageNet models)."""
-    from .models.registry import builder_defaults
 
     return builder_defaults(name)[0]
 
 
 def _build_on_meta(name: str, in_chans: int) -> nn.Module:
-    from .models import create_model
 
     # The meta device allocates nothing and computes nothing; building the largest EfficientNet
     # this way takes well under a second. Fall back to CPU if a model's init needs real values.
@@ -175,8 +175,6 @@ def model_cost(
     """
     name = model_or_name if isinstance(model_or_name, str) else None
     if name is not None:
-        from .models import get_model_cfg
-
         in_chans = in_chans or get_model_cfg(name).input_size[0]
         model = _build_on_meta(name, in_chans)
     else:
@@ -382,7 +380,6 @@ def compare_cost(
     ``warmup``, on ``device``); it is ``None`` when ``measure_latency`` is off. Each model runs at
     its own default resolution, with its published number of classes, unless ``image_size`` is given.
     """
-    from .models import create_model, get_model_cfg
 
     rows = []
     for name in names:
@@ -408,7 +405,6 @@ def compare_cost(
 
 def plot_compare(rows: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
     """Bar charts of params, multiply-adds and latency side by side, written to a PNG."""
-    from .base.plots import pyplot, save_figure
 
     plt = pyplot()
     names = [r["model"] for r in rows]

@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..base import runtime  # read at call time: tests stand in other CPUs through it
+from ..base.atomic import atomic_write
+from ..base.runtime import cache_root
+
 _aten = torch.ops.aten
 BF16, FP32, MATMUL, DILATED = "bf16", "fp32", "matmul", "dilated"
 
@@ -83,10 +87,9 @@ def machine_choices_file() -> Path:
     """``cache_root()/bf16_backward/<key>.json``: the picks of this CPU model and instruction sets,
     torch version and intra-op thread count (the timings, and so the picks, depend on all of them; a
     hypervisor's model name alone, "AMD EPYC", covers CPUs with and without AVX-512)."""
-    from ..base.runtime import cache_root, cpu_flags, describe_cpu
 
-    isas = " ".join(sorted(cpu_flags()))
-    key = f"{describe_cpu()['cpu']}|{isas}|{torch.__version__}|{torch.get_num_threads()}"
+    isas = " ".join(sorted(runtime.cpu_flags()))
+    key = f"{runtime.describe_cpu()['cpu']}|{isas}|{torch.__version__}|{torch.get_num_threads()}"
     return cache_root() / "bf16_backward" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -130,7 +133,6 @@ class FastBf16ConvBackward(TorchDispatchMode):
         unwritable cache only means later runs time again)."""
         if len(self.choices) == self._saved:
             return
-        from ..base.atomic import atomic_write
 
         try:
             path = machine_choices_file()

@@ -27,6 +27,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..base import runtime  # read at call time: tests stand in other CPUs through it
+from ..base.runtime import cache_root
+
 ENV_SWITCH = "CONVNETS_C_KERNELS"
 CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -49,11 +52,10 @@ def compiler() -> str | None:
 def arch_flags() -> list[str]:
     """``-march=native``, or on x86 under an ISA cap (:func:`convnets.base.runtime.isa_cap`) the x86-64
     level the cap allows, so a capped run also builds and runs the lesser CPU's code."""
-    from ..base.runtime import cpu_flags, isa_cap
 
-    if not X86 or isa_cap() is None:
+    if not X86 or runtime.isa_cap() is None:
         return ["-march=native"]
-    flags = cpu_flags()
+    flags = runtime.cpu_flags()
     if "avx512f" in flags:
         return ["-march=x86-64-v4", "-mtune=native"]
     if "avx2" in flags:
@@ -93,9 +95,8 @@ def target_isas(flags: list[str] | None = None) -> tuple[str, ...]:
 def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
     """Those of ``isas`` (x86 names from :func:`target_isas`) this CPU lacks; none off x86 or without
     /proc/cpuinfo, where there is nothing to check against."""
-    from ..base.runtime import cpu_flags
 
-    have = {f.replace("_", "").replace(".", "") for f in cpu_flags()}
+    have = {f.replace("_", "").replace(".", "") for f in runtime.cpu_flags()}
     if not X86 or not have:
         return []
     if "pni" in have:  # /proc/cpuinfo's name for SSE3
@@ -106,7 +107,6 @@ def unsupported_isas(isas: tuple[str, ...]) -> list[str]:
 def library_path(source: Path) -> Path:
     """Where ``source`` compiled lives: keyed by its text, the compiler and flags, and the instruction
     sets those flags target on this machine."""
-    from ..base.runtime import cache_root
 
     flags = [*arch_flags(), *CFLAGS]
     key = "|".join(

@@ -347,7 +347,6 @@ def residual_forward(model: nn.Module) -> torch.fx.GraphModule | None:
 def _trace_in_training_mode(model: nn.Module) -> torch.fx.GraphModule:
     """A ``torch.fx`` trace of ``model`` taken in training mode (branches on ``self.training`` are
     fixed at trace time), the modules' modes restored after."""
-    import torch.fx
 
     modes = [(m, m.training) for m in model.modules()]
     model.train()

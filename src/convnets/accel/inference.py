@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -73,7 +74,6 @@ def count_batchnorm(model: nn.Module) -> int:
 def _conv_bn_pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     """(conv name, bn name) pairs where the BN is applied to the conv's output and to nothing else,
     and each module runs exactly once; None when the model cannot be traced."""
-    import torch.fx
 
     try:
         graph = torch.fx.symbolic_trace(model).graph
@@ -236,6 +236,7 @@ def backend_of(module: nn.Module) -> str:
 def write_onnx(module: nn.Module, example: torch.Tensor, path: Path | io.BytesIO, opset: int) -> None:
     """ONNX with a dynamic batch axis to ``path`` (a file, or a buffer for an in-memory session)."""
     try:
+        # optional: onnx
         import onnx  # noqa: F401 - the exporter needs it; fail with our message, not deep inside torch
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx package: pip install 'convnets[export]'") from e
@@ -266,8 +267,9 @@ class OnnxRuntimeModule(nn.Module):
     def __init__(self, model: nn.Module, opset: int = 17, threads: int | None = None, atol: float = 1e-3):
         super().__init__()
         try:
+            # optional: onnx
             import onnx  # noqa: F401 - torch.onnx.export needs it
-            import onnxruntime
+            import onnxruntime  # optional: onnxruntime
         except ImportError as e:
             raise ImportError("the onnxruntime backend needs: pip install 'convnets[export]'") from e
         self._ort = onnxruntime

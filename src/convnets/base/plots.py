@@ -33,11 +33,11 @@ PathOrFile = str | os.PathLike | IO[bytes]
 
 def pyplot():
     """``matplotlib.pyplot`` on the file-only "Agg" backend (imported on first use: it takes ~0.5 s)."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib on first use
 
     if matplotlib.get_backend().lower() != "agg":
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib on first use
 
     return plt
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def cpu_has_amx_bf16() -> bool:
 def has_grouped_convolutions(model) -> bool:
     """Depthwise/grouped convolutions (MobileNet, EfficientNet): memory-bound layers whose speed
     follows the memory format and precision differently from dense convolutions."""
+    # start-up: torch on first use
     from torch import nn  # not at module level: tune_malloc must be callable before torch loads
 
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
@@ -189,7 +191,7 @@ def auto_precision(device_type: str, model=None, macs: float | None = None) -> t
             )
         return "bf16", "AMX CPU: bf16 measured 1.2-2.2x faster at fp32's accuracy; --precision fp32 opts out"
     if device_type == "cuda":
-        import torch
+        import torch  # start-up: torch on first use
 
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", "this GPU has native bf16"
@@ -199,9 +201,8 @@ def auto_precision(device_type: str, model=None, macs: float | None = None) -> t
 
 def describe_cpu() -> dict:
     """CPU model, cores and threads, for benchmark and run records."""
-    import platform
 
-    import torch
+    import torch  # start-up: torch on first use
 
     model = platform.processor() or ""
     try:
@@ -239,7 +240,7 @@ def prefers_channels_last(model) -> bool:
     was 1.09x faster in NCHW; on an AVX-512 CPU resnet50 trained 1.10x (64 px) and 1.23x (224 px)
     faster in NHWC. So: grouped convolutions, or a CPU whose torch kernels use AVX-512.
     """
-    import torch
+    import torch  # start-up: torch on first use
 
     if has_grouped_convolutions(model):
         return True

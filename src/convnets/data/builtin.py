@@ -110,7 +110,7 @@ def _carve(name, dataset: BaseDataset, val_split, seed, split, official_val=None
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, list[int], list[str]]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # start-up: sklearn on first use
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
@@ -126,7 +126,7 @@ def load_digits_parts(image_size, in_chans, val_split=0.2, seed=0, split=None) -
 
 
 def _open_torchvision(name: str, info: TorchvisionInfo, root: Path, kwargs: dict):
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # start-up: torchvision on first use
 
     cls = getattr(tvd, info.cls)
     try:

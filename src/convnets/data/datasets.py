@@ -151,7 +151,7 @@ def _decode_bar(total: int):
     """A progress bar for a long memory-cache fill (~3 ms an image), on a terminal only."""
     if total < 1000 or not sys.stderr.isatty():
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # start-up: tqdm on first use
 
     return tqdm(total=total, desc="decode into memory", unit="img", leave=False)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ..base.choices import NORMALIZE_MODES
 from ..models.base import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
@@ -40,9 +41,9 @@ from .datasets import FileDataset, Subset, cpu_count
 from .decode import ImageReadError, SkippedImageWarning, base_size, resize_mode
 from .folder import DatasetError, find_presplit, scan_folder
 from .images import expand_paths, read_images, to_input
-from .loaders import ImageLoader
+from .loaders import ImageLoader, collate, default_num_workers
 from .pca import cached_pca_stats, channel_stats
-from .shards import is_shard_source
+from .shards import is_shard_source, shard_splits
 from .split import stratified_split
 
 STATS_SAMPLE = 256  # training images used for "dataset" normalisation and PCA colour statistics
@@ -387,10 +388,6 @@ def _build(
 
 def _shard_data(path, size, in_chans, batch_size, augment, normalize, mean, std, seed, num_workers):
     """Streams over shards (``data/shards.py``), with the folder pipeline's normalisation and transforms."""
-    from torch.utils.data import DataLoader
-
-    from .loaders import collate, default_num_workers
-    from .shards import shard_splits
 
     stats: dict[str, Any] = {}
 

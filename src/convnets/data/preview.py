@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import parse_ops
+from ..base.plots import pyplot, save_figure
+from .augment import build_eval_transform, parse_ops
 
 
 def augment_preview(
@@ -25,8 +26,7 @@ def augment_preview(
     data_root: str | os.PathLike | None = None,
 ) -> Path:
     """Write a grid PNG: one row per training image, its evaluation view then ``versions`` augmentations."""
-    from ..base.plots import pyplot, save_figure
-    from .pipeline import load_data
+    from .pipeline import load_data  # start-up: PIL on first use
 
     plt = pyplot()
 
@@ -44,7 +44,6 @@ def augment_preview(
     )
     subset = splits.train.dataset
     base_ds = subset.dataset
-    from .augment import build_eval_transform
 
     eval_tf = build_eval_transform((image_size, image_size), [0.0] * in_chans, [1.0] * in_chans)
     positions = np.unique(np.linspace(0, len(subset) - 1, num=min(n, len(subset))).round().astype(int))

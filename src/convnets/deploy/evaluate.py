@@ -19,10 +19,12 @@ import torch
 from ..accel.inference import backend_of
 from ..base.errors import ConvnetsError, output_dir
 from ..base.plots import confusion_counts, plot_confusion_matrix, plot_image_grid
+from ..cost import model_cost
 from ..data.images import expand_paths
 from ..data.run_splits import load_run_splits, run_data_source
 from ..trust.analysis import ErrorAnalysis
 from ..trust.calibration import Calibration, Reliability, plot_reliability
+from ..trust.fit import calibrate_run
 from ..trust.ood import features_and_logits
 from .predictor import TTA_COST, Classifier, check_tta, measure_latency, tta_views
 
@@ -326,7 +328,6 @@ def evaluate(
     if calibrate:
         if isinstance(run, Classifier):
             raise ValueError("calibrate: needs a run folder (the temperature is stored there)")
-        from ..trust.fit import calibrate_run
 
         fit = calibrate_run(run, out=out)
     clf = run if isinstance(run, Classifier) else Classifier.from_run(run, device=device, backend=backend)
@@ -498,7 +499,6 @@ def evaluate_ensemble(
     validation subset. Reports each member's accuracy and cost and the summed params, multiply-adds
     and batch-1 latency of the ensemble next to its gain over the best member.
     """
-    from ..cost import model_cost
 
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two members")

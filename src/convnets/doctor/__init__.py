@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 
 from . import duplicates as dup
+from .labels import MAX_SHOWN, LabelCheckError, assess, find_label_issues
 from .report import (
     ClassReport,
     DoctorReport,
@@ -198,7 +199,6 @@ def _label_issues(
 ) -> tuple[list[LabelIssue], LabelCheck]:
     """cleanlab's ranked issues over one image per distinct picture (exact copies would leak across
     folds and make each other look right)."""
-    from .labels import MAX_SHOWN, LabelCheckError, assess, find_label_issues
 
     images = [scan.images[scan.usable[r]] for r in representatives]
     if len(images) < 10:

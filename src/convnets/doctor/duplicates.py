@@ -81,7 +81,7 @@ def _pool(grey: np.ndarray, size: int) -> np.ndarray:
 
 def phash(grey: np.ndarray) -> np.ndarray:
     """64-bit DCT perceptual hashes (uint64, one per row) of (N, S, S) grey thumbnails."""
-    from scipy.fft import dctn
+    from scipy.fft import dctn  # start-up: scipy on first use
 
     if len(grey) == 0:
         return np.zeros(0, np.uint64)

@@ -17,9 +17,12 @@ models:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..data.images import read_image, to_input
 
 N_FOLDS = 5
 # When the quick model is this weak, most of its confident disagreements are its own mistakes, not
@@ -98,7 +101,7 @@ def tiny_cnn_probs(
     """Out-of-fold class probabilities of a tiny CNN trained from scratch on (N, 32, 32, 3) uint8
     thumbnails: about ``STEPS_PER_FOLD`` steps of batch 64 per fold (at least 4 epochs), on one
     thread (these layers are too small to gain from more, and a busy machine punishes spinning ones)."""
-    import torch
+    import torch  # start-up: torch on first use
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -109,9 +112,9 @@ def tiny_cnn_probs(
 
 
 def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
-    import torch
-    from sklearn.model_selection import StratifiedKFold
-    from torch import nn
+    import torch  # start-up: torch on first use
+    from sklearn.model_selection import StratifiedKFold  # start-up: sklearn on first use
+    from torch import nn  # start-up: torch on first use
 
     torch.manual_seed(seed)
     x_all = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255)
@@ -169,10 +172,9 @@ def backbone_features(
     paths: list[str], weights: str, model_name: str, normalize: str | None = None, batch_size: int = 32
 ) -> np.ndarray:
     """Pooled features (N, D) of a frozen pretrained backbone (the vector entering its classifier)."""
-    import torch
+    import torch  # start-up: torch on first use
 
-    from ..data.images import read_image, to_input
-    from ..models import create_model
+    from ..models import create_model  # start-up: torch on first use
 
     model = create_model(model_name, weights=weights, **({"normalize": normalize} if normalize else {}))
     model.eval()
@@ -189,10 +191,10 @@ def backbone_features(
 
 def linear_probs(features: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """Out-of-fold probabilities of a standardised logistic regression on fixed features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # start-up: sklearn on first use
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict  # start-up: sklearn on first use
+    from sklearn.pipeline import make_pipeline  # start-up: sklearn on first use
+    from sklearn.preprocessing import StandardScaler  # start-up: sklearn on first use
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -211,11 +213,10 @@ def find_label_issues(
 ) -> LabelResult:
     """Rank the rows most likely mislabelled. ``rgb`` (N, 32, 32, 3) thumbnails feed the tiny CNN;
     with ``weights`` the backbone reads ``paths`` at its own input size instead."""
-    import time
 
     try:
-        from cleanlab.filter import find_label_issues as cl_find
-        from cleanlab.rank import get_label_quality_scores
+        from cleanlab.filter import find_label_issues as cl_find  # optional: cleanlab
+        from cleanlab.rank import get_label_quality_scores  # optional: cleanlab
     except ImportError as e:
         raise LabelCheckError(
             "the label check needs cleanlab: pip install 'convnets[doctor]' (or pip install cleanlab)"

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base.atomic import atomic_write_text
+
 SCHEMA = "convnets.doctor/1"
 
 
@@ -265,7 +267,6 @@ class DoctorReport:
 
     def write_html(self, path: str | os.PathLike, max_items: int = 200) -> Path:
         """A single self-contained page (inline CSS, base64 JPEG thumbnails, no external links)."""
-        from ..base.atomic import atomic_write_text
 
         e = html.escape
         s = self.summary()
@@ -358,7 +359,7 @@ class DoctorReport:
 
 def _thumbnail_data_uri(path: str, size: int = 128) -> str | None:
     """A small JPEG of ``path`` as a data: URI (None when the file cannot be decoded)."""
-    from .scan import decode_rgb
+    from .scan import decode_rgb  # start-up: numpy on first use
 
     try:
         _, im = decode_rgb(path)

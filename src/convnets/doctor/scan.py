@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..base.errors import ConvnetsError
+from ..base.runs import RunConfig, RunFolderError
 from ..data.decode import ImageReadError, SkippedImageWarning, cpu_count, decode_rgb, is_image_file
 from ..data.duplicates import pixel_hash
 from ..data.folder import DatasetError, find_presplit, scan_folder
@@ -118,7 +120,6 @@ def folder_source(name: str, folder: str | os.PathLike) -> SplitSource:
 
 def run_sources(run_dir: str | os.PathLike) -> list[SplitSource]:
     """The train and val files a run used, from its saved split (``RunConfig.split``)."""
-    from ..base.runs import RunConfig, RunFolderError
 
     try:
         config = RunConfig.read(run_dir)
@@ -197,14 +198,13 @@ def _progress(total: int, desc: str):
     """A tqdm bar on a terminal; nothing otherwise (logs stay readable)."""
     if not sys.stderr.isatty():
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # start-up: tqdm on first use
 
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 
 
 def decode_all(sources: list[SplitSource], workers: int | None = None, progress: bool = True) -> ScanResult:
     """The one decode pass over every file of every split."""
-    import time
 
     start = time.perf_counter()
     images: list[ImageInfo] = []

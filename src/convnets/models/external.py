@@ -26,7 +26,10 @@ timm is optional (``pip install convnets[timm]``) and imported only when a ``tim
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +60,7 @@ def _split(name: str) -> tuple[str, str]:
 
 def _timm():
     try:
-        import timm
+        import timm  # optional: timm
     except ImportError as e:
         raise ImportError(
             "timm/ models need the timm library: pip install 'convnets[timm]' (or pip install timm)"
@@ -71,9 +74,8 @@ def _timm():
 def list_external(pattern: str | None = None) -> list[str]:
     """``torchvision/NAME`` for every torchvision classification model, and ``timm/NAME`` for every timm
     architecture when timm is installed; ``pattern`` is a glob on the full name."""
-    import fnmatch
 
-    import torchvision.models
+    import torchvision.models  # start-up: torchvision on first use
 
     names = [
         f"torchvision/{n}"
@@ -89,7 +91,7 @@ def list_external(pattern: str | None = None) -> list[str]:
 
 def _torchvision_weights(arch: str):
     """torchvision's default weights entry for ``arch``, or None when it ships none."""
-    from torchvision.models import get_model_weights
+    from torchvision.models import get_model_weights  # start-up: torchvision on first use
 
     try:
         return get_model_weights(arch).DEFAULT
@@ -118,7 +120,7 @@ def external_cfg(name: str) -> ModelCfg:
             min_size=min_size,
             extra={"library": "timm", "hf_hub_id": pc.hf_hub_id, "url": pc.url, "tag": pc.tag},
         )
-    import torchvision.models
+    import torchvision.models  # start-up: torchvision on first use
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise KeyError(
@@ -143,7 +145,6 @@ def external_cfg(name: str) -> ModelCfg:
 
 
 def _unknown(name: str, library: str, names: list[str]) -> str:
-    import difflib
 
     close = difflib.get_close_matches(name.partition("/")[2], names, n=3)
     hint = f" Did you mean {', '.join(f'{library}/{c}' for c in close)}?" if close else ""
@@ -208,7 +209,7 @@ class ExternalConvNet(ConvNet):
         return self._timm_stages() if self.library == "timm" else self._torchvision_stages()
 
     def _timm_stages(self) -> list[nn.Module]:
-        from timm.models import group_parameters
+        from timm.models import group_parameters  # optional: timm
 
         groups = group_parameters(self.body, self.body.group_matcher(coarse=True))
         params = dict(self.body.named_parameters())
@@ -255,8 +256,6 @@ class ExternalConvNet(ConvNet):
         # A plain dict has no per-module version metadata, which some torchvision modules need
         # (MNASNet refuses to load without it): use the versions of the modules as built.
         if getattr(state_dict, "_metadata", None) is None:
-            from collections import OrderedDict
-
             metadata = self.state_dict()._metadata  # type: ignore[attr-defined]
             state_dict = OrderedDict(state_dict)
             state_dict._metadata = metadata  # type: ignore[attr-defined]
@@ -344,7 +343,7 @@ def create_external(name: str, num_classes: int = 1000, in_chans: int = 3, **kwa
 
 
 def _torchvision_model(name: str, arch: str, num_classes: int, in_chans: int, cfg: ModelCfg, kwargs: dict):
-    import torchvision.models
+    import torchvision.models  # start-up: torchvision on first use
 
     body = torchvision.models.get_model(arch, weights=None, **{**_TV_KWARGS.get(arch, {}), **kwargs})
     linears = [(n, m) for n, m in body.named_modules() if isinstance(m, nn.Linear)]
@@ -408,7 +407,7 @@ def fetch_timm_weights(name: str, tag: str | None = None) -> tuple[Path, ModelCf
         raise WeightsError(
             f"timm/{arch} has no Hugging Face hub weights; download them from {url} and pass --weights FILE"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # optional: huggingface_hub
 
     url = f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
     try:

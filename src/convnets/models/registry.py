@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
 from ..weights.pretrained import build_pretrained
 from .base import ModelCfg
-from .external import is_external
+from .external import create_external, external_cfg, is_external, list_external
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, ModelCfg] = {}
@@ -30,20 +33,15 @@ def register_model(name: str, cfg: ModelCfg | None = None):
 def list_models(pattern: str | None = None, all: bool = False) -> list[str]:  # noqa: A002 - timm's name
     """Registered model names, optionally filtered by a glob pattern (``"resnet*"``); ``all`` adds
     every ``torchvision/NAME`` classifier and, when timm is installed, every ``timm/NAME``."""
-    import fnmatch
 
     names = [n for n in sorted(_MODELS) if pattern is None or fnmatch.fnmatch(n, pattern)]
     if all:
-        from .external import list_external
-
         names += list_external(pattern)
     return names
 
 
 def get_model_cfg(name: str) -> ModelCfg:
     if is_external(name):
-        from .external import external_cfg
-
         return external_cfg(name)
     if name not in _CFGS:
         raise KeyError(_unknown(name))
@@ -51,7 +49,6 @@ def get_model_cfg(name: str) -> ModelCfg:
 
 
 def _unknown(name: str) -> str:
-    import difflib
 
     close = difflib.get_close_matches(name, list(_MODELS), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -61,7 +58,6 @@ def _unknown(name: str) -> str:
 def builder_defaults(name: str) -> tuple[int, int]:
     """``(num_classes, in_chans)`` a model is published with: its builder's own defaults
     (LeNet-5: 10 classes, 1 channel; CIFAR ResNets: 10, 3; ImageNet models: 1000, 3)."""
-    import inspect
 
     if is_external(name):
         get_model_cfg(name)  # an unknown name fails here, with suggestions
@@ -96,8 +92,6 @@ def create_model(
     if weights is not None:  # built through this registry, then loaded: see convnets/weights/__init__.py
         return build_pretrained(name, weights, create_model, get_model_cfg, num_classes, in_chans, **kwargs)
     if is_external(name):  # timm/NAME, torchvision/NAME: see models/external.py
-        from .external import create_external
-
         return create_external(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .findings import load_findings
 from .journal import JOURNAL_FILE, QUARANTINE_DIR, DataFolder, Journal, ReviewError, check_class_name
 
 __all__ = [
@@ -34,11 +35,9 @@ def undo_all(data: str) -> list:
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .app import create_app
+        from .app import create_app  # optional: starlette
 
         return create_app
     if name == "load_findings":
-        from .findings import load_findings
-
         return load_findings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

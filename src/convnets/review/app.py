@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 import anyio
+from PIL import Image, ImageOps
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -64,7 +65,6 @@ def page_html(token: str) -> str:
 
 def _thumbnail(path: os.PathLike, name: str) -> bytes:
     """A JPEG of at most THUMB_SIDE pixels a side; ``ReviewError`` (400) for a file that is no image."""
-    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:

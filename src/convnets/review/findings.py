@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base.runs import RunConfig
+from ..doctor import diagnose
 from .journal import DataFolder
 
 __all__ = ["Finding", "FindingFile", "Findings", "doctor_findings", "load_findings", "run_top_losses"]
@@ -103,8 +105,7 @@ def run_top_losses(run_dir: str | os.PathLike, folder: DataFolder, k: int = 24) 
     """A run's ``k`` highest-loss images among DATA's files (wrong and confident first), as fastai's
     ImageClassifierCleaner shows them: the run's validation split when DATA is its data, else every
     image of DATA (its classes must be the run's)."""
-    from ..base.runs import RunConfig
-    from ..deploy.evaluate import evaluate
+    from ..deploy.evaluate import evaluate  # start-up: torch on first use
 
     config = RunConfig.read(run_dir)
     source = config.data.source if config.data is not None else None
@@ -153,8 +154,6 @@ def load_findings(
             raise ValueError(f"{doctor_json}: not a doctor --json file (no convnets.doctor schema)")
         source = f"doctor --json {doctor_json}"
     else:
-        from ..doctor import diagnose
-
         report = diagnose(folder.root, labels=labels, progress=progress).to_dict()
         source = f"doctor on {folder.root}"
     found = doctor_findings(report, folder)

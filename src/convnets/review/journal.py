@@ -224,7 +224,7 @@ class Journal:
     def _hold(self) -> None:
         """An exclusive lock on the journal for this object's life (released by the OS if the process
         dies): a second review of the same folder (a page or --undo) is refused, not interleaved."""
-        import fcntl
+        import fcntl  # optional: fcntl
 
         f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open on purpose
         try:

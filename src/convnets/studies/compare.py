@@ -29,7 +29,7 @@ class Leaderboard:
 
 
 def _markdown(rows: list[dict], data: str, epochs: int, same_split: bool) -> str:
-    from ..cost import format_count
+    from ..cost import format_count  # start-up: torch on first use
 
     lines = [
         f"# Leaderboard: {data}",
@@ -58,7 +58,7 @@ def _markdown(rows: list[dict], data: str, epochs: int, same_split: bool) -> str
 
 def plot_accuracy_vs_cost(rows: Sequence[dict], path: str | Path) -> Path:
     """Validation accuracy against multiply-adds (log scale); marker area ~ parameters, labelled."""
-    from ..base.plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure  # start-up: numpy on first use
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -98,11 +98,11 @@ def compare(
 
     ``train_options`` are passed to every ``convnets.train`` call (``batch_size``, ``lr``, ...).
     """
-    from ..accel.inference import backend_of
-    from ..cost import model_cost
-    from ..deploy.predictor import Classifier
-    from ..deploy.predictor import measure_latency as latency_of
-    from ..train import train
+    from ..accel.inference import backend_of  # start-up: torch on first use
+    from ..cost import model_cost  # start-up: torch on first use
+    from ..deploy.predictor import Classifier  # start-up: torch on first use
+    from ..deploy.predictor import measure_latency as latency_of  # start-up: torch on first use
+    from ..train import train  # start-up: torch on first use
 
     if not models:
         raise ValueError("--models: give at least one model")

@@ -32,6 +32,15 @@ from torch import nn
 from ..base.atomic import atomic_write_json, atomic_write_text
 from ..base.plots import pyplot, save_figure
 from ..base.runs import RunConfig
+from ..blocks import BasicBlock
+from ..cost import model_cost
+from ..models import create_model, list_models
+from ..models.cifar_resnet import STANDARD_DEPTHS, _num_blocks, cifar_resnet
+from ..train.options import (
+    BUILTIN_NATIVE_SIZE,
+    RESUME_OVERRIDABLE,  # device, workers, data_root may change
+)
+from ..train.recipes import apply_recipe
 
 __all__ = [
     "DepthResult",
@@ -53,8 +62,6 @@ def build_cifar_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
 
     Registered names win, so ``resnet50`` is the ImageNet ResNet-50, ``resnet56`` the CIFAR one.
     """
-    from ..models import create_model, list_models
-    from ..models.cifar_resnet import cifar_resnet
 
     if name in list_models():
         return create_model(name, num_classes=num_classes, in_chans=in_chans)
@@ -66,7 +73,7 @@ def build_cifar_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
 
 
 def _builtin(source: str | Path) -> str | None:
-    from ..data.builtin import builtin_name
+    from ..data.builtin import builtin_name  # start-up: PIL on first use
 
     return None if Path(str(source)).expanduser().exists() else builtin_name(str(source))
 
@@ -77,13 +84,12 @@ def _default_in_chans(source: str | Path) -> int:
 
 def _default_image_size(source: str | Path) -> int:
     """The data's native size for built-ins (8 for digits, 32 for CIFAR), else the CIFAR nets' 32."""
-    from ..train.options import BUILTIN_NATIVE_SIZE
 
     return BUILTIN_NATIVE_SIZE.get(_builtin(source) or "", 32)
 
 
 def _load(source, *, image_size, in_chans, seed, batch_size, val_split, data_root):
-    from ..data import load_data
+    from ..data import load_data  # start-up: PIL on first use
 
     return load_data(
         str(source),
@@ -186,8 +192,7 @@ def depth_experiment(
     interrupted one continues from its ``last.pt``. ``tolerance``: error differences at or below it
     (absolute) count as a tie.
     """
-    from ..models import create_model
-    from ..train import train
+    from ..train import train  # start-up: PIL on first use
 
     out = Path(out)
     if resume:  # what was not given again comes from the interrupted experiment
@@ -209,7 +214,6 @@ def depth_experiment(
     depths = sorted({int(d) for d in (depths or default_depths(data))})
     if len(depths) < 2:
         raise ValueError(f"depths: need at least two depths to compare, got {depths}")
-    from ..models.cifar_resnet import STANDARD_DEPTHS, _num_blocks
 
     for d in depths:
         _num_blocks(d)  # raises a clear error for a depth that is not 6n+2
@@ -225,8 +229,6 @@ def depth_experiment(
     if recipe is None:
         given = {k: DEPTH_DEFAULTS[k] if v is None else v for k, v in given.items()}
     else:
-        from ..train.recipes import apply_recipe
-
         given = apply_recipe({"recipe": recipe, **given})  # the recipe's values where none was given
         given.pop("recipe")
         given = {k: given[k] for k in DEPTH_DEFAULTS}
@@ -268,7 +270,6 @@ def depth_experiment(
 
         if resume and (run_dir / "last.pt").is_file():
             log(f"[{k}/{len(names)}] {name}: resuming from {run_dir / 'last.pt'}")
-            from ..train.options import RESUME_OVERRIDABLE  # device, workers, data_root may change
 
             again = {k: v for k, v in train_options.items() if k in RESUME_OVERRIDABLE}
             result = train(None, out=run_dir, resume=True, quiet=quiet, log=prefix, **again)
@@ -372,7 +373,6 @@ def _depth_row(
     in_chans: int,
     create_model,
 ) -> tuple[dict, dict]:
-    from ..cost import model_cost
 
     history = [h for h in result.history if h.get("train_acc") is not None]
     train_err = [1.0 - h["train_acc"] for h in history]
@@ -840,7 +840,6 @@ def identity_experiment(
     training/validation accuracy before insertion, right after, and after training, in
     ``identity.json`` / ``identity.md``. Returns the JSON content.
     """
-    from ..blocks import BasicBlock
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

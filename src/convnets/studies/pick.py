@@ -27,6 +27,9 @@ from functools import cache
 
 import torch
 
+from ..cost import latency_ms, model_cost
+from ..models import create_model, get_model_cfg
+
 __all__ = [
     "SLIM_MOBILENET_V1_TOP1",
     "SLIM_MOBILENET_V2_TOP1",
@@ -90,7 +93,6 @@ def candidates(
     families: tuple[str, ...] = FAMILIES, image_sizes: tuple[int, ...] | None = None
 ) -> list[Candidate]:
     """The candidate table with published top-1 and its source (not yet costed)."""
-    from ..models import get_model_cfg
 
     unknown = set(families) - set(FAMILIES)
     if unknown:
@@ -140,8 +142,6 @@ def candidates(
 
 @cache
 def _count(model: str, kwargs_items: tuple, resolution: int) -> tuple[int, int]:
-    from ..cost import model_cost
-    from ..models import create_model
 
     with torch.device("meta"):  # no memory, no arithmetic: counting B7 at 600 px stays cheap
         net = create_model(model, **dict(kwargs_items))
@@ -150,8 +150,6 @@ def _count(model: str, kwargs_items: tuple, resolution: int) -> tuple[int, int]:
 
 
 def _measure(c: Candidate, runs: int) -> float:
-    from ..cost import latency_ms
-    from ..models import create_model
 
     net = create_model(c.model, **c.kwargs).eval()
     x = torch.randn(1, 3, c.resolution, c.resolution)

@@ -14,15 +14,25 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .. import __version__
 from ..base.errors import output_dir
 from ..base.runs import LAST_CHECKPOINT, RUN_FILES, DataSource, RunConfig, RunFolderError
 from ..base.runtime import prefers_channels_last
+from ..data import load_data
+from ..data.augment import batch_ops, parse_ops, sample_ops
+from ..data.datasets import Subset
+from ..data.decode import SkippedImageWarning
 from ..data.duplicates import warn_split_duplicates
+from ..data.loaders import ImageLoader, collate, default_num_workers, holds_images_in_memory
+from ..models import create_model, get_model_cfg
+from ..trust.fit import SplitFeatures, calibrate_run
 from . import distributed as ddp
 from .checkpoint import load_training_state, seed_everything
 from .lr_find import (
@@ -47,6 +57,7 @@ from .options import (
     resolve_device,
     resolve_precision,
 )
+from .recipes import apply_recipe, recipe_record
 from .trainer import RunResult, Trainer
 from .transfer import plan_phases
 
@@ -74,7 +85,6 @@ def train(
     run_dir = Path(out)
     if options.get("recipe") is not None and not options.get("resume"):
         # The recipe fills what was not given; a resumed run keeps its saved, already-resolved options.
-        from .recipes import apply_recipe
 
         try:
             options = apply_recipe(options)
@@ -124,7 +134,6 @@ def _fit_ood(run_dir: Path, trainer: Trainer) -> None:
     """Fit the out-of-distribution detector on the finished run (convnets.trust.fit): one forward pass
     over its training and validation images (none after a head-only run: its cached features are
     those), so predict flags inputs unlike them from the start."""
-    from ..trust.fit import calibrate_run
 
     try:
         # The trainer's model holds the best weights already: no reload from disk (on CPU, where the
@@ -143,8 +152,6 @@ def _eval_loaders(trainer: Trainer):
     """The trainer's own training and validation images without augmentation, as loaders: the
     detector's pass then reads the images the run already holds (memory-cached when they fit) instead
     of scanning and decoding the folder again. None for streams (shards) and runs without validation."""
-    from ..data.datasets import Subset
-    from ..data.loaders import ImageLoader, default_num_workers, holds_images_in_memory
 
     train, val = trainer.train_set, trainer.val_set
     if not isinstance(train, Subset) or not isinstance(val, Subset):
@@ -164,9 +171,6 @@ def _cached_split_features(trainer: Trainer):
     them skips a second decode + forward pass over every image (bench/whole_process.py: ~4 s of a
     ~18 s frozen-base alpaca run on 2 cores). Only for the plain images of the whole split: no
     augmented views, one process (DDP ranks each cache a shard). None otherwise."""
-    import numpy as np
-
-    from ..trust.fit import SplitFeatures
 
     cache = trainer.features
     if cache is None or trainer.augmenting or trainer.dist.enabled:
@@ -225,9 +229,6 @@ def _source(data: str | Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
 
     try:  # the installed distribution's version: importing torchvision costs ~1 s (torch._dynamo)
         torchvision_version = version("torchvision")
@@ -246,8 +247,6 @@ def _build_trainer(
     data, model_name: str, run_dir: Path, opts: TrainOptions, device, dist_info, resume_state, log
 ) -> Trainer:
     """Options -> model, data, RunConfig -> Trainer, in that order (each step checks its inputs)."""
-    from ..data.augment import batch_ops, sample_ops
-    from ..data.loaders import collate
 
     model_cfg, image_size, in_chans = _resolve_input(data, model_name, opts)
     pretrained, normalization = _pretrained_model(model_name, in_chans, opts, model_cfg)
@@ -323,8 +322,6 @@ def _build_trainer(
 
 def _resolve_input(data, model_name: str, opts: TrainOptions):
     """The model's published config, and the image size and channels this run trains at."""
-    from ..data.augment import parse_ops
-    from ..models import get_model_cfg
 
     try:
         model_cfg = get_model_cfg(model_name)
@@ -344,7 +341,6 @@ def _pretrained_model(model_name: str, in_chans: int, opts: TrainOptions, model_
     """With ``--weights``: the pretrained model (head replaced later), and the normalisation its
     checkpoint expects unless ``--normalize`` says otherwise, as ``(mean, std, normalize)``.
     From scratch: ``(None, (None, None, --normalize or "dataset"))`` -- the training set's statistics."""
-    from ..models import create_model
 
     normalize = opts.normalize or "dataset"
     if opts.weights is None:
@@ -363,7 +359,6 @@ def _pretrained_model(model_name: str, in_chans: int, opts: TrainOptions, model_
 
 
 def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, normalization, split):
-    from ..data import load_data
 
     mean, std, normalize = normalization
     try:
@@ -396,7 +391,6 @@ def _load_splits(data, image_size: int, in_chans: int, opts: TrainOptions, norma
 
 def _model_with_head(pretrained, model_name: str, num_classes: int, in_chans: int, opts: TrainOptions):
     """A fresh model (head ``"default"``), or the pretrained one with a new head (``"transfer"``)."""
-    from ..models import create_model
 
     if pretrained is not None:
         pretrained.reset_classifier(num_classes, dropout=opts.head_dropout)
@@ -425,8 +419,6 @@ def _resolve_defaults(opts: TrainOptions, image_size: int, in_chans: int, model,
             device.type == "cuda" and opts.precision != "fp32"
         )
     if opts.workers is None:
-        from ..data.loaders import default_num_workers, holds_images_in_memory
-
         opts.workers = default_num_workers(holds_images_in_memory(splits.train.dataset), device.type)
     return precision_why
 
@@ -466,7 +458,6 @@ def _run_config(
 def _recipe_record(opts: TrainOptions) -> dict | None:
     if opts.recipe is None:
         return None
-    from .recipes import recipe_record
 
     return recipe_record(opts.recipe, opts.to_dict())
 
@@ -474,7 +465,6 @@ def _recipe_record(opts: TrainOptions) -> dict | None:
 def _skip_reporter(loader):
     """Files that fail to decode mid-epoch are replaced by the data layer; report each one once, in
     the loader's public ``skipped`` list and as a warning naming the file."""
-    from ..data.decode import SkippedImageWarning
 
     skipped = getattr(loader, "skipped", [])
     known = {name for name, _ in skipped}

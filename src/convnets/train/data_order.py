@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
@@ -27,8 +29,8 @@ VIEW_EPOCH = 1_000_000
 def takes_seeded_keys(dataset: Dataset) -> bool:
     """Whether ``dataset`` reads ``(index, sample_seed)`` keys (the data layer's datasets do)."""
     try:
-        from ..data.datasets import BaseDataset
-        from ..data.datasets import Subset as DataSubset
+        from ..data.datasets import BaseDataset  # start-up: PIL on first use
+        from ..data.datasets import Subset as DataSubset  # start-up: PIL on first use
     except ImportError:
         return False
     return isinstance(dataset, (BaseDataset, DataSubset))
@@ -36,9 +38,6 @@ def takes_seeded_keys(dataset: Dataset) -> bool:
 
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's base seed; give numpy and random matching seeds.
-    import random
-
-    import numpy as np
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

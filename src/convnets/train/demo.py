@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cost import format_count, model_cost
+from ..weights import load_run
 from .api import train
 
 # The small residual network: the CIFAR-style ResNet-20 (He et al. 2015, section 4.2).
@@ -35,7 +37,6 @@ class DemoRow:
 
 def run_demo(out: str | Path = "runs/demo", quiet: bool = True, seed: int = 0, log=print) -> list[DemoRow]:
     """Train every model of ``DEMO_RUNS`` on ``digits`` into ``out/<model>``; one row per model."""
-    from ..weights import load_run
 
     rows = []
     for name, epochs, lr, image_size in DEMO_RUNS:
@@ -73,13 +74,11 @@ def run_demo(out: str | Path = "runs/demo", quiet: bool = True, seed: int = 0, l
 
 
 def _macs(model, image_size: int) -> int:
-    from ..cost import model_cost
 
     return model_cost(model, image_size=image_size).macs
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    from ..cost import format_count
 
     header = ("model", "input", "val acc", "params", "mult-adds", "seconds", "run folder")
     lines = [header] + [

@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..accel.inference import prepare_for_inference
+
 
 class PooledFeatures(nn.Module):
     """``model``'s pooled pre-logits vector as a plain ``forward`` (what tracing needs)."""
@@ -66,7 +68,6 @@ class FeatureExtractor:
         return getattr(self.model, "num_features", 0)
 
     def _prepare(self, example: torch.Tensor) -> nn.Module:
-        from ..accel.inference import prepare_for_inference
 
         net = PooledFeatures(copy.deepcopy(self.model)).eval()
         with warnings.catch_warnings():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -196,7 +197,7 @@ def describe(curve: LRCurve) -> str:
 def save_curve(curve: LRCurve, out_dir: str | Path, stem: str = "lr_find") -> tuple[Path, Path]:
     """``stem.json`` (the whole curve) and ``stem.png`` (loss against log learning rate, the
     suggestion marked) in ``out_dir``."""
-    from ..base.plots import pyplot, save_figure
+    from ..base.plots import pyplot, save_figure  # start-up: numpy on first use
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,12 +241,12 @@ def phase_range_test(
     for a frozen base), its batches in its data order (augmentation and batch mixing included), its
     optimizer kind with the run's weight decay and momentum. One batch per step (no gradient
     accumulation). Weights, BatchNorm statistics and RNG states are restored afterwards."""
-    import torch
+    import torch  # start-up: torch on first use
 
-    from . import distributed as ddp
-    from .mixing import mixed_targets
-    from .optim import build_optimizer
-    from .transfer import set_bn_modes
+    from . import distributed as ddp  # start-up: torch on first use
+    from .mixing import mixed_targets  # start-up: torch on first use
+    from .optim import build_optimizer  # start-up: torch on first use
+    from .transfer import set_bn_modes  # start-up: torch on first use
 
     model = trainer.model
     saved = copy.deepcopy(model.state_dict())
@@ -300,9 +301,8 @@ def _cycle_batches(trainer: Trainer, phase: Phase):
 
 
 def _bar(trainer: Trainer, steps: int, phase: Phase):
-    import sys
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # start-up: tqdm on first use
 
     return tqdm(
         total=steps,

@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
+from ..data.augment import batch_ops
+
 
 class BatchMixer:
     """``(images, labels) -> (mixed images, soft labels)`` for the parsed batch ops of a spec."""
 
     def __init__(self, ops: list[tuple[str, float]], num_classes: int, seed: int, rank: int = 0) -> None:
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # start-up: torchvision on first use
 
         if not ops:
             raise ValueError("BatchMixer needs at least one of mixup, cutmix")
@@ -58,7 +60,6 @@ class BatchMixer:
 
 def batch_mixer(augment: Any, num_classes: int, seed: int, rank: int = 0) -> BatchMixer | None:
     """The mixer for an augmentation spec, or None when it names no batch op."""
-    from ..data.augment import batch_ops
 
     ops = batch_ops(augment)
     return BatchMixer(ops, num_classes, seed, rank) if ops else None

@@ -9,11 +9,14 @@ the resolved copy (every ``None`` filled in for the chosen model and data) is sa
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..base import runtime  # read at call time: tests stand in other CPUs through it
 from ..base.errors import ConvnetsError
+from .recipes import RECIPE_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -167,12 +170,10 @@ def check_options(opts: TrainOptions) -> None:
         if getattr(opts, name) not in allowed:
             raise bad(name, f"must be one of {', '.join(allowed)}, got {getattr(opts, name)!r}")
     if opts.recipe is not None:
-        from .recipes import RECIPE_NAMES
-
         if opts.recipe not in RECIPE_NAMES:
             raise bad("recipe", f"must be one of {', '.join(RECIPE_NAMES)}, got {opts.recipe!r}")
     if opts.resize is not None:
-        from ..data.decode import resize_mode
+        from ..data.decode import resize_mode  # start-up: numpy on first use
 
         try:
             resize_mode(opts.resize)
@@ -234,7 +235,7 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("early_stopping", "needs a validation split (--val-split > 0)")
 
     # Precision: refuse what the hardware cannot do natively instead of silently running slow.
-    import torch
+    import torch  # start-up: torch on first use
 
     device = resolve_device(opts.device)
     if opts.precision == "fp16" and device.type == "cpu":
@@ -243,9 +244,7 @@ def check_options(opts: TrainOptions) -> None:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise bad("precision", f"bf16 is not supported natively by {torch.cuda.get_device_name(device)}")
         if device.type == "cpu":
-            from ..base.runtime import cpu_has_native_bf16
-
-            if not cpu_has_native_bf16():
+            if not runtime.cpu_has_native_bf16():
                 raise bad(
                     "precision",
                     "this CPU has no native bf16 (avx512_bf16/amx_bf16): autocast would "
@@ -285,24 +284,22 @@ def resolve_precision(
     through. On AMX CPUs the model's multiply-adds at ``image_size`` decide (one batch-1 pass)."""
     if precision != "auto":
         return precision, "requested"
-    from ..base.runtime import auto_precision, cpu_has_amx_bf16
 
     macs = None
-    if device.type == "cpu" and model is not None and image_size and cpu_has_amx_bf16():
-        from ..cost import model_cost
+    if device.type == "cpu" and model is not None and image_size and runtime.cpu_has_amx_bf16():
+        from ..cost import model_cost  # start-up: torch on first use
 
         try:
             macs = float(model_cost(model, image_size, in_chans).macs)
         except Exception as e:  # noqa: BLE001 - a model the cost pass cannot run: keep fp32, say why
             return "fp32", f"AMX CPU, but the model's size could not be measured ({type(e).__name__})"
-    return auto_precision(device.type, model, macs)
+    return runtime.auto_precision(device.type, model, macs)
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda (LOCAL_RANK's GPU under torchrun), else mps, else cpu; refuse absent hardware."""
-    import os
 
-    import torch
+    import torch  # start-up: torch on first use
 
     if name == "auto":
         if torch.cuda.is_available():
@@ -334,7 +331,7 @@ def default_image_size(source: str | Path, model_cfg, requested: int | None) -> 
     model_size = int(model_cfg.input_size[-1])
     native = None
     if not Path(str(source)).exists():
-        from ..data.builtin import builtin_name
+        from ..data.builtin import builtin_name  # start-up: torch on first use
 
         native = BUILTIN_NATIVE_SIZE.get(builtin_name(str(source)) or "")
     if native is not None and native < model_size:

@@ -29,12 +29,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..accel.plan import PrecisionPlan
 from ..base.runs import LAST_CHECKPOINT, WEIGHTS_FILE, BestEpoch, RunConfig
 from ..models.base import AuxOutputs
+from ..weights import save_state_dict
 from . import distributed as ddp
 from . import history as hist
 from .balance import balanced_accuracy, dataset_labels, resolve_balance
@@ -256,7 +258,6 @@ class Trainer:
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return module
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
@@ -484,8 +485,6 @@ class Trainer:
         if self.main:
             hist.write_metrics(self.run_dir, self.history)
             if improved:
-                from ..weights import save_state_dict
-
                 save_state_dict(self.model, self.run_dir / WEIGHTS_FILE)
                 self._write_config()
             self._save_last()
@@ -545,7 +544,7 @@ class Trainer:
         self.plan.load_from_checkpoint(state)
         best_file = self.run_dir / WEIGHTS_FILE
         if best_file.is_file():
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # start-up: safetensors on first use
 
             self.best_state = load_file(best_file)
 

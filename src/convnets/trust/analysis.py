@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .calibration import reliability
+
 __all__ = [
     "Confusion",
     "ErrorAnalysis",
@@ -127,7 +129,6 @@ class ErrorAnalysis:
         cm: Sequence[Sequence[int]],
         k: int = 16,
     ) -> ErrorAnalysis:
-        from .calibration import reliability
 
         rel = reliability(probs, targets)
         return cls(

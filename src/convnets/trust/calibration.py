@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base.plots import pyplot, save_figure
+
 __all__ = [
     "Calibration",
     "Reliability",
@@ -53,7 +55,7 @@ def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarra
 
 def nll(probs: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the true classes (after ``temperature``)."""
-    from scipy.special import log_softmax
+    from scipy.special import log_softmax  # start-up: scipy on first use
 
     targets = np.asarray(targets, dtype=np.int64)
     logp = log_softmax(_log_probs(probs) / temperature, axis=1)
@@ -66,7 +68,7 @@ def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
 
     Without a single mistake the NLL only falls as T -> 0 (sharper is always "better"), which says
     nothing about the confidence the model deserves: then T stays 1."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # start-up: scipy on first use
 
     if len(targets) == 0:
         raise ValueError("fitting a temperature needs at least one labelled image")
@@ -161,7 +163,6 @@ def plot_reliability(path, curves: dict[str, Reliability], title: str = "reliabi
     """Accuracy against confidence per bin for each named curve (e.g. before/after temperature),
     the diagonal (perfect calibration), and the share of images per bin below. ``path``: a file path
     (written atomically) or a binary file object; returned."""
-    from ..base.plots import pyplot, save_figure
 
     fig, (ax, hist) = pyplot().subplots(2, 1, figsize=(5.2, 5.6), sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..base.errors import os_error_message, output_dir
+from ..base.plots import pyplot, save_figure
+from ..base.runs import RunConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: the pictures do without it
     import torch
@@ -75,7 +77,7 @@ _LAST_STAGE = {
 def target_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     """The layer Grad-CAM reads: ``name`` (a dotted module name such as ``"layer3"``) when given,
     else the model's last conv stage (the module whose output is ``forward_features``)."""
-    from torch import nn
+    from torch import nn  # start-up: torch on first use
 
     if name:
         try:
@@ -130,8 +132,8 @@ def grad_cam(
     Each map is upsampled bilinearly to (H, W) and scaled to [0, 1] by its own maximum (an all-zero
     map, no positive evidence anywhere, stays zero).
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # start-up: torch on first use
+    import torch.nn.functional as F  # start-up: torch on first use
 
     model = model.eval()
     size = tuple(images.shape[-2:])
@@ -166,7 +168,7 @@ def grad_cam(
             cam = F.interpolate(cam.detach().float(), size=size, mode="bilinear", align_corners=False)
         else:
             try:
-                from captum.attr import LayerAttribution, LayerGradCam
+                from captum.attr import LayerAttribution, LayerGradCam  # optional: captum
             except ImportError as e:
                 raise ImportError(
                     "Grad-CAM at a chosen layer needs Captum: pip install 'convnets[explain]'"
@@ -185,7 +187,7 @@ def grad_cam(
 
 def _targets(logits: torch.Tensor, target_class: int | Sequence[int] | None):
     """(softmax probabilities, the class each map explains, the predicted classes)."""
-    import torch
+    import torch  # start-up: torch on first use
 
     probs = torch.softmax(logits.detach(), 1)
     predicted = probs.argmax(1).tolist()
@@ -208,7 +210,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
     """uint8 (H, W, C) image with a [0, 1] (H, W) heat map blended over it -> uint8 (H, W, 3).
 
     The map's colour is weighted by the map itself, so cold regions keep the image visible."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # start-up: matplotlib on first use
 
     base = image.astype(np.float32) / 255.0
     if base.ndim == 2:
@@ -223,7 +225,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, caption: str = "") -> Path:
     """The image and its overlay side by side, with ``caption`` above (a PNG, written atomically)."""
-    from ..base.plots import pyplot, save_figure
 
     fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.6))
     for ax, arr, title in zip(axes, (image, overlay(image, heatmap)), ("input", "Grad-CAM")):
@@ -245,7 +246,7 @@ def overlays(
 ) -> list[np.ndarray]:
     """Grad-CAM overlays of images in [0, 1] (N, C, H, W), as (3, H, W) float arrays in [0, 1] (the
     layout the report's image grid takes); the model sees them normalised with ``mean``/``std``."""
-    import torch
+    import torch  # start-up: torch on first use
 
     m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
@@ -291,11 +292,10 @@ def explain_files(
     An unreadable file (or an overlay that cannot be written) gets an :class:`Explanation` with
     ``error`` and the rest go on. ``option`` names ``out_dir`` in errors (``--explain`` for predict).
     """
-    import torch
+    import torch  # start-up: torch on first use
 
-    from ..base.runs import RunConfig
-    from ..data.decode import ImageReadError
-    from ..data.images import expand_paths, read_image, to_input
+    from ..data.decode import ImageReadError  # start-up: PIL on first use
+    from ..data.images import expand_paths, read_image, to_input  # start-up: PIL on first use
 
     config = RunConfig.read(run_dir)
     if class_name is not None and class_name not in config.class_names:
@@ -303,7 +303,7 @@ def explain_files(
             f"--class: {class_name!r} is not one of the run's classes ({', '.join(config.class_names)})"
         )
     if model is None:
-        from ..weights import load_run
+        from ..weights import load_run  # start-up: torch on first use
 
         model, _ = load_run(run_dir)
     out_dir = output_dir(out_dir, option)  # before the model runs: a file or read-only folder is refused

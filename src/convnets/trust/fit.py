@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base.runs import OODConfig, RunConfig
-from .calibration import Calibration, plot_reliability
-from .ood import OODDetector
+from ..base.predictions import ClassProb, softmax
+from ..base.runs import ONNX_FILE, OODConfig, RunConfig
+from .calibration import Calibration, apply_temperature, plot_reliability
+from .ood import FeatureSession, OODDetector, features_and_logits
 
 __all__ = [
     "UNKNOWN",
@@ -76,10 +77,9 @@ def split_features(
     """Run the model (eval mode, no augmentation) over the run's own training and validation split,
     reproduced from config.json, or over ``loaders`` (training, validation batches of ``(images,
     labels)``) when the caller holds them already (the trainer, its images maybe in memory)."""
-    import torch
+    import torch  # start-up: torch on first use
 
-    from ..weights import load_run
-    from .ood import features_and_logits
+    from ..weights import load_run  # start-up: torch on first use
 
     if model is None:
         model, _ = load_run(run_dir)
@@ -133,7 +133,6 @@ def calibrate_run(
     Writes ``calibration.png`` (reliability before/after the temperature) into ``out`` (default:
     the run folder).
     """
-    from ..base.predictions import softmax
 
     run_dir = Path(run_dir)
     config = RunConfig.read(run_dir)
@@ -186,14 +185,12 @@ class RunTrust:
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities after the run's temperature (unchanged without one)."""
-        from .calibration import apply_temperature
 
         return apply_temperature(probs, self.temperature)
 
     def annotate(self, rows: list, features: np.ndarray, reject: bool = False) -> None:
         """Add the ``ood`` field to prediction rows (``Prediction``, one per feature row); with
         ``reject``, a flagged row answers ``unknown`` and keeps the model's classes in ``ood.model_top``."""
-        from ..base.predictions import ClassProb
 
         if self.detector is None:
             return
@@ -205,7 +202,6 @@ class RunTrust:
 
     def annotate_torch(self, model, x, rows: list, reject: bool = False) -> None:
         """:meth:`annotate` with the features of the normalised batch ``x`` from the eager model."""
-        from .ood import features_and_logits
 
         if self.detector is not None and rows:
             self.annotate(rows, features_and_logits(model, x)[1].numpy(), reject)
@@ -239,9 +235,7 @@ def annotate_exported(run_dir: str | os.PathLike, rows: list, reject: bool = Fal
     """The ``ood`` field for rows ``predict`` made with the exported model, without torch: the images
     are read again and run through ``model.onnx`` with its features as a second output
     (:class:`convnets.trust.ood.FeatureSession`). Rows with an error are left alone."""
-    from ..base.runs import ONNX_FILE
-    from ..data.images import read_image
-    from .ood import FeatureSession
+    from ..data.images import read_image  # start-up: PIL on first use
 
     config = RunConfig.read(run_dir)
     trust = RunTrust.read(run_dir, config)

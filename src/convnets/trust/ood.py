@@ -21,6 +21,7 @@ gets the features from a model with torch, imported when called.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..base.runs import OOD_FILE, OODConfig
+from ..base.atomic import atomic_write_bytes
+from ..base.runs import OOD_FILE, OODConfig, RunFolderError
+from ..base.runtime import cache_root
 
 __all__ = ["OODDetector", "features_and_logits", "ood_field"]
 
@@ -104,9 +107,7 @@ class OODDetector:
 
     def save(self, run_dir: str | os.PathLike) -> OODConfig:
         """Write the arrays to ``RUN_DIR/ood.safetensors`` (atomically); returns the config.json entry."""
-        from safetensors.numpy import save
-
-        from ..base.atomic import atomic_write_bytes
+        from safetensors.numpy import save  # start-up: safetensors on first use
 
         cfg = self.config()
         data = save({"centres": self.centres, "precision": self.precision}, metadata={"method": METHOD})
@@ -115,9 +116,7 @@ class OODDetector:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, cfg: OODConfig) -> OODDetector:
-        from safetensors.numpy import load_file
-
-        from ..base.runs import RunFolderError
+        from safetensors.numpy import load_file  # start-up: safetensors on first use
 
         if cfg.method != METHOD:
             raise RunFolderError(f"{run_dir}: unknown OOD method {cfg.method!r} in config.json")
@@ -172,7 +171,7 @@ def ood_field(score: float, threshold: float) -> dict[str, Any]:
 
 def features_and_logits(model, x) -> tuple[Any, Any]:
     """One forward pass of a ``ConvNet`` (eval mode): (logits, penultimate features), both (N, ...)."""
-    import torch
+    import torch  # start-up: torch on first use
 
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -225,10 +224,6 @@ def features_graph(onnx_path: str | os.PathLike) -> Path:
     ``cache_root()/onnx-features/`` by the graph's sha256 (a graph without a final Linear is remembered
     too). Why a file: building it needs the ``onnx`` package, whose import (ml_dtypes' extension) took
     1.2 of the 2 s of a cold ``predict`` on an AVX2 EPYC; engines read the file directly instead."""
-    import hashlib
-
-    from ..base.atomic import atomic_write_bytes
-    from ..base.runtime import cache_root
 
     digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
     cached = cache_root() / "onnx-features" / f"{digest}.onnx"
@@ -251,7 +246,7 @@ def onnx_with_features(onnx_path: str | os.PathLike) -> bytes:
     """The run's ``model.onnx`` with the penultimate features as a second graph output, so one
     ONNX Runtime pass gives both, without torch. Raises ValueError when the graph does not end in a
     Linear layer (:func:`feature_output_name`)."""
-    import onnx
+    import onnx  # optional: onnx
 
     model = onnx.load(str(onnx_path))
     try:
@@ -267,7 +262,7 @@ class FeatureSession:
     """ONNX Runtime on :func:`onnx_with_features`: [0, 1] pixels in, (logits, features) out."""
 
     def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: onnxruntime
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)

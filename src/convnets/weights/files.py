@@ -62,7 +62,7 @@ def load_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError, safe_open  # start-up: safetensors on first use
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -100,7 +100,7 @@ def save_state_dict(
     so an interrupted save never leaves a truncated checkpoint. Tensors that share memory (tied
     weights) are written as separate copies, which safetensors requires. ``model.pretrained_cfg``
     (mean/std) travels in the file's metadata, so ``weights=FILE`` restores the normalisation."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # start-up: safetensors on first use
 
     source = model.state_dict() if isinstance(model, nn.Module) else model
     state: dict[str, torch.Tensor] = {}
