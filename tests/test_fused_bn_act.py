@@ -358,10 +358,8 @@ def test_without_a_compiler_nothing_changes(tmp_path, monkeypatch):
 def test_bf16_training_fuses_logs_it_and_resumes_bit_for_bit(kernel, tmp_path, monkeypatch):
     """`train --precision bf16` on CPU runs the fused layers and says so; the kernels are
     deterministic, so an interrupted run resumed equals an uninterrupted one bit for bit."""
-    import os
-    import signal
 
-    from train_shapes import make_shapes
+    from train_shapes import interrupted_at_step, make_shapes
 
     from convnets.base.runtime import cpu_has_native_bf16
     from convnets.train import TrainingInterrupted, train
@@ -375,20 +373,8 @@ def test_bf16_training_fuses_logs_it_and_resumes_bit_for_bit(kernel, tmp_path, m
     train(data, out=tmp_path / "a", log=lines.append, **options)
     assert any("fused BatchNorm+activation kernels for 19 BatchNorm layers" in line for line in lines), lines
 
-    calls = {"n": 0}
-
-    def interrupt_third_step(module, _inputs, _output):
-        if module.training and isinstance(module, nn.Linear):  # the classifier: once per step
-            calls["n"] += 1
-            if calls["n"] == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    handle = nn.modules.module.register_module_forward_hook(interrupt_third_step)
-    try:
-        with pytest.raises(TrainingInterrupted):
-            train(data, out=tmp_path / "b", quiet=True, **options)
-    finally:
-        handle.remove()
+    with interrupted_at_step(3), pytest.raises(TrainingInterrupted):
+        train(data, out=tmp_path / "b", quiet=True, **options)
     train(None, out=tmp_path / "b", resume=True, quiet=True)
     a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in "ab")
     for key in a:

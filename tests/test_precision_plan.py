@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
 from torch import nn
-from train_shapes import make_shapes
+from train_shapes import interrupted_at_step, make_shapes
 
 from convnets.accel import bf16_backward as bb
 from convnets.accel import ckernels
@@ -113,20 +111,8 @@ def test_cpu_kernels_is_in_train_help(capsys):
 
 def test_resume_keeps_the_switch(shapes, tmp_path, bf16_chosen):
     """An interrupted `--cpu-kernels off` run resumes off (and refuses to be switched on midway)."""
-    calls = {"n": 0}
-
-    def interrupt_second_step(module, _inputs, _output):
-        if module.training and isinstance(module, nn.Linear):  # the classifier: once per step
-            calls["n"] += 1
-            if calls["n"] == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    handle = nn.modules.module.register_module_forward_hook(interrupt_second_step)
-    try:
-        with pytest.raises(TrainingInterrupted):
-            train(shapes, out=tmp_path / "run", quiet=True, cpu_kernels="off", **{**OPTIONS, "epochs": 2})
-    finally:
-        handle.remove()
+    with interrupted_at_step(2), pytest.raises(TrainingInterrupted):
+        train(shapes, out=tmp_path / "run", quiet=True, cpu_kernels="off", **{**OPTIONS, "epochs": 2})
     with pytest.raises(TrainConfigError, match="--cpu-kernels"):
         train(None, out=tmp_path / "run", resume=True, cpu_kernels="auto")
     seen, hook = _training_classes()

@@ -22,45 +22,16 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
     shapes = make_shapes(tmp_path / "shapes", per_class=16, size=16)
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "convnets",
-        "train",
-        str(shapes),
-        "--model",
-        "lenet5",
-        "--out",
-        str(run),
-        "--epochs",
-        "2",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--quiet",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "convnets", "train", str(shapes), "--model", "lenet5", "--out", str(run), "--epochs", "2",
+           "--image-size", "16", "--batch-size", "8", "--device", "cpu", "--workers", "0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("best validation accuracy") == 1  # only rank 0 prints
 
-    for name in (
-        "model.safetensors",
-        "config.json",
-        "metrics.jsonl",
-        "curves.png",
-        "confusion_matrix.png",
-        "last.pt",
-    ):
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "curves.png", "confusion_matrix.png",
+                 "last.pt"):
         assert (run / name).is_file(), name
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -71,16 +42,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # Validation metrics are all-reduced over both ranks' shards: the saved best model, evaluated
     # on the whole validation set in one process, gives the recorded accuracy.
     model, config = load_run(run)
-    splits = load_data(
-        config.data.source,
-        image_size=config.image_size,
-        in_chans=config.in_chans,
-        mean=config.mean,
-        std=config.std,
-        split=config.split,
-        augment="none",
-        num_workers=0,
-    )
+    splits = load_data(config.data.source, image_size=config.image_size, in_chans=config.in_chans,
+                       mean=config.mean, std=config.std, split=config.split, augment="none",
+                       num_workers=0)
     correct = seen = 0
     with torch.no_grad():
         for x, y in splits.val:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -30,3 +34,24 @@ def make_shapes(root: Path, per_class: int = 24, size: int = 32, seed: int = 0) 
                 draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fg)
             im.save(root / shape / f"{i}.png")
     return root
+
+
+@contextmanager
+def interrupted_at_step(step: int) -> Iterator[None]:
+    """SIGINT during training step ``step`` (counted by the classifier's training-mode forwards; a
+    global hook, since the model is built inside ``train``): the trainer finishes the step, saves, stops."""
+    from torch import nn
+
+    calls = {"n": 0}
+
+    def hook(module, _inputs, _output):
+        if module.training and isinstance(module, nn.Linear):
+            calls["n"] += 1
+            if calls["n"] == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -88,6 +88,31 @@ def _default_image_size(source: str | Path) -> int:
     return BUILTIN_NATIVE_SIZE.get(_builtin(source) or "", 32)
 
 
+def _out_and_data(
+    out: str | Path,
+    data: str,
+    image_size: int,
+    in_chans: int,
+    seed: int,
+    batch_size: int,
+    val_split: float | None,
+    data_root: str | None,
+):
+    """The output folder (created) and the data of a short experiment."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = _load(
+        data,
+        image_size=image_size,
+        in_chans=in_chans,
+        seed=seed,
+        batch_size=batch_size,
+        val_split=val_split,
+        data_root=data_root,
+    )
+    return out, splits
+
+
 def _load(source, *, image_size, in_chans, seed, batch_size, val_split, data_root):
     from ..data import load_data  # start-up: PIL on first use
 
@@ -623,19 +648,9 @@ def gradient_experiment(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if not models:
         raise ValueError("models: give at least one model")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(
-        data,
-        image_size=image_size,
-        in_chans=in_chans,
-        seed=seed,
-        batch_size=batch_size,
-        val_split=None,
-        data_root=data_root,
-    )
+    out, splits = _out_and_data(out, data, image_size, in_chans, seed, batch_size, None, data_root)
     num_classes = len(splits.class_names)
     batches = _first_steps(*_tensors(splits.train), batch_size, steps, seed)
     dev = torch.device(device)
@@ -840,20 +855,9 @@ def identity_experiment(
     training/validation accuracy before insertion, right after, and after training, in
     ``identity.json`` / ``identity.md``. Returns the JSON content.
     """
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     image_size = image_size or _default_image_size(data)
     in_chans = in_chans or _default_in_chans(data)
-    splits = _load(
-        data,
-        image_size=image_size,
-        in_chans=in_chans,
-        seed=seed,
-        batch_size=batch_size,
-        val_split=0.2,
-        data_root=data_root,
-    )
+    out, splits = _out_and_data(out, data, image_size, in_chans, seed, batch_size, 0.2, data_root)
     train_set = _tensors(splits.train)
     val_set = _tensors(splits.val) if splits.val is not None else None
     num_classes = len(splits.class_names)
