@@ -31,7 +31,18 @@ CONTRACT_KEYS = {
     "versions",
     "best",
 }
-METRIC_KEYS = {"epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+METRIC_KEYS = {
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "rss_mb",
+    "peak_rss_mb",
+}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +115,8 @@ def test_run_folder_files_and_config_contract(trained, shapes):
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(1, 9))
     assert all(METRIC_KEYS <= set(m) and m["phase"] == "train" for m in lines)
+    # resident memory, MiB: a training process holds at least torch (~200 MiB), and the peak bounds it
+    assert all(100 < m["rss_mb"] <= m["peak_rss_mb"] for m in lines)
     best = max(lines, key=lambda m: m["val_acc"])
     assert config["best"]["val_acc"] == best["val_acc"]
     assert config["best"]["epoch"] == best["epoch"]

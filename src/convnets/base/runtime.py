@@ -80,6 +80,20 @@ def tune_malloc() -> bool:
     return ok
 
 
+def memory_mb() -> tuple[float, float] | None:
+    """(resident now, peak resident) of this process in MiB, or None where /proc is missing. The
+    trainer records both every epoch, so a long run shows whether its memory stays flat."""
+    try:
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+        import resource  # optional: POSIX only
+    except (OSError, ImportError, ValueError, IndexError):
+        return None
+    now = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return round(now, 1), round(max(peak, now), 1)
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (``amx_bf16``, ``avx512_vnni``, ...) as the process may
     use them: without those above an ISA cap the user set (:func:`isa_cap`); empty where there is no

@@ -11,6 +11,7 @@ from typing import Any
 from ..base.atomic import atomic_write_text
 from ..base.plots import confusion_counts, plot_confusion_matrix, plot_curves
 from ..base.runs import CONFUSION_FILE, CURVES_FILE, METRICS_FILE
+from ..base.runtime import memory_mb
 
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")  # what TensorBoard gets per epoch
 
@@ -18,7 +19,8 @@ SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")  # what Tenso
 def epoch_record(
     epoch: int, phase: str, train: dict[str, float], val: dict[str, float] | None
 ) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``."""
+    """One line of ``metrics.jsonl`` (with the process's resident memory now and at its peak, MiB)."""
+    memory = memory_mb()
     return {
         "epoch": epoch,
         "phase": phase,
@@ -29,6 +31,8 @@ def epoch_record(
         "val_bal_acc": val["bal_acc"] if val else None,
         "lr": train["lr"],
         "seconds": round(train["seconds"], 3),
+        "rss_mb": memory[0] if memory else None,
+        "peak_rss_mb": memory[1] if memory else None,
     }
 
 
@@ -37,19 +41,20 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 def epoch_line(record: dict, images: float, total_epochs: int, *, balanced: bool, best: bool) -> str:
-    """The epoch's log line: losses, accuracies, learning rate, time and images/s."""
+    """The epoch's log line: losses, accuracies, learning rate, time, images/s and resident memory."""
     ips = images / max(record["seconds"], 1e-9)
     val = (
         f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
         if record["val_acc"] is not None
         else ""
     )
+    memory = f" | {record['rss_mb']:,.0f} MiB" if record.get("rss_mb") is not None else ""
     if record["val_acc"] is not None and balanced:
         val += f" bal acc {record['val_bal_acc']:.4f}"
     return (
         f"epoch {record['epoch']:>3}/{total_epochs} [{record['phase']}] train loss "
         f"{record['train_loss']:.4f} acc {record['train_acc']:.4f}{val} | lr {record['lr']:.2e} | "
-        f"{record['seconds']:.1f}s {ips:,.0f} img/s{'  *best' if best else ''}"
+        f"{record['seconds']:.1f}s {ips:,.0f} img/s{memory}{'  *best' if best else ''}"
     )
 
 
