@@ -304,3 +304,27 @@ def test_evaluate_without_data_needs_a_run_that_names_its_data(tmp_path):
     clf = Classifier(LeftHalfMean(), _config(["a", "b"], 8))
     with pytest.raises(ValueError, match="config.json does not say which data"):
         evaluate(clf)
+
+
+def test_a_run_validated_on_flips_is_evaluated_on_flips(tmp_path, one_thread, capsys):
+    """`train --val-tta flip` validates on the image and its mirror; `convnets evaluate RUN` then uses
+    the same views unless told (and reproduces the run's best validation accuracy); --tta none is one
+    view again."""
+    from train_shapes import make_shapes
+
+    from convnets.base.runs import RunConfig
+    from convnets.cli import main
+    from convnets.train import train
+
+    data = make_shapes(tmp_path / "shapes", per_class=12, size=24)
+    run = tmp_path / "run"
+    train(str(data), "lenet5", run, epochs=2, workers=0, quiet=True, val_split=0.3, seed=3, val_tta="flip")
+    config = RunConfig.read(run)
+    assert config.options["val_tta"] == "flip" and config.test_views == "flip"
+
+    assert main(["evaluate", str(run), "--json", "--backend", "eager", "--out", str(tmp_path / "e1")]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["tta"]["mode"] == "flip"
+    assert flipped["tta"]["accuracy"] == pytest.approx(config.best.val_acc)
+    assert main(["evaluate", str(run), "--json", "--tta", "none", "--out", str(tmp_path / "e2")]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"]["mode"] == "none"

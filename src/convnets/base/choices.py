@@ -20,6 +20,8 @@ BACKEND_CHOICES = ("auto", *EXPORTED_BACKENDS, *TORCH_BACKENDS)
 #: Test-time augmentation modes and the forward passes each costs per image (deploy/predictor.py).
 TTA_COST = {"none": 1, "flip": 2, "10crop": 10}
 TTA_MODES = tuple(TTA_COST)
+# The views the trainer validates on (`--val-tta`); a run's choice is also its evaluate/predict default.
+VAL_TTA_MODES = ("none", "flip")
 
 # Input normalisation (data/pipeline.py applies it): `auto` = the checkpoint's with --weights, else
 # `dataset`; the CLI offers the explicit ones.

@@ -159,6 +159,11 @@ class RunConfig:
 
     # -- derived -----------------------------------------------------------------------------
 
+    @property
+    def test_views(self) -> str:
+        """The TTA mode evaluate and predict use when not told: the views the run validated on."""
+        return self.options.get("val_tta") or "none"
+
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per input channel, as the model's input expects them (identity when the run
         trained on unnormalised input)."""

@@ -99,7 +99,24 @@ def add_backend_argument(p: argparse.ArgumentParser, exported: bool = False) -> 
 
 def add_tta_argument(p: argparse.ArgumentParser, help: str = "test-time augmentation") -> None:
     """``--tta`` for the commands that can average over augmented views (predict, evaluate)."""
-    p.add_argument("--tta", choices=TTA_MODES, default="none", help=help)
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help=f"{help} (default: the views the run validated on, else none)",
+    )
+
+
+def resolve_tta(args: argparse.Namespace) -> None:
+    """``--tta`` not given: the run's own validation views (`convnets train --val-tta`), else none. A run
+    folder that cannot be read is left to the command, which reports it in its own words."""
+    if args.tta is None:
+        from ..base.runs import RunConfig, RunFolderError  # start-up: only when --tta is left out
+
+        try:
+            args.tta = RunConfig.read(args.run_dir).test_views
+        except (RunFolderError, OSError, ValueError):
+            args.tta = "none"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int
+from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int, resolve_tta
 
 
 def add_parser(subparsers) -> None:
@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deploy.evaluate import evaluate
 
+    resolve_tta(args)
     out = args.out if args.out is not None else Path(args.run_dir) / "eval"
     try:
         result = evaluate(

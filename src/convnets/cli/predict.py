@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int
+from . import CLIError, add_backend_argument, add_tta_argument, error_text, positive_int, resolve_tta
 
 
 def add_parser(subparsers) -> None:
@@ -102,6 +102,7 @@ def predict_torch(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     from ..base.choices import EXPORTED_PATH_CHOICES, TORCH_PATH_CHOICES
 
+    resolve_tta(args)
     if args.explain:
         from ..base.errors import output_dir
 

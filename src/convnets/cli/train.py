@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-from ..base.choices import NORMALIZE_CHOICES
+from ..base.choices import NORMALIZE_CHOICES, VAL_TTA_MODES
 from ..train.options import (
     BALANCE_MODES,
     CPU_KERNELS,
@@ -128,6 +128,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=SCHEDULES, help="(default cosine)")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
     g.add_argument("--label-smoothing", type=float, help="(default 0)")
+    g.add_argument(
+        "--val-tta",
+        choices=VAL_TTA_MODES,
+        help="views validation averages: flip = the image and its mirror (2x the validation compute); "
+        "the run's evaluate and predict use the same unless --tta is given (default none)",
+    )
     g.add_argument(
         "--balance",
         choices=BALANCE_MODES,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import runtime  # read at call time: tests stand in other CPUs through it
+from ..base.choices import VAL_TTA_MODES
 from ..base.errors import ConvnetsError
 from .recipes import RECIPE_NAMES
 
@@ -106,6 +107,7 @@ class TrainOptions:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    val_tta: str = "none"  # validation views (none | flip); the run's default for evaluate and predict
     balance: str = "auto"  # imbalanced classes: none, loss, sampler, auto (balance.py)
     grad_accum: int = 1
     early_stopping: int | None = None
@@ -199,6 +201,8 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("weight_decay", f"must be >= 0, got {opts.weight_decay}")
     if not 0.0 <= opts.label_smoothing < 1.0:
         raise bad("label_smoothing", f"must be in [0, 1), got {opts.label_smoothing}")
+    if opts.val_tta not in VAL_TTA_MODES:
+        raise bad("val_tta", f"must be one of {', '.join(VAL_TTA_MODES)}, got {opts.val_tta!r}")
     if not 0.0 <= opts.head_dropout < 1.0:
         raise bad("head_dropout", f"must be in [0, 1), got {opts.head_dropout}")
     if opts.warmup_epochs < 0:

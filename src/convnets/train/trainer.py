@@ -450,6 +450,12 @@ class Trainer:
             x = self.plan.inputs(x.to(self.device, non_blocking=True))
             with self.plan.autocast():
                 logits = self.model(x)
+                if self.opts.val_tta == "flip":
+                    # mean of the two views' probabilities, as deploy/predictor's flip TTA; its log is
+                    # a valid logit vector for the loss and the argmax
+                    mirrored = self.model(x.flip(-1))
+                    probs = (F.softmax(logits.float(), 1) + F.softmax(mirrored.float(), 1)) / 2
+                    logits = probs.clamp_min(1e-12).log()
             yield logits, y.to(self.device)
 
     # --- bookkeeping ----------------------------------------------------------------------------
