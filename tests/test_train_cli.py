@@ -251,3 +251,52 @@ def test_confusion_matrix_reuses_the_best_epochs_validation_pass(shapes, tmp_pat
     assert seen["reused"] is not None and len(seen["reused"][0]) == len(seen["fresh"][0]) > 0
     assert seen["reused"] == seen["fresh"], (seen["best_epoch"], seen["epochs"])
     assert (tmp_path / "run" / "confusion_matrix.png").is_file()
+
+
+def test_ema_weights_are_what_the_run_keeps(tmp_path):
+    """--ema: validation and model.safetensors are the weights' moving average. With a decay of 1 - 1e-12
+    the average is the copy torch's AveragedModel takes at the first optimizer step, so a 3-step run
+    (one full-batch step per epoch) must keep exactly the weights of a 1-step run without --ema."""
+    from safetensors.torch import load_file
+
+    from convnets.base.runs import RunConfig
+    from convnets.train import train
+
+    data = make_shapes(tmp_path / "shapes", per_class=6, size=16)
+    common = dict(model="lenet5", image_size=16, batch_size=64, workers=0, quiet=True, seed=1, lr=0.05)
+    train(str(data), out=tmp_path / "one", epochs=1, **common)
+    train(str(data), out=tmp_path / "ema", epochs=3, ema=1 - 1e-12, **common)
+    one, ema = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "ema"))
+    assert one.keys() == ema.keys()
+    for key in one:
+        assert torch.allclose(one[key], ema[key], atol=1e-6), key
+    assert RunConfig.read(tmp_path / "ema").options["ema"] == 1 - 1e-12
+
+    # the live weights did move on for two more steps (last.pt): what was kept is the average
+    live = torch.load(tmp_path / "ema" / "last.pt", weights_only=True)["model"]
+    assert any(not torch.allclose(one[k], live[k], atol=1e-6) for k in one)
+    assert torch.load(tmp_path / "ema" / "last.pt", weights_only=True)["ema"]["n_averaged"] == 3
+
+
+def test_ema_must_be_a_decay(tmp_path):
+    from convnets.train import TrainConfigError, train
+
+    with pytest.raises(TrainConfigError, match="ema"):
+        train("digits", model="lenet5", out=tmp_path / "run", epochs=1, ema=1.5)
+
+
+def test_ema_resumes_exactly(tmp_path):
+    """An --ema run interrupted mid-epoch and resumed keeps the same average as an uninterrupted one."""
+    from train_shapes import interrupted_at_step
+
+    from convnets.train import TrainingInterrupted, train
+
+    data = make_shapes(tmp_path / "shapes", per_class=8, size=16)
+    common = dict(model="lenet5", image_size=16, batch_size=4, workers=0, quiet=True, seed=1, ema=0.9)
+    train(str(data), out=tmp_path / "a", epochs=2, **common)
+    with interrupted_at_step(7), pytest.raises(TrainingInterrupted):
+        train(str(data), out=tmp_path / "b", epochs=2, **common)
+    train(None, out=tmp_path / "b", resume=True, quiet=True)
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["ema"] for run in "ab")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -129,6 +129,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default 0)")
     g.add_argument("--label-smoothing", type=float, help="(default 0)")
     g.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.999); "
+        "validation, the best weights and so the run's model are the average (default off)",
+    )
+    g.add_argument(
         "--val-tta",
         choices=VAL_TTA_MODES,
         help="views validation averages: flip = the image and its mirror (2x the validation compute); "

@@ -107,6 +107,7 @@ class TrainOptions:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    ema: float | None = None  # decay per step of the weights' moving average (validated and saved)
     val_tta: str = "none"  # validation views (none | flip); the run's default for evaluate and predict
     balance: str = "auto"  # imbalanced classes: none, loss, sampler, auto (balance.py)
     grad_accum: int = 1
@@ -201,6 +202,8 @@ def check_options(opts: TrainOptions) -> None:
         raise bad("weight_decay", f"must be >= 0, got {opts.weight_decay}")
     if not 0.0 <= opts.label_smoothing < 1.0:
         raise bad("label_smoothing", f"must be in [0, 1), got {opts.label_smoothing}")
+    if opts.ema is not None and not (_is_number(opts.ema) and 0.0 < opts.ema < 1.0):
+        raise bad("ema", f"must be a decay in (0, 1), e.g. 0.999, got {opts.ema!r}")
     if opts.val_tta not in VAL_TTA_MODES:
         raise bad("val_tta", f"must be one of {', '.join(VAL_TTA_MODES)}, got {opts.val_tta!r}")
     if not 0.0 <= opts.head_dropout < 1.0:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -177,6 +178,14 @@ class Trainer:
         self._stop_signal: int | None = None
 
         self.plan.prepare(self.model)
+        # --ema: a moving average of the weights (BatchNorm statistics included, timm's ModelEmaV2 way)
+        # is what validation sees and what the run keeps; torch's AveragedModel does the averaging.
+        self.ema = None
+        if opts.ema is not None:
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema), use_buffers=True
+            )
+            self.ema.module.eval()
         if resume_state is not None:
             self._load_progress(resume_state)
         self.tb = hist.open_tensorboard(self.run_dir) if self.main else None
@@ -356,6 +365,8 @@ class Trainer:
                 self.plan.step(self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.step += 1
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(
@@ -417,7 +428,7 @@ class Trainer:
         loss_sum = 0.0
         per_class = torch.zeros(2, k, dtype=torch.float64)  # right, seen per true class
         if phase.cached:
-            head = self.model.get_classifier()
+            head = self._validated_model().get_classifier()
             vx, vy = self.features["val"]
             batches = (
                 (head(vx[i : i + 1024].to(self.device)), vy[i : i + 1024].to(self.device))
@@ -441,19 +452,24 @@ class Trainer:
         self._epoch_predictions = None if self.dist.enabled else predictions
         return {"loss": loss_sum / n, "acc": sum(right) / n, "bal_acc": balanced_accuracy(right, seen)}
 
+    def _validated_model(self) -> nn.Module:
+        """The weights validation measures and the run keeps: their moving average under --ema."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _predict_batches(
         self, indices: list[int], whole: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.model.eval()
+        model = self._validated_model()
+        model.eval()
         for batch in self.data.val_batches(indices, whole):
             x, y = self._unpack(batch)
             x = self.plan.inputs(x.to(self.device, non_blocking=True))
             with self.plan.autocast():
-                logits = self.model(x)
+                logits = model(x)
                 if self.opts.val_tta == "flip":
                     # mean of the two views' probabilities, as deploy/predictor's flip TTA; its log is
                     # a valid logit vector for the loss and the argmax
-                    mirrored = self.model(x.flip(-1))
+                    mirrored = model(x.flip(-1))
                     probs = (F.softmax(logits.float(), 1) + F.softmax(mirrored.float(), 1)) / 2
                     logits = probs.clamp_min(1e-12).log()
             yield logits, y.to(self.device)
@@ -475,7 +491,8 @@ class Trainer:
             self.best = {"epoch": self.epochs_done, "val_acc": record["val_acc"]}
             if self.balance.imbalanced:
                 self.best["val_bal_acc"] = record["val_bal_acc"]
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            kept = self._validated_model().state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in kept.items()}
             self._best_predictions = self._epoch_predictions if val else None
         stop = False
         if self.opts.early_stopping and val is not None:
@@ -491,7 +508,7 @@ class Trainer:
         if self.main:
             hist.write_metrics(self.run_dir, self.history)
             if improved:
-                save_state_dict(self.model, self.run_dir / WEIGHTS_FILE)
+                save_state_dict(self._validated_model(), self.run_dir / WEIGHTS_FILE)
                 self._write_config()
             self._save_last()
             best = improved and val is not None
@@ -531,6 +548,7 @@ class Trainer:
             "config": json.loads(json.dumps(self.config.to_dict())),
             # bf16 on CPU: the backward ways picked by timing, so a resumed run takes the same ones.
             "precision_plan": self.plan.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _save_last(self) -> None:
@@ -548,6 +566,8 @@ class Trainer:
         self.early = dict(state["early_stopping"])
         self.partial = state["partial"]
         self.plan.load_from_checkpoint(state)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         best_file = self.run_dir / WEIGHTS_FILE
         if best_file.is_file():
             from safetensors.torch import load_file  # start-up: safetensors on first use
