@@ -92,7 +92,7 @@ FAST = Recipe(
         ),
     },
     missing={
-        "EMA weights": "`--ema DECAY` exists; not yet measured on CIFAR-10, so not in the recipe",
+        "EMA weights": "`--ema 0.99` measured at 15 epochs: 0.844 vs 0.846, no gain at one-cycle's end",
         "Lookahead": "not in the trainer",
     },
 )
