@@ -37,17 +37,19 @@ def _tiny_run(shapes, out, **options):
 
 
 @pytest.mark.parametrize("flags", [AMX, ZEN4, AVX2, frozenset()])
-def test_auto_precision_on_cpus_is_bf16_only_with_amx(monkeypatch, flags):
-    # bf16 measured faster on the AMX CPU and as accurate on the mean; without AMX it is emulated or
-    # slower (bench/RESULTS.md, "Training precision").
+def test_auto_precision_on_cpus_is_bf16_only_with_bf16_instructions(monkeypatch, flags):
+    # bf16 measured faster on the AMX Xeon and the AVX512-BF16 EPYC, and as accurate; without bf16
+    # instructions it is emulated, many times slower (bench/RESULTS.md, "Training precision").
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    native = "avx512_bf16" in flags
     for model in (None, create_model("resnet18", num_classes=2), create_model("mobilenet_v2", num_classes=2)):
         precision, why = runtime.auto_precision("cpu", model)
-        assert precision == ("bf16" if "amx_bf16" in flags else "fp32") and why
-    assert why.startswith("AMX CPU") is ("amx_bf16" in flags)
+        assert precision == ("bf16" if native else "fp32") and why
+    kind = "AMX CPU" if "amx_bf16" in flags else "AVX512-BF16 CPU"
+    assert why.startswith(kind) is native
     assert runtime.auto_precision("cpu", None, macs=10e6)[0] == "fp32"  # the demo's ResNet-20: too small
-    assert runtime.auto_precision("cpu", None, macs=300e6)[0] == ("bf16" if "amx_bf16" in flags else "fp32")
-    assert runtime.auto_precision("mps")[0] == "fp32"
+    assert runtime.auto_precision("cpu", None, macs=40.6e6)[0] == ("bf16" if native else "fp32")  # CIFAR's
+    assert runtime.auto_precision("cpu", None, macs=300e6)[0] == ("bf16" if native else "fp32")
     assert runtime.auto_precision("mps")[0] == "fp32"
 
 
@@ -70,11 +72,11 @@ def test_cpu_flags_reader_is_torch_free():
     assert out.stdout.strip() == "False"
 
 
-def test_auto_without_amx_trains_fp32_and_records_it(shapes, tmp_path, monkeypatch):
+def test_auto_without_bf16_instructions_trains_fp32_and_records_it(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: AVX2)
     _, config, lines = _tiny_run(shapes, tmp_path / "run")
     assert config["options"]["precision"] == "fp32"
-    assert any("fp32 (no AMX" in line for line in lines)
+    assert any("fp32 (no bf16 instructions" in line for line in lines)
 
 
 def test_auto_resolved_to_bf16_trains_and_records_it(shapes, tmp_path, monkeypatch):

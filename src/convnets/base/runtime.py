@@ -176,34 +176,38 @@ def has_grouped_convolutions(model) -> bool:
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
-# Multiply-adds per image under which AMX CPUs still train in fp32: the digits demo's models (LeNet-5,
-# 0.4 M; ResNet-20 at 16 px, 10 M) ran slower and no more accurately in bf16, while every model
-# measured faster was above it (MobileNetV2 at 96 px, 55 M: 1.24x; bench/RESULTS.md).
-BF16_MIN_MACS = 50e6
+# Multiply-adds per image under which CPUs with native bf16 still train in fp32: the digits demo's
+# models (LeNet-5, 0.4 M; ResNet-20 at 16 px, 10 M) ran no faster in bf16 (AMX Xeon: slower; AVX-512
+# EPYC: 1.01x), while every model measured from ResNet-20 at 32 px (40.6 M) up was faster on both kinds
+# (bench/RESULTS.md, "Training precision").
+BF16_MIN_MACS = 20e6
 
 
 def auto_precision(device_type: str, model=None, macs: float | None = None) -> tuple[str, str]:
     """What ``--precision auto`` trains ``model`` in on ``device_type``, and why (for the run's log line).
 
     bf16 only where it was measured faster than fp32 *and* as accurate (bench/RESULTS.md, "Training
-    precision"). On the AMX Xeon, bf16 (with ``train/bf16_backward.py``) trains ResNet-50 1.8-2.2x,
-    MobileNetV2 1.2-1.4x and ResNet-18 1.9x faster than fp32, and on the mean it kept accuracy
-    (SIGNS from scratch, 12 seeds: -0.4 points; alpaca transfer, 9 seeds: 0.0); its per-layer picks
-    persist per machine and in ``last.pt``, so seeded runs and resumes repeat. Models under
-    :data:`BF16_MIN_MACS` multiply-adds per image (``macs``, when given) stay fp32. CPUs without AMX
-    emulate bf16 or barely gain (AMD Zen 4: 1.15x slower) and stay fp32. CUDA GPUs with native bf16
-    (Ampere and later) train in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in
-    fp32.
+    precision"): on CPUs with bf16 instructions (``cpu_has_native_bf16``: AMX tiles or AVX512-BF16),
+    through the precision plan's backward picker and fused BatchNorm kernels. The AMX Xeon trains
+    ResNet-50 1.8-2.2x, MobileNetV2 1.2-1.4x and ResNet-18 1.9x faster than fp32, and on the mean it kept
+    accuracy (SIGNS from scratch, 12 seeds: -0.4 points; alpaca transfer, 9 seeds: 0.0); the AVX-512
+    EPYC (AVX512-BF16, no AMX) ResNet-20/56 at 32 px 1.44x, MobileNetV2 1.35-1.62x, ResNet-50 1.59x,
+    and CIFAR-10's fast recipe reached fp32's validation accuracy. The per-layer picks persist per
+    machine and in ``last.pt``, so seeded runs and resumes repeat. Models under :data:`BF16_MIN_MACS`
+    multiply-adds per image (``macs``, when given) stay fp32. CPUs without bf16 instructions (AVX2)
+    would emulate it, 5-15x slower, and stay fp32. CUDA GPUs with native bf16 (Ampere and later) train
+    in bf16, the standard mixed-precision recipe; older GPUs and Apple's MPS in fp32.
     """
     if device_type == "cpu":
-        if not cpu_has_amx_bf16():
-            return "fp32", "no AMX on this CPU: bf16 measured no faster than fp32 without it"
+        if not cpu_has_native_bf16():
+            return "fp32", "no bf16 instructions on this CPU (AVX512-BF16 or AMX): bf16 would be emulated"
+        kind = "AMX CPU" if cpu_has_amx_bf16() else "AVX512-BF16 CPU"
         if macs is not None and macs < BF16_MIN_MACS:
             return "fp32", (
-                f"AMX CPU, but a small model ({macs / 1e6:.1f} M multiply-adds per image): "
+                f"{kind}, but a small model ({macs / 1e6:.1f} M multiply-adds per image): "
                 f"bf16 pays from {BF16_MIN_MACS / 1e6:.0f} M"
             )
-        return "bf16", "AMX CPU: bf16 measured 1.2-2.2x faster at fp32's accuracy; --precision fp32 opts out"
+        return "bf16", f"{kind}: bf16 measured 1.3-2.2x faster at fp32's accuracy; --precision fp32 opts out"
     if device_type == "cuda":
         import torch  # start-up: torch on first use
 

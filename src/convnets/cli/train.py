@@ -214,8 +214,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="(default auto: bf16 on GPUs with native bf16 and on AMX CPUs for models of 50 M "
-        "multiply-adds per image or more, measured 1.2-2.2x faster at fp32's accuracy; fp32 elsewhere. "
+        help="(default auto: bf16 on GPUs with native bf16 and on CPUs with bf16 instructions (AMX, "
+        "AVX512-BF16) for models of 20 M multiply-adds per image or more, measured 1.3-2.2x faster at "
+        "fp32's accuracy; fp32 elsewhere. "
         "bf16/fp16 only where the hardware has them natively)",
     )
     g.add_argument(

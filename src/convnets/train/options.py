@@ -288,18 +288,19 @@ def resolve_precision(
 ) -> tuple[str, str]:
     """``auto`` -> bf16 or fp32 for ``model`` on ``device`` (``runtime.auto_precision``: bf16 where it
     was measured faster and as accurate), with the reason for the run's log line; other values pass
-    through. On AMX CPUs the model's multiply-adds at ``image_size`` decide (one batch-1 pass)."""
+    through. On CPUs with bf16 instructions the model's multiply-adds at ``image_size`` decide (one
+    batch-1 pass)."""
     if precision != "auto":
         return precision, "requested"
 
     macs = None
-    if device.type == "cpu" and model is not None and image_size and runtime.cpu_has_amx_bf16():
+    if device.type == "cpu" and model is not None and image_size and runtime.cpu_has_native_bf16():
         from ..cost import model_cost  # start-up: torch on first use
 
         try:
             macs = float(model_cost(model, image_size, in_chans).macs)
         except Exception as e:  # noqa: BLE001 - a model the cost pass cannot run: keep fp32, say why
-            return "fp32", f"AMX CPU, but the model's size could not be measured ({type(e).__name__})"
+            return "fp32", f"bf16 CPU, but the model's size could not be measured ({type(e).__name__})"
     return runtime.auto_precision(device.type, model, macs)
 
 

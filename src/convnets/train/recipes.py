@@ -55,7 +55,9 @@ HE2015 = Recipe(
         "normalize": Choice("mean", "mean subtracted (per channel; the paper's is per pixel), no scaling"),
         "resize": Choice("resize", "images at their native 32x32: no upscaling, one view at test time"),
         "val_split": Choice(0.1, "45k/5k train/validation split, as the paper's analysis runs"),
-        "precision": Choice("fp32", "the paper's arithmetic"),
+        "precision": Choice(
+            "auto", "bf16 where the CPU has bf16 instructions (1.44x here; fp32's accuracy), else fp32"
+        ),
         "val_tta": Choice("none", "one view at test time"),
     },
     missing={
@@ -86,7 +88,9 @@ FAST = Recipe(
         "resize": Choice("resize", "native 32x32"),
         "val_split": Choice(0.1, "45k/5k"),
         "channels_last": Choice(True, "NHWC: oneDNN's fast convolution layout on AVX-512 CPUs"),
-        "precision": Choice("auto", "bf16 where measured faster (AMX CPUs, GPUs), else fp32"),
+        "precision": Choice(
+            "auto", "bf16 where the CPU has bf16 instructions (AMX, AVX512-BF16: ResNet-20 1.44x) or a GPU"
+        ),
         "val_tta": Choice(
             "flip", "validate on the image and its mirror (+0.7 points at 30 epochs: 0.867 -> 0.874)"
         ),
