@@ -129,6 +129,37 @@ def test_label_flips_rank_at_the_top(tmp_path):
     assert (lc.warning is None) == lc.trusted
 
 
+def test_a_trained_runs_features_check_labels(tmp_path):
+    # The strong check at scale: a run trained on clean pictures of the classes gives the features
+    # (--weights RUN), and a run folder given as DATA checks its own split with its own model.
+    pytest.importorskip("cleanlab", reason="the label check needs the doctor extra (cleanlab)")
+    from convnets.train import train
+
+    common = dict(classes=3, per_class=30, test_per_class=0, copies_per_kind=0, conflicts=0)
+    clean = make_planted(tmp_path / "clean", seed=2, **common)
+    flipped = make_planted(tmp_path / "flipped", seed=3, flips=4, **common)
+    run = train(  # in colour: the planted classes differ by hue
+        clean.train,
+        model="lenet5",
+        in_chans=3,
+        out=tmp_path / "run",
+        epochs=6,
+        workers=0,
+        device="cpu",
+        log=lambda _: None,
+    ).run_dir
+    r = diagnose(flipped.train, weights=run, near=False, progress=False)
+    lc = r.label_check
+    assert lc.ran and lc.method.startswith(f"features of run {run} (lenet5)"), lc.method
+    ranked = [i.path for i in r.label_issues]
+    assert len(set(flipped.flips) & set(ranked[:8])) >= 3, (ranked[:8], flipped.flips)
+    assert r.label_issues[0].suggested != r.label_issues[0].label
+
+    own = diagnose(run, near=False, progress=False)
+    assert own.label_check.ran and f"features of run {run}" in own.label_check.method
+    assert own.label_check.images == 90  # the run's train and val images, every one checked
+
+
 def test_label_check_says_when_it_is_too_weak_to_trust():
     from convnets.doctor.labels import assess
     from convnets.doctor.report import DoctorReport, LabelCheck, LabelIssue
@@ -137,6 +168,7 @@ def test_label_check_says_when_it_is_too_weak_to_trust():
     # issue 24's CIFAR-10 figures: 0.60 out-of-fold accuracy, 15,185 of 60,000 flagged
     trusted, warning = assess(0.60, 15_185, 60_000, weights_given=False)
     assert not trusted and "60%" in warning and "15,185 of 60,000" in warning and "--weights" in warning
+    assert "convnets doctor RUN_DIR" in warning  # the strong check: a trained run's features
     trusted, warning = assess(0.97, 300, 1000, weights_given=True)  # accurate, but flags 30%
     assert not trusted and "30%" in warning and "60%" not in warning
 

@@ -23,9 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--test", metavar="DIR", help="test folder (class sub-folders) to check against DATA")
     p.add_argument(
         "--weights",
-        metavar="FILE",
-        help="pretrained checkpoint for the label check (frozen features + logistic regression); "
-        "without it a tiny CNN is trained per fold",
+        metavar="FILE|RUN",
+        help="a pretrained checkpoint or a run folder for the label check (frozen features + logistic "
+        "regression); DATA given as a run folder checks with its own model; otherwise a tiny CNN is "
+        "trained per fold (too weak on photos of similar things: the report says so)",
     )
     p.add_argument("--model", default="mobilenet_v2", help="architecture of --weights (default mobilenet_v2)")
     p.add_argument(

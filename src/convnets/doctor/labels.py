@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.images import read_image, to_input
+from ..data.decode import ImageReadError
+from ..data.images import read_images, to_input
 
 N_FOLDS = 5
 # When the quick model is this weak, most of its confident disagreements are its own mistakes, not
@@ -32,7 +33,11 @@ N_FOLDS = 5
 MIN_TRUSTED_ACCURACY = 0.85
 MAX_TRUSTED_FLAGGED = 0.10  # share of the images flagged
 MAX_SHOWN = 50  # the list a person reviews; the JSON says how many more were flagged
-STEPS_PER_FOLD = 150  # tiny-CNN training steps per fold (batch 64)
+STEPS_PER_FOLD = 150  # tiny-CNN training steps per fold (batch 64), at least 4 epochs...
+# ...but never more than this many: at CIFAR-10's 50,000 images 4 epochs per fold took 5 minutes and
+# still reached only 0.60; past a few thousand images the check's strength comes from a trained run's
+# features (``convnets doctor RUN``), so the tiny CNN keeps to a fixed, small cost there.
+MAX_STEPS_PER_FOLD = 600
 WIDTHS = (8, 16, 32)  # its three stages' channels
 
 
@@ -72,9 +77,10 @@ def assess(oof_accuracy: float, flagged: int, images: int, weights_given: bool) 
             "few percent)"
         )
     hint = (
-        "a stronger --weights/--model"
+        "a stronger --weights/--model (a longer-trained run, or pretrained features)"
         if weights_given
-        else "pretrained features: --weights FILE (e.g. an ImageNet MobileNetV2)"
+        else "the features of a run trained on this data (`convnets doctor RUN_DIR`, or --weights "
+        "RUN_DIR) or pretrained ones (--weights FILE, e.g. an ImageNet MobileNetV2)"
     )
     return False, (
         "too weak to trust: " + " and ".join(why) + ", so most flags are the check's own mistakes, "
@@ -99,7 +105,8 @@ def tiny_cnn_probs(
     epochs: int | None = None,
 ) -> np.ndarray:
     """Out-of-fold class probabilities of a tiny CNN trained from scratch on (N, 32, 32, 3) uint8
-    thumbnails: about ``STEPS_PER_FOLD`` steps of batch 64 per fold (at least 4 epochs), on one
+    thumbnails: about ``STEPS_PER_FOLD`` steps of batch 64 per fold (at least 4 epochs, at most
+    ``MAX_STEPS_PER_FOLD`` steps), on one
     thread (these layers are too small to gain from more, and a busy machine punishes spinning ones)."""
     import torch  # start-up: torch on first use
 
@@ -124,8 +131,9 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
     x_all = x_all.contiguous(memory_format=torch.channels_last)  # a third faster for these small convs
     y_all = torch.from_numpy(labels).long()
     batch = 64
+    steps_per_epoch = max(1, int(np.ceil(len(labels) * (folds - 1) / folds / batch)))
+    cap = MAX_STEPS_PER_FOLD if epochs is None else None
     if epochs is None:
-        steps_per_epoch = max(1, int(np.ceil(len(labels) * (folds - 1) / folds / batch)))
         epochs = int(np.clip(STEPS_PER_FOLD // steps_per_epoch, 4, 20))
     out = np.zeros((len(labels), num_classes), np.float32)
 
@@ -145,11 +153,12 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
             nn.Linear(WIDTHS[2], num_classes),
         ).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=3e-3, total_steps=epochs * int(np.ceil(len(train_idx) / batch))
-        )
         tr = torch.from_numpy(train_idx)
+        total_steps = epochs * int(np.ceil(len(tr) / batch))
+        total_steps = min(total_steps, cap) if cap else total_steps
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total_steps)
         model.train()
+        steps = 0
         for _ in range(epochs):
             for chunk in tr[torch.randperm(len(tr))].split(batch):
                 xb, yb = x_all[chunk], y_all[chunk]
@@ -160,6 +169,11 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
                 loss.backward()
                 opt.step()
                 sched.step()
+                steps += 1
+                if steps == total_steps:  # the step cap ends a large set's training mid-epoch
+                    break
+            if steps == total_steps:
+                break
         model.eval()
         with torch.inference_mode():
             xt = x_all[torch.from_numpy(test_idx)]
@@ -169,24 +183,46 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
 
 
 def backbone_features(
-    paths: list[str], weights: str, model_name: str, normalize: str | None = None, batch_size: int = 32
-) -> np.ndarray:
-    """Pooled features (N, D) of a frozen pretrained backbone (the vector entering its classifier)."""
+    paths: list[str],
+    weights: str,
+    model_name: str,
+    normalize: str | None = None,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, str]:
+    """Pooled features (N, D) of a frozen backbone (the vector entering its classifier), and what it
+    was: a pretrained checkpoint for ``model_name``, or a convnets run folder (its own architecture,
+    normalisation, input size and resize mode; ``model_name``/``normalize`` are then ignored)."""
     import torch  # start-up: torch on first use
 
     from ..models import create_model  # start-up: torch on first use
+    from ..weights import load_run  # start-up: torch on first use
+    from ..weights.runs import run_dir_of  # start-up: torch on first use
 
-    model = create_model(model_name, weights=weights, **({"normalize": normalize} if normalize else {}))
-    model.eval()
+    run_dir = run_dir_of(weights)
+    if run_dir is not None:
+        model, config = load_run(run_dir)
+        resize, described = config.resize, f"run {run_dir} ({config.model})"
+    else:
+        model = create_model(model_name, weights=weights, **({"normalize": normalize} if normalize else {}))
+        resize, described = "center-crop", f"{model_name} ({weights})"
+    model = model.eval().to(memory_format=torch.channels_last)
     cfg = model.pretrained_cfg
     size = tuple(int(v) for v in cfg["input_size"][1:])
+    in_chans = int(cfg["input_size"][0])
     feats = []
+    # Decoded a chunk at a time by threads (read_images), so 50,000 files never sit in memory at once.
+    chunk = 8 * batch_size
     with torch.inference_mode():
-        for s in range(0, len(paths), batch_size):
-            views = [read_image(p, size) for p in paths[s : s + batch_size]]
-            x = torch.from_numpy(to_input(views, cfg["mean"], cfg["std"]))
-            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
-    return np.concatenate(feats)
+        for s in range(0, len(paths), chunk):
+            views = read_images(paths[s : s + chunk], size, in_chans, resize)
+            for path, view in zip(paths[s : s + chunk], views):
+                if isinstance(view, ImageReadError):
+                    raise LabelCheckError(f"{path}: {view}")
+            x_all = torch.from_numpy(to_input(views, cfg["mean"], cfg["std"]))
+            for x in x_all.split(batch_size):
+                x = x.contiguous(memory_format=torch.channels_last)
+                feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
+    return np.concatenate(feats), described
 
 
 def linear_probs(features: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -230,10 +266,9 @@ def find_label_issues(
     y = np.array([index[name] for name in labels], dtype=np.int64)
     folds = _folds(y)
     if weights is not None:
-        method = f"{model_name} features ({weights}) + logistic regression, {folds}-fold"
-        probs = linear_probs(
-            backbone_features(list(paths or []), str(weights), model_name, normalize), y, folds, seed
-        )
+        features, described = backbone_features(list(paths or []), str(weights), model_name, normalize)
+        method = f"features of {described} + logistic regression, {folds}-fold"
+        probs = linear_probs(features, y, folds, seed)
     else:
         method = f"tiny CNN on 32x32 thumbnails, {folds}-fold"
         probs = tiny_cnn_probs(rgb, y, len(class_names), folds, seed)
