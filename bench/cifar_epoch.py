@@ -6,8 +6,10 @@ PyTorch script, per epoch, in the same run (interleaved, each peer in its own pr
     nice -n 10 python bench/cifar_epoch.py pieces --steps 30
 
     # convnets train vs torchvision ImageFolder + DataLoader(workers) + the same model, on a subset
-    # folder of --subset images per class (symlinks), one epoch each, --reps times, alternating
+    # folder of --subset images per class (symlinks; 0 = all 50,000), --epochs each at the paper's
+    # lr 0.1, --reps times, alternating: per-epoch ratio and time to the plain script's final accuracy
     nice -n 10 python bench/cifar_epoch.py compare --subset 100 --reps 2
+    nice -n 10 python bench/cifar_epoch.py compare --subset 0 --epochs 3 --reps 1
 
 DATA defaults to ../shared/data/cifar10/train. Results are printed as JSON lines; the run's CPU and
 load average are printed with them (a shared machine: compare ratios from the same run).
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,7 +184,8 @@ def subset_folder(data: Path, per_class: int, into: Path) -> Path:
     return into
 
 
-def peer_convnets(folder: Path, batch: int, out: Path) -> dict:
+def peer_convnets(folder: Path, batch: int, out: Path, epochs: int) -> dict:
+    """convnets train with the paper's recipe at the first half of its schedule (lr 0.1, constant)."""
     from convnets.train import train
 
     t = time.perf_counter()
@@ -190,22 +194,22 @@ def peer_convnets(folder: Path, batch: int, out: Path) -> dict:
         model="resnet20",
         out=str(out),
         recipe="he2015",
-        epochs=1,
+        epochs=epochs,
+        schedule="constant",  # the paper's lr 0.1 until 32k iterations: its first 82 epochs
         batch_size=batch,
         overwrite=True,
         quiet=True,
     )
     whole = time.perf_counter() - t
-    rec = result.history[-1]
+    config = json.loads((Path(out) / "config.json").read_text())
     return {
-        "peer": "convnets",
-        "epoch_train_s": rec.get("seconds"),
+        "peer": f"convnets ({config['options']['precision']})",
+        "epochs": [{"train_s": h["seconds"], "val_acc": h["val_acc"]} for h in result.history],
         "whole_s": round(whole, 2),
-        "val_acc": rec.get("val_acc"),
     }
 
 
-def peer_plain(folder: Path, batch: int, workers: int) -> dict:
+def peer_plain(folder: Path, batch: int, workers: int, epochs: int) -> dict:
     """The paper's recipe as a plain PyTorch script: ImageFolder, DataLoader with workers, the same model."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -226,60 +230,78 @@ def peer_plain(folder: Path, batch: int, workers: int) -> dict:
     perm = torch.randperm(len(full_train), generator=g).tolist()
     n_val = len(perm) // 10
     train_set, val_set = Subset(full_train, perm[n_val:]), Subset(full_val, perm[:n_val])
-    kw = {"num_workers": workers, "persistent_workers": False} if workers else {}
+    kw = {"num_workers": workers, "persistent_workers": True} if workers else {}
     train_loader = DataLoader(train_set, batch_size=batch, shuffle=True, **kw)
     val_loader = DataLoader(val_set, batch_size=2 * batch, **kw)
     model = create_model("resnet20", num_classes=10).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
-    t = time.perf_counter()
-    model.train()
-    for x, y in train_loader:
-        opt.zero_grad(set_to_none=True)
-        crit(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
-        opt.step()
-    train_s = time.perf_counter() - t
-    model.eval()
-    right = seen = 0
-    with torch.no_grad():
-        for x, y in val_loader:
-            right += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
-            seen += len(y)
-    epoch_s = time.perf_counter() - t
+    history = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        model.train()
+        for x, y in train_loader:
+            opt.zero_grad(set_to_none=True)
+            crit(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+            opt.step()
+        model.eval()
+        right = seen = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                right += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
+                seen += len(y)
+        history.append({"train_s": round(time.perf_counter() - t, 2), "val_acc": right / max(seen, 1)})
     return {
-        "peer": f"plain PyTorch (workers={workers})",
-        "epoch_train_s": round(train_s, 2),
-        "epoch_with_val_s": round(epoch_s, 2),
+        "peer": f"plain PyTorch fp32 (workers={workers})",
+        "epochs": history,
         "whole_s": round(time.perf_counter() - t0, 2),
-        "val_acc": right / max(seen, 1),
     }
 
 
-def compare(data: Path, per_class: int, reps: int, batch: int, workers: int) -> None:
-    emit({"machine": machine(), "subset_per_class": per_class})
+def time_to(history: list[dict], accuracy: float) -> float | None:
+    """Seconds of training (validation included) until an epoch first reached ``accuracy``."""
+    elapsed = 0.0
+    for h in history:
+        elapsed += h["train_s"]
+        if h["val_acc"] >= accuracy:
+            return round(elapsed, 1)
+    return None
+
+
+def compare(data: Path, per_class: int, reps: int, batch: int, workers: int, epochs: int) -> None:
+    emit({"machine": machine(), "subset_per_class": per_class or "all", "epochs": epochs})
     with tempfile.TemporaryDirectory() as tmp:
-        folder = subset_folder(data, per_class, Path(tmp) / "data")
+        folder = subset_folder(data, per_class, Path(tmp) / "data") if per_class else data
         for rep in range(reps):
+            results = {}
             for peer in ("convnets", "plain"):
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "_peer",
-                    peer,
-                    str(folder),
-                    "--batch",
-                    str(batch),
-                    "--workers",
-                    str(workers),
-                    "--out",
-                    str(Path(tmp) / "run"),
-                ]
+                cmd = [sys.executable, __file__, "_peer", peer, str(folder), "--batch", str(batch)]
+                cmd += ["--workers", str(workers), "--epochs", str(epochs), "--out", str(Path(tmp) / "run")]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode or not lines:
                     emit({"peer": peer, "rep": rep, "error": proc.stderr[-2000:]})
                     continue
-                emit({**json.loads(lines[-1]), "rep": rep, "loadavg": machine()["loadavg"]})
+                results[peer] = json.loads(lines[-1])
+                emit({**results[peer], "rep": rep, "loadavg": machine()["loadavg"]})
+            if len(results) == 2:
+                ours, plain = results["convnets"]["epochs"], results["plain"]["epochs"]
+                target = plain[-1]["val_acc"]
+                ours_s, plain_s = time_to(ours, target), time_to(plain, target)
+                emit(
+                    {
+                        "rep": rep,
+                        "per_epoch_ratio": round(
+                            statistics.median(h["train_s"] for h in plain)
+                            / statistics.median(h["train_s"] for h in ours),
+                            2,
+                        ),
+                        "target_val_acc": target,
+                        "convnets_s_to_target": ours_s,
+                        "plain_s_to_target": plain_s,
+                        "time_to_accuracy_ratio": round(plain_s / ours_s, 2) if ours_s else None,
+                    }
+                )
 
 
 def main() -> None:
@@ -288,7 +310,10 @@ def main() -> None:
     p.add_argument("args", nargs="*")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--steps", type=int, default=30, help="batches timed per piece (pieces)")
-    p.add_argument("--subset", type=int, default=100, help="images per class in the compared folder")
+    p.add_argument(
+        "--subset", type=int, default=100, help="images per class in the compared folder (0 = all)"
+    )
+    p.add_argument("--epochs", type=int, default=1, help="epochs each peer trains (compare)")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="the plain script's DataLoader workers")
@@ -298,9 +323,9 @@ def main() -> None:
     if a.what == "_peer":
         peer, folder = a.args
         rec = (
-            peer_convnets(Path(folder), a.batch, a.out)
+            peer_convnets(Path(folder), a.batch, a.out, a.epochs)
             if peer == "convnets"
-            else peer_plain(Path(folder), a.batch, a.workers)
+            else peer_plain(Path(folder), a.batch, a.workers, a.epochs)
         )
         emit(rec)
         return
@@ -309,7 +334,7 @@ def main() -> None:
     if a.what == "pieces":
         pieces(a.data, a.steps, a.batch, a.model)
     else:
-        compare(a.data, a.subset, a.reps, a.batch, a.workers)
+        compare(a.data, a.subset, a.reps, a.batch, a.workers, a.epochs)
 
 
 if __name__ == "__main__":

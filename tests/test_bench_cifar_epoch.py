@@ -24,12 +24,16 @@ def test_pieces_report_every_part_of_an_epoch(tmp_path, capsys, one_thread):
     assert cache["train"] + cache["val"] == 120 and cache["val"] == 12
 
 
-def test_both_peers_train_one_epoch_on_a_subset_folder(tmp_path, one_thread):
+def test_both_peers_train_on_a_subset_folder(tmp_path, one_thread):
     data = make_shapes(tmp_path / "shapes", per_class=20, size=32)
     subset = cifar_epoch.subset_folder(data, 10, tmp_path / "subset")
     assert sum(1 for _ in subset.rglob("*.png")) == 30
-    plain = cifar_epoch.peer_plain(subset, batch=8, workers=0)
-    ours = cifar_epoch.peer_convnets(subset, batch=8, out=tmp_path / "run")
+    plain = cifar_epoch.peer_plain(subset, batch=8, workers=0, epochs=2)
+    ours = cifar_epoch.peer_convnets(subset, batch=8, out=tmp_path / "run", epochs=2)
     for record in (plain, ours):
-        assert record["epoch_train_s"] > 0 and 0 <= record["val_acc"] <= 1
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["name"] == "he2015"
+        assert len(record["epochs"]) == 2
+        assert all(e["train_s"] > 0 and 0 <= e["val_acc"] <= 1 for e in record["epochs"])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"]["name"] == "he2015" and config["options"]["schedule"] == "constant"
+    history = [{"train_s": 10.0, "val_acc": 0.4}, {"train_s": 10.0, "val_acc": 0.6}]
+    assert cifar_epoch.time_to(history, 0.5) == 20.0 and cifar_epoch.time_to(history, 0.7) is None
