@@ -50,8 +50,8 @@ def test_fast_resolves_to_its_table():
         True,
     )
     assert (
-        opts.batch_size == 512
-        and opts.lr == pytest.approx(0.1 * 512 / 128)
+        opts.batch_size == 256
+        and opts.lr == pytest.approx(0.1 * 256 / 128)
         and opts.epochs == FAST.choices["epochs"].value
     )
 
