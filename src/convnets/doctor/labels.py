@@ -16,6 +16,7 @@ models:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -131,9 +132,9 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
     x_all = x_all.contiguous(memory_format=torch.channels_last)  # a third faster for these small convs
     y_all = torch.from_numpy(labels).long()
     batch = 64
-    steps_per_epoch = max(1, int(np.ceil(len(labels) * (folds - 1) / folds / batch)))
     cap = MAX_STEPS_PER_FOLD if epochs is None else None
     if epochs is None:
+        steps_per_epoch = max(1, int(np.ceil(len(labels) * (folds - 1) / folds / batch)))
         epochs = int(np.clip(STEPS_PER_FOLD // steps_per_epoch, 4, 20))
     out = np.zeros((len(labels), num_classes), np.float32)
 
@@ -158,22 +159,18 @@ def _tiny_cnn_probs(rgb, labels, num_classes, folds, seed, epochs):
         total_steps = min(total_steps, cap) if cap else total_steps
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total_steps)
         model.train()
-        steps = 0
-        for _ in range(epochs):
-            for chunk in tr[torch.randperm(len(tr))].split(batch):
-                xb, yb = x_all[chunk], y_all[chunk]
-                flip = torch.rand(len(xb)) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-                loss = nn.functional.cross_entropy(model(xb), yb, label_smoothing=0.1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                steps += 1
-                if steps == total_steps:  # the step cap ends a large set's training mid-epoch
-                    break
-            if steps == total_steps:
-                break
+
+        # Shuffled batches epoch after epoch, drawn lazily; islice ends a capped fold mid-epoch.
+        batches = (chunk for _ in range(epochs) for chunk in tr[torch.randperm(len(tr))].split(batch))
+        for chunk in itertools.islice(batches, total_steps):
+            xb, yb = x_all[chunk], y_all[chunk]
+            flip = torch.rand(len(xb)) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            loss = nn.functional.cross_entropy(model(xb), yb, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
         model.eval()
         with torch.inference_mode():
             xt = x_all[torch.from_numpy(test_idx)]
